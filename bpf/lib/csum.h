@@ -1,0 +1,58 @@
+/* Incremental checksum updates for TC programs (skb): rewrites of addresses, ports, sequence
+ * numbers and options fix the IP and TCP checksums with the kernel helpers, which also handle
+ * CHECKSUM_PARTIAL (GSO) packets correctly. */
+#ifndef MIRESGA_CSUM_H
+#define MIRESGA_CSUM_H
+
+#include <linux/bpf.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <stddef.h>
+#include <bpf/bpf_helpers.h>
+
+#define IP_CSUM_OFF(l3) ((l3) + offsetof(struct iphdr, check))
+#define TCP_CSUM_OFF(l4) ((l4) + offsetof(struct tcphdr, check))
+
+/* Store a 4-byte field of the TCP header and fix the TCP checksum (not part of the pseudo header). */
+static __always_inline int tcp_store4(struct __sk_buff *skb, __u32 l4, __u32 field_off, __u32 old_be, __u32 new_be)
+{
+	if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF(l4), old_be, new_be, sizeof(__u32)))
+		return -1;
+	return bpf_skb_store_bytes(skb, l4 + field_off, &new_be, sizeof(new_be), 0);
+}
+
+static __always_inline int tcp_store2(struct __sk_buff *skb, __u32 l4, __u32 field_off, __u16 old_be, __u16 new_be)
+{
+	if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF(l4), old_be, new_be, sizeof(__u16)))
+		return -1;
+	return bpf_skb_store_bytes(skb, l4 + field_off, &new_be, sizeof(new_be), 0);
+}
+
+/* Store an IPv4 address (saddr/daddr offset in the IP header): fixes the IP checksum and the
+ * TCP checksum's pseudo header. */
+static __always_inline int ip_store_addr(struct __sk_buff *skb, __u32 l3, __u32 l4, __u32 field_off,
+					 __u32 old_be, __u32 new_be)
+{
+	if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF(l4), old_be, new_be, BPF_F_PSEUDO_HDR | sizeof(__u32)))
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF(l3), old_be, new_be, sizeof(__u32)))
+		return -1;
+	return bpf_skb_store_bytes(skb, l3 + field_off, &new_be, sizeof(new_be), 0);
+}
+
+/* Full one's-complement checksum of a freshly built IPv4 header (20 bytes, no options). */
+static __always_inline __u16 ipv4_csum_fresh(struct iphdr *ip)
+{
+	__u32 sum = 0;
+	__u16 *w = (__u16 *)ip;
+
+	ip->check = 0;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
+		sum += w[i];
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+#endif

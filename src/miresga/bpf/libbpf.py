@@ -1,0 +1,318 @@
+"""A small Python layer over libbpf (ctypes): objects, programs, maps, XDP/TC attach, test-run.
+
+Life cycle as in libbpf-bootstrap: open -> (resize maps) -> load -> attach -> run -> detach ->
+close. Each attach returns a handle that detaches only what it attached. Map keys and values are
+bytes or ctypes structures; the structures shared with BPF live in `miresga.bpf.layouts`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from miresga.bpf.netns import in_netns
+
+_lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+
+BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
+XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE = 1 << 1, 1 << 2
+BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
+BPF_FS = Path("/sys/fs/bpf")
+
+
+class BpfError(OSError):
+    pass
+
+
+def _err(what: str, rc: int | None = None) -> BpfError:
+    e = ctypes.get_errno() if rc is None or rc == -1 else -rc
+    return BpfError(e, f"{what}: {os.strerror(e)}")
+
+
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_void_p), ("ctx_out", ctypes.c_void_p),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32)]
+
+
+class _TcHook(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("ifindex", ctypes.c_int), ("attach_point", ctypes.c_int),
+                ("parent", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+
+
+class _TcOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("prog_fd", ctypes.c_int), ("flags", ctypes.c_uint32),
+                ("prog_id", ctypes.c_uint32), ("handle", ctypes.c_uint32), ("priority", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint32)]
+
+
+class _MapInfo(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16), ("_rest", ctypes.c_uint8 * 64)]
+
+
+_P = ctypes.c_void_p
+for name, res, args in [
+    ("bpf_object__open_file", _P, [ctypes.c_char_p, _P]),
+    ("bpf_object__load", ctypes.c_int, [_P]),
+    ("bpf_object__close", None, [_P]),
+    ("bpf_object__find_program_by_name", _P, [_P, ctypes.c_char_p]),
+    ("bpf_object__find_map_by_name", _P, [_P, ctypes.c_char_p]),
+    ("bpf_program__fd", ctypes.c_int, [_P]),
+    ("bpf_map__fd", ctypes.c_int, [_P]),
+    ("bpf_map__set_max_entries", ctypes.c_int, [_P, ctypes.c_uint32]),
+    ("bpf_map__key_size", ctypes.c_uint32, [_P]),
+    ("bpf_map__value_size", ctypes.c_uint32, [_P]),
+    ("bpf_map__max_entries", ctypes.c_uint32, [_P]),
+    ("bpf_map__set_initial_value", ctypes.c_int, [_P, _P, ctypes.c_size_t]),
+    ("bpf_map_update_elem", ctypes.c_int, [ctypes.c_int, _P, _P, ctypes.c_uint64]),
+    ("bpf_map_lookup_elem", ctypes.c_int, [ctypes.c_int, _P, _P]),
+    ("bpf_map_delete_elem", ctypes.c_int, [ctypes.c_int, _P]),
+    ("bpf_map_get_next_key", ctypes.c_int, [ctypes.c_int, _P, _P]),
+    ("bpf_obj_pin", ctypes.c_int, [ctypes.c_int, ctypes.c_char_p]),
+    ("bpf_obj_get", ctypes.c_int, [ctypes.c_char_p]),
+    ("bpf_obj_get_info_by_fd", ctypes.c_int, [ctypes.c_int, _P, ctypes.POINTER(ctypes.c_uint32)]),
+    ("bpf_prog_test_run_opts", ctypes.c_int, [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]),
+    ("bpf_xdp_attach", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, _P]),
+    ("bpf_xdp_detach", ctypes.c_int, [ctypes.c_int, ctypes.c_uint32, _P]),
+    ("bpf_tc_hook_create", ctypes.c_int, [ctypes.POINTER(_TcHook)]),
+    ("bpf_tc_hook_destroy", ctypes.c_int, [ctypes.POINTER(_TcHook)]),
+    ("bpf_tc_attach", ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
+    ("bpf_tc_detach", ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
+]:
+    f = getattr(_lib, name)
+    f.restype, f.argtypes = res, args
+
+# libbpf prints its own diagnostics to stderr; keep them (they explain verifier rejections).
+
+Buffer = bytes | bytearray | ctypes.Structure | ctypes.Array
+
+
+def _buf(v: Buffer, size: int) -> ctypes.Array:
+    raw = bytes(v)
+    if len(raw) != size:
+        raise ValueError(f"expected {size} bytes, got {len(raw)}")
+    return ctypes.create_string_buffer(raw, size)
+
+
+class Map:
+    """A BPF map by file descriptor. Keys/values in, bytes out (wrap with a ctypes type to read)."""
+
+    def __init__(self, fd: int, name: str, key_size: int, value_size: int, max_entries: int, owns_fd: bool = False):
+        self.fd, self.name = fd, name
+        self.key_size, self.value_size, self.max_entries = key_size, value_size, max_entries
+        self._owns = owns_fd
+
+    @classmethod
+    def from_fd(cls, fd: int, owns_fd: bool = True) -> "Map":
+        info = _MapInfo()
+        n = ctypes.c_uint32(ctypes.sizeof(info))
+        if _lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(n)) != 0:
+            raise _err("bpf_obj_get_info_by_fd")
+        return cls(fd, info.name.decode(), info.key_size, info.value_size, info.max_entries, owns_fd)
+
+    @classmethod
+    def from_pin(cls, path: str | Path) -> "Map":
+        fd = _lib.bpf_obj_get(str(path).encode())
+        if fd < 0:
+            raise _err(f"bpf_obj_get {path}")
+        return cls.from_fd(fd)
+
+    def pin(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if _lib.bpf_obj_pin(self.fd, str(path).encode()) != 0:
+            raise _err(f"bpf_obj_pin {path}")
+
+    def update(self, key: Buffer, value: Buffer, flags: int = BPF_ANY) -> None:
+        k, v = _buf(key, self.key_size), _buf(value, self.value_size)
+        if _lib.bpf_map_update_elem(self.fd, k, v, flags) != 0:
+            raise _err(f"update {self.name}")
+
+    def try_update(self, key: Buffer, value: Buffer, flags: int = BPF_ANY) -> int:
+        """0 on success, else the errno (E2BIG: full, EEXIST, ENOENT) — for batched callers."""
+        k, v = _buf(key, self.key_size), _buf(value, self.value_size)
+        return 0 if _lib.bpf_map_update_elem(self.fd, k, v, flags) == 0 else ctypes.get_errno()
+
+    def lookup(self, key: Buffer) -> bytes | None:
+        k, v = _buf(key, self.key_size), ctypes.create_string_buffer(self.value_size)
+        if _lib.bpf_map_lookup_elem(self.fd, k, v) != 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                return None
+            raise _err(f"lookup {self.name}")
+        return v.raw
+
+    def delete(self, key: Buffer) -> bool:
+        k = _buf(key, self.key_size)
+        if _lib.bpf_map_delete_elem(self.fd, k) != 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                return False
+            raise _err(f"delete {self.name}")
+        return True
+
+    def keys(self) -> Iterator[bytes]:
+        cur = ctypes.create_string_buffer(self.key_size)
+        nxt = ctypes.create_string_buffer(self.key_size)
+        prev = None
+        while _lib.bpf_map_get_next_key(self.fd, prev, nxt) == 0:
+            yield nxt.raw
+            ctypes.memmove(cur, nxt, self.key_size)
+            prev = cur
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        for k in list(self.keys()):
+            v = self.lookup(k)
+            if v is not None:
+                yield k, v
+
+    def clear(self) -> None:
+        for k in list(self.keys()):
+            self.delete(k)
+
+    def close(self) -> None:
+        if self._owns and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class TestRunResult:
+    retval: int
+    data: bytes
+    duration_ns: int
+
+
+class Program:
+    def __init__(self, fd: int, name: str):
+        self.fd, self.name = fd, name
+
+    def test_run(self, data: bytes, repeat: int = 1, ctx: bytes | None = None) -> TestRunResult:
+        """Run the program on one packet with BPF_PROG_TEST_RUN; returns verdict and output packet."""
+        out = ctypes.create_string_buffer(max(len(data) + 512, 256))
+        inp = ctypes.create_string_buffer(data, len(data))
+        o = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.cast(inp, ctypes.c_void_p),
+                         data_out=ctypes.cast(out, ctypes.c_void_p), data_size_in=len(data),
+                         data_size_out=len(out), repeat=repeat)
+        if ctx is not None:
+            cbuf = ctypes.create_string_buffer(ctx, len(ctx))
+            o.ctx_in, o.ctx_size_in = ctypes.cast(cbuf, ctypes.c_void_p), len(ctx)
+        rc = _lib.bpf_prog_test_run_opts(self.fd, ctypes.byref(o))
+        if rc != 0:
+            raise _err(f"test_run {self.name}", rc)
+        return TestRunResult(o.retval, out.raw[: o.data_size_out], o.duration)
+
+
+class BpfObject:
+    """One compiled `.bpf.o`: open, optionally resize maps, load; close releases everything."""
+
+    def __init__(self, path: str | Path, max_entries: dict[str, int] | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: BPF object not built (run `make bpf`)")
+        self._obj = _lib.bpf_object__open_file(str(self.path).encode(), None)
+        if not self._obj:
+            raise _err(f"open {self.path}")
+        try:
+            for name, n in (max_entries or {}).items():
+                m = _lib.bpf_object__find_map_by_name(self._obj, name.encode())
+                if not m:
+                    raise KeyError(f"{self.path.name}: no map {name!r}")
+                if _lib.bpf_map__set_max_entries(m, n) != 0:
+                    raise _err(f"resize {name}")
+            rc = _lib.bpf_object__load(self._obj)
+            if rc != 0:
+                raise _err(f"load {self.path} (verifier log above)", rc)
+        except BaseException:
+            _lib.bpf_object__close(self._obj)
+            self._obj = None
+            raise
+
+    def program(self, name: str) -> Program:
+        p = _lib.bpf_object__find_program_by_name(self._obj, name.encode())
+        if not p:
+            raise KeyError(f"{self.path.name}: no program {name!r}")
+        return Program(_lib.bpf_program__fd(p), name)
+
+    def map(self, name: str) -> Map:
+        m = _lib.bpf_object__find_map_by_name(self._obj, name.encode())
+        if not m:
+            raise KeyError(f"{self.path.name}: no map {name!r}")
+        return Map(_lib.bpf_map__fd(m), name, _lib.bpf_map__key_size(m), _lib.bpf_map__value_size(m),
+                   _lib.bpf_map__max_entries(m))
+
+    def close(self) -> None:
+        if self._obj:
+            _lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> "BpfObject":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class TcAttachment:
+    """A program attached to clsact ingress or egress of one interface (in a namespace)."""
+
+    def __init__(self, netns: str | None, ifindex: int, direction: str, prog: Program, priority: int = 1):
+        self.netns, self.ifindex, self.direction = netns, ifindex, direction
+        point = BPF_TC_INGRESS if direction == "ingress" else BPF_TC_EGRESS
+        self._hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=point)
+        self._opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), prog_fd=prog.fd, handle=1, priority=priority)
+        with in_netns(netns):
+            rc = _lib.bpf_tc_hook_create(ctypes.byref(self._hook))
+            if rc not in (0, -errno.EEXIST):
+                raise _err(f"tc hook create ifindex {ifindex}", rc)
+            rc = _lib.bpf_tc_attach(ctypes.byref(self._hook), ctypes.byref(self._opts))
+            if rc != 0:
+                raise _err(f"tc attach {prog.name} {direction} ifindex {ifindex}", rc)
+
+    def detach(self) -> None:
+        opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=self._opts.handle, priority=self._opts.priority)
+        try:
+            with in_netns(self.netns):
+                _lib.bpf_tc_detach(ctypes.byref(self._hook), ctypes.byref(opts))
+        except OSError:
+            pass  # namespace or interface already gone: nothing left to detach
+
+
+class XdpAttachment:
+    def __init__(self, netns: str | None, ifindex: int, prog: Program, mode: int = XDP_FLAGS_SKB_MODE):
+        self.netns, self.ifindex, self.mode = netns, ifindex, mode
+        with in_netns(netns):
+            rc = _lib.bpf_xdp_attach(ifindex, prog.fd, mode, None)
+            if rc != 0:
+                raise _err(f"xdp attach {prog.name} ifindex {ifindex}", rc)
+
+    def detach(self) -> None:
+        try:
+            with in_netns(self.netns):
+                _lib.bpf_xdp_detach(self.ifindex, self.mode, None)
+        except OSError:
+            pass
+
+
+def ensure_bpffs() -> None:
+    if not os.path.ismount(BPF_FS):
+        os.system(f"mount -t bpf bpf {BPF_FS}")
+
+
+def build_dir() -> Path:
+    """Where `make bpf` puts the objects (repo checkout), overridable by MIRESGA_BPF_DIR."""
+    env = os.environ.get("MIRESGA_BPF_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "build" / "bpf"
+
+
+def object_path(name: str) -> Path:
+    return build_dir() / f"{name}.bpf.o"

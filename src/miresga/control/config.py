@@ -1,0 +1,234 @@
+"""The deployment config: one YAML file, one typed schema.
+
+Every part of Miresga (testbed, switch controller, front-ends, agents, bench) reads the same
+`Deployment`. Unknown keys and wrong types are rejected with the dotted path of the key (and its
+line in the file where known), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    """Base for every config section: no unknown keys, no silent type coercion of strings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Endpoint(Strict):
+    address: ipaddress.IPv4Address
+    port: int = Field(ge=1, le=65535)
+
+
+class Host(Strict):
+    """One machine of the fabric: a namespace on the testbed, a real host elsewhere.
+
+    `address` carries its prefix; the switch's port toward this host holds the first address of
+    that network (the host's gateway).
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9]{0,7}$")
+    address: ipaddress.IPv4Interface
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address:
+        return self.address.ip
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return next(self.address.network.hosts())
+
+
+class Backend(Host):
+    port: int = Field(default=80, ge=1, le=65535, description="service port Miresga balances to")
+    direct_port: int = Field(default=8080, ge=1, le=65535, description="port for traffic that bypasses Miresga")
+    weight: int = Field(default=1, ge=0, le=1000)
+    site: str = Field(default="default", description="object catalog name this back-end serves")
+
+
+class LbHost(Host):
+    """Host of the peer load balancers (nginx, HAProxy) that the benchmark compares against."""
+
+    nginx_port: int = Field(default=80, ge=1, le=65535)
+    haproxy_port: int = Field(default=81, ge=1, le=65535)
+
+
+class Hosts(Strict):
+    clients: list[Host] = Field(min_length=1)
+    frontends: list[Host] = Field(min_length=1)
+    backends: list[Backend] = Field(min_length=1)
+    lb: LbHost
+
+    def all(self) -> list[Host]:
+        return [*self.clients, *self.frontends, *self.backends, self.lb]
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Hosts":
+        names = [h.name for h in self.all()]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"host names must be unique, repeated: {sorted(dup)}")
+        nets = [h.address.network for h in self.all()]
+        for i, a in enumerate(nets):
+            for b in nets[i + 1:]:
+                if a.overlaps(b):
+                    raise ValueError(f"host networks overlap: {a} and {b}")
+        return self
+
+
+class Cookie(Strict):
+    secret: str = Field(min_length=16, description="hex or text; keys are derived from it")
+    bucket_seconds: int = Field(default=64, ge=1, le=3600)
+    rotate_seconds: int = Field(default=3600, ge=10)
+
+
+class ControlApi(Strict):
+    port: int = Field(default=50051, ge=1, le=65535)
+    token: str = Field(min_length=16, description="shared secret every caller of the control API presents")
+
+
+class Switch(Strict):
+    name: str = Field(default="sw", pattern=r"^[a-z][a-z0-9]{0,7}$")
+    profile: Literal["software", "tofino"] = "software"
+    insert_rate: int = Field(default=17000, ge=1, description="tofino profile: offload inserts+deletes per second")
+    batch_latency_ms: float = Field(default=1.0, ge=0)
+    offload_capacity: int | None = Field(default=None, ge=1, description="override the profile's table size")
+    idle_timeout_s: float = Field(default=10.0, gt=0)
+    mss: int = Field(default=1460, ge=536, le=9000)
+    window_scale: int = Field(default=7, ge=0, le=14)
+    sack: bool = True
+    cookie: Cookie
+    control: ControlApi
+
+
+class Match(Strict):
+    host: str | None = None
+    path_exact: str | None = None
+    path_prefix: str | None = None
+    path_regex: str | None = None
+    method: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="header name -> regex")
+
+
+class Rule(Strict):
+    name: str
+    match: Match = Field(default_factory=Match)
+    pool: list[str] = Field(min_length=1, description="back-end names")
+    policy: Literal["round_robin", "weighted", "least_conn", "hash_client", "hash_header"] = "round_robin"
+    hash_header: str | None = None
+    offload: Literal["always", "never", "auto"] = "auto"
+    offload_threshold: int = Field(default=65536, ge=0, description="auto: min Content-Length to offload")
+
+    @model_validator(mode="after")
+    def _hash_header(self) -> "Rule":
+        if self.policy == "hash_header" and not self.hash_header:
+            raise ValueError("policy hash_header needs hash_header")
+        return self
+
+
+class Frontend(Strict):
+    max_header_bytes: int = Field(default=16384, ge=256, le=1 << 20)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    idle_timeout_s: float = Field(default=60.0, gt=0)
+    syn_retransmit_s: float = Field(default=1.0, gt=0)
+    syn_retries: int = Field(default=3, ge=0)
+    health_interval_s: float = Field(default=1.0, gt=0)
+    health_path: str = "/health"
+    metrics_port: int = Field(default=9100, ge=1, le=65535)
+
+
+class Agent(Strict):
+    capacity: int = Field(default=65536, ge=16)
+    idle_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class Objects(Strict):
+    sizes: list[int] = Field(
+        default=[1024, 10240, 65536, 1 << 20, 8 << 20, 10 << 20, 100 << 20], min_length=1)
+
+
+class Deployment(Strict):
+    vip: Endpoint
+    switch: Switch
+    hosts: Hosts
+    rules: list[Rule] = Field(default_factory=list)
+    frontend: Frontend = Field(default_factory=Frontend)
+    agent: Agent = Field(default_factory=Agent)
+    objects: Objects = Field(default_factory=Objects)
+
+    @model_validator(mode="after")
+    def _refs(self) -> "Deployment":
+        names = {b.name for b in self.hosts.backends}
+        for i, r in enumerate(self.rules):
+            unknown = [p for p in r.pool if p not in names]
+            if unknown:
+                raise ValueError(f"rules.{i}.pool: unknown back-ends {unknown}")
+        for h in self.hosts.all():
+            if self.vip.address in h.address.network:
+                raise ValueError(f"vip.address {self.vip.address} lies in host {h.name}'s network")
+        return self
+
+    def backend(self, name: str) -> Backend:
+        return next(b for b in self.hosts.backends if b.name == name)
+
+
+class ConfigError(Exception):
+    """A config that does not fit the schema; the message names every bad key."""
+
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line number of a key path in a YAML text (for error messages)."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part):
+                    node = v
+                    found = k
+                    break
+            else:
+                return None
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            found = node
+        else:
+            return None
+    return found.start_mark.line + 1 if loc else None
+
+
+def parse_config(text: str, source: str = "<config>") -> Deployment:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping")
+    try:
+        return Deployment.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            line = _line_of(text, loc)
+            where = f"{source}:{line}" if line else source
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{where}: {key}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None) -> Deployment:
+    p = Path(path) if path else DEFAULT_CONFIG
+    return parse_config(p.read_text(), str(p))
