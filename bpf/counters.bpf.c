@@ -27,11 +27,11 @@ static __always_inline int count(struct __sk_buff *skb, __u32 dir)
 		bpf_map_update_elem(&if_counters, &key, &zero, BPF_NOEXIST);
 		c = bpf_map_lookup_elem(&if_counters, &key);
 		if (!c)
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 	}
 	__sync_fetch_and_add(&c->packets, 1);
 	__sync_fetch_and_add(&c->bytes, skb->len);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC; /* not a verdict: the next program on this hook decides */
 }
 
 SEC("tc")

@@ -92,7 +92,25 @@ for name, res, args in [
     f = getattr(_lib, name)
     f.restype, f.argtypes = res, args
 
-# libbpf prints its own diagnostics to stderr; keep them (they explain verifier rejections).
+# libbpf's own diagnostics go to stderr (they explain verifier rejections), except the notice that
+# a clsact qdisc already exists, which is expected when ingress and egress share one.
+_libc = ctypes.CDLL(ctypes.util.find_library("c"))
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_QUIET = (b"Exclusivity flag on",)
+
+
+@_PRINT_FN
+def _libbpf_print(level: int, fmt: bytes, args: int) -> int:
+    buf = ctypes.create_string_buffer(4096)
+    _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(args))
+    if level <= 1 and not any(q in buf.value for q in _QUIET):  # LIBBPF_WARN, LIBBPF_INFO
+        os.write(2, buf.value)
+    return 0
+
+
+_lib.libbpf_set_print.restype = ctypes.c_void_p
+_lib.libbpf_set_print.argtypes = [_PRINT_FN]
+_lib.libbpf_set_print(_libbpf_print)
 
 Buffer = bytes | bytearray | ctypes.Structure | ctypes.Array
 
@@ -263,7 +281,7 @@ class BpfObject:
 class TcAttachment:
     """A program attached to clsact ingress or egress of one interface (in a namespace)."""
 
-    def __init__(self, netns: str | None, ifindex: int, direction: str, prog: Program, priority: int = 1):
+    def __init__(self, netns: str | None, ifindex: int, direction: str, prog: Program, priority: int = 10):
         self.netns, self.ifindex, self.direction = netns, ifindex, direction
         point = BPF_TC_INGRESS if direction == "ingress" else BPF_TC_EGRESS
         self._hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=point)

@@ -1,0 +1,111 @@
+"""Configuration of the real servers on the testbed: nginx back-ends and the peer load balancers.
+
+Peer tuning (written down as the benchmark promises): one worker each (the machine has 2 cores),
+keep-alive to clients and to upstreams, HTTP/1.1 upstreams with connection reuse, sendfile on the
+back-ends, access logs off everywhere. The peers talk to the back-ends' direct port, never the
+service port (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from miresga.control.config import Backend, LbHost
+
+_COMMON = """\
+worker_processes 1;
+daemon on;
+pid {run}/nginx.pid;
+error_log {run}/error.log warn;
+worker_rlimit_nofile 16384;
+events {{ worker_connections 8000; multi_accept on; }}
+"""
+
+_HTTP = """\
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 65;
+    client_body_temp_path {run}/body;
+    proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fastcgi;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+"""
+
+
+def backend_nginx_conf(b: Backend, run: Path, objects_root: Path) -> str:
+    listeners = "\n".join(f"        listen {b.ip}:{p} reuseport backlog=4096;" for p in (b.port, b.direct_port))
+    return _COMMON.format(run=run) + f"""\
+http {{
+{_HTTP.format(run=run)}
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    server {{
+{listeners}
+        root {objects_root};
+        location /obj/ {{ }}
+        location = /whoami {{ default_type text/plain; return 200 "{b.name}\\n"; }}
+        location = /health {{ default_type text/plain; return 200 "ok\\n"; }}
+        location /api/ {{ default_type application/json; return 200 '{{"backend":"{b.name}","uri":"$uri"}}\\n'; }}
+        location = /echo {{
+            default_type text/plain;
+            client_max_body_size 64m;
+            # reading the body is what makes nginx answer after the whole POST arrived
+            proxy_pass http://{b.ip}:{b.direct_port}/echo_sink;
+        }}
+        location = /echo_sink {{ default_type text/plain; return 200 "{b.name} got $content_length\\n"; }}
+    }}
+}}
+"""
+
+
+def lb_nginx_conf(lb: LbHost, backends: list[Backend], run: Path) -> str:
+    servers = "\n".join(f"        server {b.ip}:{b.direct_port};" for b in backends)
+    return _COMMON.format(run=run) + f"""\
+http {{
+{_HTTP.format(run=run)}
+    upstream backends {{
+{servers}
+        keepalive 256;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {lb.ip}:{lb.nginx_port} reuseport backlog=4096;
+        location / {{
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }}
+    }}
+}}
+"""
+
+
+def haproxy_conf(lb: LbHost, backends: list[Backend], run: Path) -> str:
+    servers = "\n".join(f"    server {b.name} {b.ip}:{b.direct_port} check inter 2s" for b in backends)
+    return f"""\
+global
+    daemon
+    nbthread 1
+    maxconn 8000
+    pidfile {run}/haproxy.pid
+    tune.bufsize 65536
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+
+frontend fe
+    bind {lb.ip}:{lb.haproxy_port}
+    default_backend bes
+
+backend bes
+    balance roundrobin
+{servers}
+"""

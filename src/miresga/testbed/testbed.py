@@ -1,0 +1,269 @@
+"""Bring a testbed instance up and down: namespaces, veth pairs, addresses, routes, servers.
+
+Everything made is recorded in a state file *before* it is made, so `down` removes a half-built
+instance too (after a crash or a failed `up`). Only namespaces named `mg<inst>-*` and processes
+inside them are ever touched; nothing is attached to the machine's own interfaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from miresga.bpf import netns as nsx
+from miresga.control.config import Deployment, load_config
+from miresga.testbed.objects import CACHE, CatalogObject, ensure_catalog
+from miresga.testbed.services import backend_nginx_conf, haproxy_conf, lb_nginx_conf
+from miresga.testbed.topology import Topology, build_topology, new_instance_id
+
+RUN_ROOT = Path(os.environ.get("MIRESGA_RUN", "/run/miresga"))
+PIN_ROOT = Path("/sys/fs/bpf/miresga")
+
+
+def log(msg: str) -> None:
+    print(f"[testbed] {msg}", flush=True)
+
+
+class Testbed:
+    """One instance. `with Testbed(cfg) as tb:` brings it up and always tears it down."""
+
+    def __init__(self, cfg: Deployment | None = None, instance: str | None = None, switch: str = "kernel",
+                 verbose: bool = False):
+        self.cfg = cfg or load_config()
+        self.instance = instance or new_instance_id()
+        self.topo: Topology = build_topology(self.cfg, self.instance)
+        self.switch_mode = switch
+        self.verbose = verbose
+        self.run_dir = RUN_ROOT / self.instance
+        self.pin_dir = PIN_ROOT / self.instance
+        self.objects: list[CatalogObject] = []
+        self._closers: list = []  # in-process resources (BPF objects, attachments) to release
+        self.state: dict[str, Any] = {"instance": self.instance, "namespaces": [], "pids": {}, "switch": switch}
+
+    # ---------- naming ----------
+    def ns(self, host: str) -> str:
+        return self.topo.node(host).netns
+
+    @property
+    def ns_switch(self) -> str:
+        return self.topo.switch_netns
+
+    def run(self, host: str, *argv: str, **kw) -> subprocess.CompletedProcess:
+        ns = self.ns_switch if host == self.cfg.switch.name else self.ns(host)
+        return nsx.run(ns, *argv, **kw)
+
+    # ---------- state file ----------
+    def _save(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "state.json").write_text(json.dumps(self.state, indent=1))
+
+    def _log(self, msg: str) -> None:
+        if self.verbose:
+            log(msg)
+
+    # ---------- up ----------
+    def up(self) -> "Testbed":
+        try:
+            self._up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _up(self) -> None:
+        self.objects = ensure_catalog(self.cfg.objects.sizes)
+        self.state["config"] = self.cfg.model_dump(mode="json")
+        self._save()
+        for ns in self.topo.namespaces:
+            self.state["namespaces"].append(ns)
+            self._save()
+            nsx.run(None, "ip", "netns", "add", ns)
+            nsx.run(ns, "ip", "link", "set", "lo", "up")
+        sw = self.ns_switch
+        nsx.run(sw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for n in self.topo.nodes:
+            nsx.run(sw, "ip", "link", "add", n.port_iface, "address", n.port_mac, "type", "veth",
+                    "peer", "name", n.iface, "address", n.mac, "netns", n.netns)
+            nsx.run(sw, "ip", "addr", "add", f"{n.gateway}/{n.network.prefixlen}", "dev", n.port_iface)
+            nsx.run(sw, "ip", "link", "set", n.port_iface, "up")
+            nsx.run(n.netns, "ip", "addr", "add", str(n.address), "dev", n.iface)
+            nsx.run(n.netns, "ip", "link", "set", n.iface, "up")
+            nsx.run(n.netns, "ip", "route", "add", "default", "via", str(n.gateway))
+            # Static neighbours both ways: no ARP round trips, and the eBPF switch can take over
+            # the switch host without the other hosts noticing.
+            nsx.run(n.netns, "ip", "neigh", "replace", str(n.gateway), "lladdr", n.port_mac, "dev", n.iface,
+                    "nud", "permanent")
+            nsx.run(sw, "ip", "neigh", "replace", str(n.ip), "lladdr", n.mac, "dev", n.port_iface, "nud", "permanent")
+        self._log(f"namespaces up: {', '.join(self.topo.namespaces)}")
+        self._start_backends()
+        self._start_peers()
+        self._attach_counters()
+        self._wait_ready()
+
+    def _spawn_daemon(self, host: str, key: str, argv: list[str], pidfile: Path) -> None:
+        self.state["pids"][key] = str(pidfile)
+        self._save()
+        self.run(host, *argv)
+
+    def _start_backends(self) -> None:
+        for b in self.cfg.hosts.backends:
+            run = self.run_dir / b.name
+            run.mkdir(parents=True, exist_ok=True)
+            conf = run / "nginx.conf"
+            conf.write_text(backend_nginx_conf(b, run, CACHE))
+            self._spawn_daemon(b.name, f"nginx-{b.name}", ["nginx", "-c", str(conf), "-e", str(run / "error.log")],
+                               run / "nginx.pid")
+
+    def _start_peers(self) -> None:
+        lb = self.cfg.hosts.lb
+        run = self.run_dir / lb.name
+        run.mkdir(parents=True, exist_ok=True)
+        conf = run / "nginx.conf"
+        conf.write_text(lb_nginx_conf(lb, self.cfg.hosts.backends, run))
+        self._spawn_daemon(lb.name, "nginx-lb", ["nginx", "-c", str(conf), "-e", str(run / "error.log")],
+                           run / "nginx.pid")
+        hconf = run / "haproxy.cfg"
+        hconf.write_text(haproxy_conf(lb, self.cfg.hosts.backends, run))
+        self._spawn_daemon(lb.name, "haproxy", ["haproxy", "-q", "-f", str(hconf)], run / "haproxy.pid")
+
+    def _attach_counters(self) -> None:
+        """Per-host packet/byte counters (eBPF) on every host's eth0, pinned for `status`."""
+        from miresga.bpf.counters import attach_counters
+        self.state["pins"] = str(self.pin_dir)
+        self._save()
+        for n in self.topo.nodes:
+            self._closers.append(attach_counters(n.netns, n.iface, self.pin_dir / n.name))
+
+    def _wait_ready(self, timeout: float = 10.0) -> None:
+        c = self.topo.by_role("client")[0]
+        targets = [f"http://{b.ip}:{b.direct_port}/health" for b in self.cfg.hosts.backends]
+        lb = self.cfg.hosts.lb
+        targets += [f"http://{lb.ip}:{lb.nginx_port}/health", f"http://{lb.ip}:{lb.haproxy_port}/health"]
+        deadline = time.monotonic() + timeout
+        for url in targets:
+            while True:
+                p = nsx.run(c.netns, "curl", "-sf", "-m", "2", "-o", "/dev/null", url, check=False)
+                if p.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"testbed: {url} not ready after {timeout}s (curl rc {p.returncode})")
+                time.sleep(0.1)
+        self._log("back-ends and peers answer")
+
+    # ---------- down ----------
+    def down(self) -> None:
+        for c in reversed(self._closers):
+            try:
+                c.close()
+            except Exception as e:  # keep tearing down the rest
+                log(f"close: {e}")
+        self._closers.clear()
+        teardown_instance(self.instance, self.state)
+
+    def __enter__(self) -> "Testbed":
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    # ---------- status ----------
+    def status(self) -> dict[str, Any]:
+        return describe(self.cfg, self.topo, self.objects or ensure_catalog(self.cfg.objects.sizes),
+                        self.pin_dir, vip=self.state.get("vip"))
+
+
+def _kill_pidfile(pidfile: Path) -> None:
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError, IndexError):
+        pass
+
+
+def teardown_instance(instance: str, state: dict[str, Any] | None = None) -> None:
+    """Remove everything an instance made, from its state file; safe to call twice."""
+    run_dir = RUN_ROOT / instance
+    if state is None:
+        f = run_dir / "state.json"
+        state = json.loads(f.read_text()) if f.exists() else {"namespaces": [], "pids": {}}
+    for pidfile in state.get("pids", {}).values():
+        _kill_pidfile(Path(pidfile))
+    namespaces = set(state.get("namespaces", [])) | {
+        ns for ns in list_namespaces() if ns.startswith(f"mg{instance}-")}
+    for ns in namespaces:
+        _kill_netns_processes(ns)
+    for ns in namespaces:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    shutil.rmtree(PIN_ROOT / instance, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _kill_netns_processes(ns: str) -> None:
+    """Every process still inside the namespace (servers, front-ends, leftovers of a crash)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        p = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+        pids = [int(x) for x in p.stdout.split()]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            if not subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+                return
+            time.sleep(0.05)
+
+
+def list_namespaces() -> list[str]:
+    p = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    return [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
+
+
+def running_instances() -> list[str]:
+    if not RUN_ROOT.exists():
+        return []
+    return sorted(d.name for d in RUN_ROOT.iterdir() if (d / "state.json").exists())
+
+
+def load_instance(instance: str) -> Testbed:
+    state = json.loads((RUN_ROOT / instance / "state.json").read_text())
+    from miresga.control.config import Deployment
+    tb = Testbed(Deployment.model_validate(state["config"]), instance=instance, switch=state.get("switch", "kernel"))
+    tb.state = state
+    return tb
+
+
+def describe(cfg: Deployment, topo: Topology, objects: list[CatalogObject], pin_dir: Path,
+             vip: dict | None = None) -> dict[str, Any]:
+    """The machine-readable description printed by `miresga testbed status --json` (README)."""
+    from miresga.bpf.counters import read_counters
+    roles: dict[str, list[str]] = {"client": [], "switch": [topo.switch_netns], "frontend": [], "backend": [], "lb": []}
+    for n in topo.nodes:
+        roles[n.role].append(n.netns)
+    lb = cfg.hosts.lb
+    b0 = cfg.hosts.backends[0]
+    return {
+        "instance": topo.instance,
+        "namespaces": roles,
+        "vip": vip,
+        "peers": {
+            "direct": {"address": str(b0.ip), "port": b0.direct_port},
+            "nginx": {"address": str(lb.ip), "port": lb.nginx_port},
+            "haproxy": {"address": str(lb.ip), "port": lb.haproxy_port},
+        },
+        "backends": [{"name": b.name, "namespace": topo.node(b.name).netns, "address": str(b.ip),
+                      "port": b.port, "direct_port": b.direct_port} for b in cfg.hosts.backends],
+        "objects": [{"path": o.path, "size": o.size, "sha256": o.sha256} for o in objects],
+        "hosts": [{"name": n.name, "role": n.role, "namespace": n.netns, "address": str(n.address),
+                   "mac": n.mac, "switch_port": n.port_iface, "counters": read_counters(pin_dir / n.name)}
+                  for n in topo.nodes],
+    }
