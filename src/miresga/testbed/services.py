@@ -45,6 +45,8 @@ http {{
 {listeners}
         root {objects_root};
         location /obj/ {{ }}
+        location /video/ {{ alias {objects_root}/obj/; }}
+        location /download/ {{ alias {objects_root}/obj/; }}
         location = /whoami {{ default_type text/plain; return 200 "{b.name}\\n"; }}
         location = /health {{ default_type text/plain; return 200 "ok\\n"; }}
         location /api/ {{ default_type application/json; return 200 '{{"backend":"{b.name}","uri":"$uri"}}\\n'; }}
