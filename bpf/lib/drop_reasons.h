@@ -18,8 +18,10 @@ enum drop_reason {
 	DROP_NO_BACKEND = -12,
 	DROP_REWRITE_FAILED = -13,
 	DROP_TABLE_FULL = -14,
+	DROP_AGENT_TABLE_FULL = -15,   /* agent: splice SYN refused, flow table full (the front-end retries) */
+	DROP_AGENT_NOT_SPLICED = -16,  /* agent: segment before the back-end's SYN-ACK: its ack has no diff yet */
 	/* Add new reasons above and keep DROP_REASON_MAX = number of reasons. */
-	DROP_REASON_MAX = 14,
+	DROP_REASON_MAX = 16,
 };
 
 #endif

@@ -18,3 +18,5 @@ class DropReason(IntEnum):
     NO_BACKEND = -12
     REWRITE_FAILED = -13
     TABLE_FULL = -14
+    AGENT_TABLE_FULL = -15
+    AGENT_NOT_SPLICED = -16
