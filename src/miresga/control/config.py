@@ -141,6 +141,20 @@ class Frontend(Strict):
     health_interval_s: float = Field(default=1.0, gt=0)
     health_path: str = "/health"
     metrics_port: int = Field(default=9100, ge=1, le=65535)
+    # Additions for the engine's bounds and timers (see docs/frontend.md).
+    health_timeout_s: float = Field(default=0.5, gt=0)
+    health_rise: int = Field(default=2, ge=1, description="successful checks before a back-end is back")
+    health_fall: int = Field(default=2, ge=1, description="failed checks before a back-end leaves pools")
+    max_connections: int = Field(default=262144, ge=1, description="connection table bound")
+    max_held_bytes: int = Field(default=262144, ge=1024,
+                                description="per connection: request bytes held until the back-end answers")
+    reorder_grace_s: float = Field(default=1.0, gt=0,
+                                   description="wait for a missing first segment before calling the request garbage")
+    close_linger_s: float = Field(default=2.0, gt=0, description="relay the last ACKs after both FINs")
+    response_rto_s: float = Field(default=0.5, gt=0, description="retransmit timeout of 400/431/503 responses")
+    response_retries: int = Field(default=3, ge=0)
+    checksum: Literal["offload", "software"] = Field(
+        default="offload", description="offload: frames leave with a partial checksum the kernel completes")
 
 
 class Agent(Strict):

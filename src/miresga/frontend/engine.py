@@ -1,0 +1,688 @@
+"""The front-end's splice engine, sans I/O (DESIGN.md §3 steps 1-3, 5-9).
+
+Events in: `segment(seg, now)` for every TCP segment the switch steers here (to VIP:port from
+clients, from back-ends' service ip:port), `tick(now)` for timers, `offload_result(...)` and
+`switch_idle(...)` from the switch controller, `set_health(...)` from health checks. Each returns a
+list of actions: `Send` (a segment to put on the wire), `OffloadInsert`, `OffloadDelete`.
+`now` is TAI seconds (the cookie's clock), used for timers too.
+
+The states and which events each allows live in `states.py`; everything else a segment can be is
+a counted drop in `stats.drops`. All per-connection buffers are bounded by the config.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Union
+
+from miresga import cookie
+from miresga.control.config import Deployment
+from miresga.frontend.http import (HttpError, RequestStream, ResponseWatcher, local_response,
+                                   looks_like_request_start)
+from miresga.frontend.rules import CompiledRule, RuleSet
+from miresga.frontend.segment import ACK, FIN, PSH, RST, SYN, Segment, seq_add, seq_diff, syn_options
+from miresga.frontend.selection import Selector
+from miresga.frontend.states import TRANSITIONS, Ev, Offload, State
+
+Key = tuple[int, int]  # client ip, client port
+MAX_WINDOW_AHEAD = 1 << 22  # a client segment further ahead than this is not in any window we gave
+
+
+@dataclass(slots=True)
+class Send:
+    seg: Segment
+    to: str  # "client" | "backend" (for metrics and tests; the adapter only needs seg)
+
+
+@dataclass(slots=True)
+class OffloadInsert:
+    client_ip: int
+    client_port: int
+    backend: int
+    gen: int  # echo it back in offload_result
+
+
+@dataclass(slots=True)
+class OffloadDelete:
+    client_ip: int
+    client_port: int
+
+
+Action = Union[Send, OffloadInsert, OffloadDelete]
+
+
+class Stats:
+    """Counters the metrics adapter exports (plain dicts: cheap to bump, easy to assert on)."""
+
+    def __init__(self) -> None:
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.events: collections.Counter[str] = collections.Counter()
+        self.requests_rule: collections.Counter[str] = collections.Counter()
+        self.requests_backend: collections.Counter[int] = collections.Counter()
+        self.responses_local: collections.Counter[int] = collections.Counter()
+        self.offload: collections.Counter[str] = collections.Counter()
+        self.bytes: collections.Counter[str] = collections.Counter()  # slow_to_client/slow_to_backend/offloaded_est
+
+
+class Conn:
+    """One client connection (both halves of the splice)."""
+
+    __slots__ = ("key", "state", "c", "s", "opts", "nxt", "ooo", "ooo_bytes", "held", "held_bytes",
+                 "parser", "parser_idle", "req_ack", "req_start", "last_req_ack", "pipelined", "holding",
+                 "backend", "rule", "deadline", "tries", "cli_fin", "srv_fin", "srv_end", "cli_ack",
+                 "offload", "offload_gen", "watch", "watch_next", "slow_srv_bytes", "resp", "reset_after",
+                 "resp_acked", "s0", "ever_installed")
+
+    def __init__(self, key: Key, s: int, opts: cookie.ClientOptions, parser: RequestStream):
+        self.key = key
+        self.state = State.HEADER
+        self.c = 0                  # client ISN of the current back-end connection
+        self.s = s                  # "switch ISN" of the current back-end connection
+        self.s0 = s                 # the cookie: start of the client's view of the server stream
+        self.ever_installed = False
+        self.opts = opts
+        self.nxt: int | None = None  # next in-order client sequence number to parse
+        self.ooo: dict[int, Segment] = {}
+        self.ooo_bytes = 0
+        self.held: list[Segment] = []
+        self.held_bytes = 0
+        self.parser = parser
+        self.parser_idle = True
+        self.req_ack = seq_add(s, 1)  # client's ack on the current request = where the response starts
+        self.req_start = 0
+        self.last_req_ack: int | None = None
+        self.pipelined = False
+        self.holding = False
+        self.backend: int | None = None
+        self.rule: CompiledRule | None = None
+        self.deadline = 0.0
+        self.tries = 0
+        self.cli_fin = False
+        self.srv_fin = False
+        self.srv_end = seq_add(s, 1)  # highest back-end seq seen (switch space)
+        self.cli_ack = seq_add(s, 1)
+        self.offload = Offload.NONE
+        self.offload_gen = 0
+        self.watch: ResponseWatcher | None = None
+        self.watch_next = 0
+        self.slow_srv_bytes = 0
+        self.resp: Segment | None = None
+        self.reset_after = False
+        self.resp_acked = False
+
+
+class Engine:
+    def __init__(self, cfg: Deployment):
+        self.cfg = cfg
+        self.fe = cfg.frontend
+        self.vip = int(cfg.vip.address)
+        self.vport = cfg.vip.port
+        self.backends = [(int(b.ip), b.port) for b in cfg.hosts.backends]
+        self.by_service = {ep: i for i, ep in enumerate(self.backends)}
+        self.rules = RuleSet(cfg)
+        names = [b.name for b in cfg.hosts.backends]
+        weights = [b.weight for b in cfg.hosts.backends]
+        self.selectors = {r.index: Selector(r, names, weights) for r in self.rules.all()}
+        self.healthy = [True] * len(self.backends)
+        self.active = [0] * len(self.backends)
+        self.conns: dict[Key, Conn] = {}
+        self.stats = Stats()
+        self._cookie = cfg.switch.cookie
+        self._keys_gen: int | None = None
+        self._keys: tuple[cookie.CookieKey, ...] = ()
+        self._gen = 0
+
+    # ---------------------------------------------------------------- events in
+
+    def segment(self, seg: Segment, now: float) -> list[Action]:
+        out: list[Action] = []
+        if seg.dst == self.vip and seg.dport == self.vport:
+            key = (seg.src, seg.sport)
+            f = seg.flags
+            if f & RST:
+                ev = Ev.C_RST
+            elif f & SYN:
+                ev = Ev.C_SYN
+            elif seg.payload or f & FIN:
+                ev = Ev.C_DATA
+            else:
+                ev = Ev.C_ACK
+            b = None
+        else:
+            b = self.by_service.get((seg.src, seg.sport))
+            if b is None:
+                self.stats.drops["not_ours"] += 1
+                return out
+            key = (seg.dst, seg.dport)
+            f = seg.flags
+            if f & RST:
+                ev = Ev.B_RST
+            elif f & SYN:
+                ev = Ev.B_SYNACK if f & ACK else Ev.B_SYN
+            else:
+                ev = Ev.B_SEG
+        conn = self.conns.get(key)
+        if conn is None:
+            self._no_flow(seg, key, ev, now, out)
+            return out
+        if b is not None and b != conn.backend:
+            self.stats.drops["stale_backend"] += 1
+            return out
+        handler = TRANSITIONS.get((conn.state, ev))
+        if handler is None:
+            self.stats.drops[f"protocol:{conn.state.value}:{ev.value}"] += 1
+            return out
+        if conn.state is State.SPLICED:
+            conn.deadline = now + self.fe.idle_timeout_s
+        getattr(self, "_" + handler)(conn, seg, now, out)
+        return out
+
+    def tick(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        for conn in [c for c in self.conns.values() if c.deadline <= now]:
+            if self.conns.get(conn.key) is conn:
+                self._timeout(conn, now, out)
+        return out
+
+    def offload_result(self, client_ip: int, client_port: int, gen: int, status: str,
+                       now: float) -> list[Action]:
+        """Answer of the switch controller to OffloadInsert `gen`: ok|exists|queued|table_full|
+        installed|absent|error."""
+        out: list[Action] = []
+        key = (client_ip, client_port)
+        conn = self.conns.get(key)
+        present = status in ("ok", "exists", "installed")
+        if conn is None or conn.offload_gen != gen or conn.offload is Offload.NONE:
+            # Stale: the connection ended or dropped this request, and a delete went out after the
+            # insert. An insert that completed late may have outlived that delete: delete again.
+            if present and status == "installed" and (conn is None or conn.offload is Offload.NONE):
+                out.append(OffloadDelete(client_ip, client_port))
+            self.stats.offload["stale_result"] += 1
+            return out
+        if present:
+            if conn.offload is not Offload.INSTALLED:
+                self.stats.offload["installed"] += 1
+            conn.ever_installed = True
+            conn.offload = Offload.INSTALLED
+        elif status == "queued":
+            conn.offload = Offload.QUEUED
+            self.stats.offload["queued"] += 1
+        else:
+            conn.offload = Offload.NONE
+            self.stats.offload[f"refused_{status}"] += 1
+        return out
+
+    def switch_idle(self, keys: list[Key], now: float) -> list[Action]:
+        """The switch reports offload entries without traffic. The entry goes; the connection
+        falls back to the slow path and to the front-end's own idle timer."""
+        out: list[Action] = []
+        for key in keys:
+            conn = self.conns.get(key)
+            if conn is not None and conn.offload is not Offload.NONE:
+                self._drop_offload(conn, out)
+                conn.deadline = now + self.fe.idle_timeout_s
+                self.stats.offload["idle_removed"] += 1
+            elif conn is None:
+                out.append(OffloadDelete(*key))
+                self.stats.offload["idle_orphan"] += 1
+        return out
+
+    def set_health(self, backend: int, healthy: bool) -> None:
+        self.healthy[backend] = healthy
+
+    # ---------------------------------------------------------------- helpers
+
+    def keys(self, now: float) -> tuple[cookie.CookieKey, ...]:
+        g = int(now // self._cookie.rotate_seconds)
+        if g != self._keys_gen:
+            self._keys = cookie.keys_at(self._cookie.secret, now, self._cookie.rotate_seconds)
+            self._keys_gen = g
+        return self._keys
+
+    def _to_backend(self, conn: Conn, seg: Segment, out: list[Action]) -> None:
+        ip, port = self.backends[conn.backend]  # type: ignore[index]
+        out.append(Send(Segment(seg.src, seg.sport, ip, port, seg.seq, seg.ack, seg.flags, seg.window,
+                                seg.options, seg.payload), "backend"))
+        self.stats.bytes["slow_to_backend"] += len(seg.payload)
+
+    def _to_client(self, seg: Segment, out: list[Action]) -> None:
+        out.append(Send(Segment(self.vip, self.vport, seg.dst, seg.dport, seg.seq, seg.ack, seg.flags,
+                                seg.window, seg.options, seg.payload), "client"))
+        self.stats.bytes["slow_to_client"] += len(seg.payload)
+
+    def _rst_backend(self, conn: Conn, seq: int, out: list[Action]) -> None:
+        ip, port = self.backends[conn.backend]  # type: ignore[index]
+        out.append(Send(Segment(conn.key[0], conn.key[1], ip, port, seq, 0, RST, 0), "backend"))
+
+    def _rst_client(self, conn: Conn, out: list[Action]) -> None:
+        out.append(Send(Segment(self.vip, self.vport, conn.key[0], conn.key[1], conn.cli_ack,
+                                conn.nxt or 0, RST | ACK, 0), "client"))
+
+    def _syn(self, conn: Conn, out: list[Action]) -> None:
+        ip, port = self.backends[conn.backend]  # type: ignore[index]
+        o = conn.opts
+        # ACK flag off: the agent reads the raw ack field (s) and clears it (DESIGN.md step 4).
+        out.append(Send(Segment(conn.key[0], conn.key[1], ip, port, conn.c, conn.s, SYN, 65535,
+                                syn_options(o.mss, o.wscale, o.sack)), "backend"))
+
+    def _insert(self, conn: Conn, out: list[Action]) -> None:
+        if conn.offload is not Offload.NONE or conn.backend is None:
+            return
+        self._gen += 1
+        conn.offload_gen = self._gen
+        conn.offload = Offload.REQUESTED
+        out.append(OffloadInsert(conn.key[0], conn.key[1], conn.backend, self._gen))
+        self.stats.offload["requested"] += 1
+
+    def _drop_offload(self, conn: Conn, out: list[Action]) -> None:
+        if conn.offload is not Offload.NONE:
+            out.append(OffloadDelete(*conn.key))
+            conn.offload = Offload.NONE
+            self.stats.offload["deleted"] += 1
+
+    def _set_backend(self, conn: Conn, b: int | None) -> None:
+        if conn.backend is not None:
+            self.active[conn.backend] -= 1
+        conn.backend = b
+        if b is not None:
+            self.active[b] += 1
+
+    def _forget(self, conn: Conn, out: list[Action]) -> None:
+        self._drop_offload(conn, out)
+        if conn.ever_installed:
+            # Server bytes the client acknowledged minus those we relayed: what took the fast path.
+            total = seq_diff(conn.cli_ack, seq_add(conn.s0, 1))
+            if total > conn.slow_srv_bytes:
+                self.stats.bytes["offloaded_est"] += total - conn.slow_srv_bytes
+        self._set_backend(conn, None)
+        self.conns.pop(conn.key, None)
+
+    # ---------------------------------------------------------------- no connection yet
+
+    def _no_flow(self, seg: Segment, key: Key, ev: Ev, now: float, out: list[Action]) -> None:
+        st = self.stats
+        if ev is Ev.C_ACK:
+            st.events["handshake_ack"] += 1      # step 1: the switch's handshake; nothing to do
+            return
+        if ev is not Ev.C_DATA:
+            st.drops[f"no_flow:{ev.value}"] += 1
+            return
+        if not seg.flags & ACK:
+            st.drops["no_ack_flag"] += 1
+            return
+        s = seq_add(seg.ack, -1)
+        opts = cookie.check_cookie(s, self.keys(now), key[0], key[1], self.vip, self.vport,
+                                   cookie.bucket_of(now, self._cookie.bucket_seconds))
+        if opts is None:
+            st.drops["bad_cookie"] += 1
+            return
+        if not seg.payload:
+            # A FIN before any request: nobody holds state; answer it without creating any.
+            out.append(Send(Segment(self.vip, self.vport, key[0], key[1], seg.ack, seg.end, FIN | ACK, 1024),
+                            "client"))
+            st.events["early_fin"] += 1
+            return
+        if len(self.conns) >= self.fe.max_connections:
+            st.drops["conn_limit"] += 1
+            return
+        conn = Conn(key, s, opts, RequestStream(self.fe.max_header_bytes))
+        conn.deadline = now + self.fe.header_timeout_s
+        self.conns[key] = conn
+        st.events["new_conn"] += 1
+        self._client_stream(conn, seg, now, out)
+
+    # ---------------------------------------------------------------- client stream
+
+    def _client_stream(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        """A client segment with payload or FIN: put it in order, then parse and dispose of it."""
+        if conn.state is State.HEADER and conn.nxt is None:
+            self._find_start(conn, seg, now, out)
+            return
+        d = seq_diff(seg.seq, conn.nxt)  # type: ignore[arg-type]
+        if d > 0:  # a gap before it: hold until the gap fills
+            if d > MAX_WINDOW_AHEAD:
+                self.stats.drops["out_of_window"] += 1
+            else:
+                self._stash(conn, seg)
+            return
+        if conn.state is State.HEADER and seq_diff(seg.seq, conn.req_start) < 0:
+            self._rebase(conn, seg, now, out)
+            return
+        if seq_diff(seg.end, conn.nxt) <= 0:  # type: ignore[arg-type]
+            self._duplicate(conn, seg, out)
+            return
+        self._in_order(conn, seg, -d, now, out)
+        while conn.ooo and self.conns.get(conn.key) is conn and conn.state is not State.RESPONDED:
+            nxt = conn.nxt
+            ready = [k for k in conn.ooo if seq_diff(k, nxt) <= 0]  # type: ignore[arg-type]
+            if not ready:
+                break
+            k = min(ready, key=lambda k: seq_diff(k, nxt))  # type: ignore[arg-type]
+            s2 = conn.ooo.pop(k)
+            conn.ooo_bytes -= len(s2.payload)
+            if seq_diff(s2.end, nxt) <= 0:  # type: ignore[arg-type]
+                self._duplicate(conn, s2, out)
+                continue
+            self._in_order(conn, s2, -seq_diff(s2.seq, nxt), now, out)  # type: ignore[arg-type]
+
+    def _stash(self, conn: Conn, seg: Segment) -> None:
+        if seg.seq in conn.ooo:
+            self.stats.drops["dup_ooo"] += 1
+            return
+        if conn.ooo_bytes + len(seg.payload) > self.fe.max_held_bytes:
+            self.stats.drops["reorder_full"] += 1
+            return
+        conn.ooo[seg.seq] = seg
+        conn.ooo_bytes += len(seg.payload)
+        self.stats.events["out_of_order"] += 1
+
+    def _duplicate(self, conn: Conn, seg: Segment, out: list[Action]) -> None:
+        """Data we have already seen: a retransmission. Once spliced, the back-end must see it
+        (its ACK may have been lost); before that we hold our own copy."""
+        if conn.state is State.SPLICED:
+            self._to_backend(conn, seg, out)
+        else:
+            self.stats.drops["dup_held"] += 1
+
+    def _find_start(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        """The stream's first byte is not known yet: wait for a segment that looks like the
+        start of a request and has no lower segment before it (its predecessor may be lost)."""
+        self._stash(conn, seg)
+        first = min(conn.ooo.values(), key=lambda x: seq_diff(x.seq, seg.seq))
+        if looks_like_request_start(first.payload):
+            del conn.ooo[first.seq]
+            conn.ooo_bytes -= len(first.payload)
+            conn.c = seq_add(first.seq, -1)
+            conn.nxt = conn.req_start = first.seq
+            conn.deadline = now + self.fe.header_timeout_s
+            self._client_stream(conn, first, now, out)
+        else:
+            conn.deadline = min(conn.deadline, now + self.fe.reorder_grace_s)
+
+    def _rebase(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        """A segment below what we took for the stream's start: the real first segment was late.
+        Nothing has been decided yet in HEADER, so start over from everything held."""
+        self.stats.events["rebase"] += 1
+        segs = [*conn.held, *conn.ooo.values(), seg]
+        conn.held, conn.held_bytes, conn.ooo, conn.ooo_bytes = [], 0, {}, 0
+        conn.nxt = None
+        conn.parser = RequestStream(self.fe.max_header_bytes)
+        conn.parser_idle, conn.last_req_ack, conn.pipelined = True, None, False
+        for s in sorted(segs, key=lambda x: seq_diff(x.seq, seg.seq)):
+            if self.conns.get(conn.key) is not conn or conn.state is not State.HEADER:
+                break
+            self._client_stream(conn, s, now, out)
+
+    def _in_order(self, conn: Conn, seg: Segment, overlap: int, now: float, out: list[Action]) -> None:
+        """`seg` continues the client stream at conn.nxt; its first `overlap` bytes were seen."""
+        new = seg.payload[overlap:] if overlap else seg.payload
+        holding_state = conn.state in (State.HEADER, State.SYN_SENT)
+        if (holding_state or conn.holding) and conn.held_bytes + len(seg.payload) > \
+                self.fe.max_held_bytes + self.fe.max_header_bytes:
+            self.stats.drops["hold_full"] += 1   # not consumed: the client will retransmit it
+            return
+        conn.nxt = seg.end
+        start = seq_add(seg.seq, overlap)
+        if seg.flags & FIN:
+            conn.cli_fin = True
+        conn.cli_ack = seg.ack if seg.flags & ACK else conn.cli_ack
+        if new:
+            was_idle = conn.parser_idle
+            try:
+                events = conn.parser.feed(new)
+            except HttpError as e:
+                self._refuse(conn, e.status, e.reason, now, out)
+                return
+            for i, ev in enumerate(events):
+                kind = ev[0]
+                if kind == "begin":
+                    conn.parser_idle = False
+                    at_start = was_idle and i == 0
+                    conn.pipelined = (not at_start) or (conn.last_req_ack is not None
+                                                        and seg.ack == conn.last_req_ack)
+                    conn.last_req_ack = seg.ack
+                    if not conn.pipelined:
+                        conn.req_ack = seg.ack
+                        conn.req_start = start
+                        if conn.state is State.SPLICED:
+                            conn.holding = True
+                elif kind == "head":
+                    if not self._route(conn, ev[1], now, out):
+                        return
+                elif kind == "end":
+                    conn.parser_idle = True
+                elif kind == "upgrade":
+                    conn.parser_idle = True   # a tunnel from here on: relayed unparsed
+        # dispose of the segment
+        if conn.state in (State.HEADER, State.SYN_SENT) or conn.holding:
+            conn.held.append(seg)
+            conn.held_bytes += len(seg.payload)
+            if conn.state is State.HEADER and conn.cli_fin:
+                self._refuse(conn, 400, "request incomplete at FIN", now, out)
+        else:
+            self._to_backend(conn, seg, out)
+            self._maybe_closing(conn, now, out)
+
+    def _route(self, conn: Conn, head, now: float, out: list[Action]) -> bool:
+        """A request header is complete: pick its back-end. False if the connection was closed."""
+        rule = self.rules.match(head)
+        sel = self.selectors[rule.index]
+        self.stats.requests_rule[rule.name] += 1
+        cur = conn.backend
+        if conn.pipelined and cur is not None:
+            if cur in rule.pool and self.healthy[cur]:
+                self.stats.requests_backend[cur] += 1
+                self.stats.events["pipelined"] += 1
+                return True
+            # Another back-end would need the earlier responses finished first: refuse cleanly.
+            self.stats.drops["pipelined_reroute"] += 1
+            self._abort_both(conn, out)
+            return False
+        if cur is not None and sel.sticky and cur in rule.pool and self.healthy[cur]:
+            b: int | None = cur
+        else:
+            b = sel.pick(self.healthy, self.active, conn.key[0], head)
+        if b is None:
+            self._refuse(conn, 503, "no healthy back-end", now, out)
+            return False
+        self.stats.requests_backend[b] += 1
+        conn.rule = rule
+        if rule.offload == "auto" and conn.offload is Offload.NONE:
+            conn.watch = ResponseWatcher(self.fe.max_header_bytes)
+            conn.watch_next = conn.req_ack
+        else:
+            conn.watch = None
+        if b == cur:
+            self._release_held(conn, out)
+            if rule.offload == "always":
+                self._insert(conn, out)
+            return True
+        if cur is not None:  # step 8: re-route to another back-end
+            self.stats.events["reroute"] += 1
+            self._rst_backend(conn, conn.req_start, out)
+            self._drop_offload(conn, out)
+        self._set_backend(conn, b)
+        conn.c = seq_add(conn.req_start, -1)
+        conn.s = seq_add(conn.req_ack, -1)
+        conn.state = State.SYN_SENT
+        conn.holding = False
+        conn.tries = 0
+        conn.deadline = now + self.fe.syn_retransmit_s
+        self._syn(conn, out)
+        return True
+
+    def _release_held(self, conn: Conn, out: list[Action]) -> None:
+        for s in conn.held:
+            self._to_backend(conn, s, out)
+        conn.held, conn.held_bytes, conn.holding = [], 0, False
+
+    # ---------------------------------------------------------------- back-end side
+
+    def _backend_synack(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        if seg.seq != conn.s or seg.ack != seq_add(conn.c, 1):
+            self.stats.drops["bad_synack"] += 1
+            return
+        conn.state = State.SPLICED
+        conn.deadline = now + self.fe.idle_timeout_s
+        self._release_held(conn, out)
+        if conn.rule is not None and conn.rule.offload == "always":
+            self._insert(conn, out)
+        self._maybe_closing(conn, now, out)
+
+    def _backend_segment(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        if seq_diff(seg.end, conn.srv_end) > 0:
+            conn.srv_end = seg.end
+        if seg.payload:
+            conn.slow_srv_bytes += len(seg.payload)
+            w = conn.watch
+            if w is not None and seg.seq == conn.watch_next:
+                conn.watch_next = seq_add(seg.seq, len(seg.payload))
+                cl = w.feed(seg.payload)
+                if w.done:
+                    conn.watch = None
+                    rule = conn.rule
+                    if cl is not None and rule is not None and cl >= rule.offload_threshold:
+                        self._insert(conn, out)
+        if seg.flags & FIN:
+            conn.srv_fin = True
+        self._to_client(seg, out)
+        self._maybe_closing(conn, now, out)
+
+    def _backend_refused(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        self.stats.drops["backend_refused"] += 1
+        self._refuse(conn, 503, "back-end refused the connection", now, out, rst_backend=False)
+
+    def _backend_abort(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        self._to_client(seg, out)
+        self.stats.events["backend_rst"] += 1
+        self._forget(conn, out)
+
+    # ---------------------------------------------------------------- relaying and closing
+
+    def _relay_to_backend(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        if seg.flags & ACK:
+            conn.cli_ack = seg.ack
+        self._to_backend(conn, seg, out)
+
+    def _relay_to_client(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        self._to_client(seg, out)
+
+    def _maybe_closing(self, conn: Conn, now: float, out: list[Action]) -> None:
+        if conn.state is State.SPLICED and conn.cli_fin and conn.srv_fin:
+            conn.state = State.CLOSING
+            conn.deadline = now + self.fe.close_linger_s
+            self._drop_offload(conn, out)
+
+    def _client_abort(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        if conn.backend is not None and conn.state in (State.SPLICED, State.CLOSING, State.SYN_SENT):
+            self._to_backend(conn, seg, out)
+        self.stats.events["client_rst"] += 1
+        self._forget(conn, out)
+
+    def _abort_both(self, conn: Conn, out: list[Action]) -> None:
+        if conn.backend is not None and conn.state is not State.HEADER:
+            self._rst_backend(conn, conn.req_start if conn.holding else (conn.nxt or 0), out)
+        self._rst_client(conn, out)
+        self._forget(conn, out)
+
+    def _ignore(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        self.stats.events[f"ignored:{conn.state.value}"] += 1
+
+    def _drop_conn(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        self._forget(conn, out)
+
+    # ---------------------------------------------------------------- the front-end answers itself
+
+    def _refuse(self, conn: Conn, status: int, reason: str, now: float, out: list[Action],
+                rst_backend: bool = True) -> None:
+        """Send `status` to the client from VIP:port at the start of the current response slot,
+        with FIN; the back-end connection of this request (if any) is reset."""
+        self.stats.responses_local[status] += 1
+        if conn.backend is not None:
+            if rst_backend and conn.state in (State.SPLICED, State.SYN_SENT):
+                seq = seq_add(conn.c, 1) if conn.state is State.SYN_SENT else conn.req_start
+                self._rst_backend(conn, seq, out)
+            self._set_backend(conn, None)
+        self._drop_offload(conn, out)
+        body = local_response(status, reason)
+        conn.resp = Segment(self.vip, self.vport, conn.key[0], conn.key[1], conn.req_ack, conn.nxt or 0,
+                            ACK | PSH | FIN, 1024, b"", body)
+        conn.reset_after = status == 431
+        conn.state = State.RESPONDED
+        conn.held, conn.held_bytes, conn.ooo, conn.ooo_bytes = [], 0, {}, 0
+        conn.tries = 0
+        conn.deadline = now + self.fe.response_rto_s
+        out.append(Send(conn.resp, "client"))
+
+    def _responded_client(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        resp = conn.resp
+        assert resp is not None
+        if seg.flags & ACK and seq_diff(seg.ack, resp.end) >= 0:
+            conn.resp_acked = True
+            if conn.reset_after:
+                out.append(Send(Segment(self.vip, self.vport, conn.key[0], conn.key[1], resp.end, 0, RST, 0),
+                                "client"))
+                self._forget(conn, out)
+                return
+            if seg.flags & FIN:
+                out.append(Send(Segment(self.vip, self.vport, conn.key[0], conn.key[1], resp.end, seg.end,
+                                        ACK, 1024), "client"))
+                self._forget(conn, out)
+                return
+            conn.deadline = now + self.fe.close_linger_s
+        elif seg.flags & FIN:
+            # The client closed without having seen our answer: repeat it (timers do the rest).
+            out.append(Send(resp, "client"))
+
+    # ---------------------------------------------------------------- timers
+
+    def _timeout(self, conn: Conn, now: float, out: list[Action]) -> None:
+        st, fe = self.stats, self.fe
+        state = conn.state
+        if state is State.HEADER:
+            if conn.nxt is None:
+                self._refuse(conn, 400, "no request start", now, out)
+            else:
+                st.drops["header_timeout"] += 1
+                self._rst_client(conn, out)
+                self._forget(conn, out)
+        elif state is State.SYN_SENT:
+            if conn.tries < fe.syn_retries:
+                conn.tries += 1
+                st.events["syn_retransmit"] += 1
+                conn.deadline = now + fe.syn_retransmit_s * (1 << conn.tries)
+                self._syn(conn, out)
+            else:
+                st.drops["backend_timeout"] += 1
+                self._refuse(conn, 503, "back-end did not answer", now, out)
+        elif state is State.SPLICED:
+            if conn.offload is Offload.INSTALLED:
+                conn.deadline = now + fe.idle_timeout_s   # only the switch can tell it is idle
+            else:
+                st.events["idle_expired"] += 1
+                self._abort_both(conn, out)
+        elif state is State.CLOSING:
+            self._forget(conn, out)
+        elif state is State.RESPONDED:
+            if conn.resp_acked or conn.tries >= fe.response_retries:
+                resp = conn.resp
+                assert resp is not None
+                out.append(Send(Segment(self.vip, self.vport, conn.key[0], conn.key[1], resp.end, 0, RST, 0),
+                                "client"))
+                self._forget(conn, out)
+            else:
+                conn.tries += 1
+                conn.deadline = now + fe.response_rto_s * (1 << conn.tries)
+                out.append(Send(conn.resp, "client"))  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- introspection
+
+    def conns_by_state(self) -> dict[str, int]:
+        out = {s.value: 0 for s in State}
+        for c in self.conns.values():
+            out[c.state.value] += 1
+        return out
+
+    def offloaded(self) -> int:
+        return sum(1 for c in self.conns.values() if c.offload is Offload.INSTALLED)

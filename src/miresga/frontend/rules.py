@@ -1,0 +1,86 @@
+"""L7 routing rules: compile the config's `rules` once, then match request heads (first match wins).
+
+A request no rule matches goes to an implicit default rule named `default` over every back-end
+(round robin, offload `auto`), so a config without a catch-all still routes everything; write
+your own catch-all last to change that.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from miresga.control.config import Deployment, Rule
+from miresga.frontend.http import RequestHead
+
+Predicate = Callable[[RequestHead], bool]
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    name: str
+    index: int                      # position in cfg.rules; len(cfg.rules) for the implicit default
+    pool: tuple[int, ...]           # back-end indices (positions in cfg.hosts.backends)
+    policy: str
+    hash_header: str | None
+    offload: str
+    offload_threshold: int
+    predicates: tuple[Predicate, ...] = field(default=(), repr=False)
+
+    def matches(self, head: RequestHead) -> bool:
+        return all(p(head) for p in self.predicates)
+
+
+def _host_predicate(pattern: str) -> Predicate:
+    pattern = pattern.lower()
+    if pattern.startswith("*."):
+        suffix = pattern[1:]
+        return lambda h: h.host is not None and h.host.endswith(suffix)
+    return lambda h: h.host == pattern
+
+
+def _predicates(rule: Rule) -> tuple[Predicate, ...]:
+    m = rule.match
+    out: list[Predicate] = []
+    if m.host is not None:
+        out.append(_host_predicate(m.host))
+    if m.method is not None:
+        methods = frozenset(x.strip().upper() for x in m.method.split(","))
+        out.append(lambda h: h.method in methods)
+    if m.path_exact is not None:
+        exact = m.path_exact
+        out.append(lambda h: h.path == exact)
+    if m.path_prefix is not None:
+        prefix = m.path_prefix
+        out.append(lambda h: h.path.startswith(prefix))
+    if m.path_regex is not None:
+        rx = re.compile(m.path_regex)
+        out.append(lambda h: rx.search(h.path) is not None)
+    for name, pattern in m.headers.items():
+        hrx, lname = re.compile(pattern), name.lower()
+        out.append(lambda h, hrx=hrx, lname=lname: (v := h.headers.get(lname)) is not None
+                   and hrx.search(v) is not None)
+    return tuple(out)
+
+
+class RuleSet:
+    def __init__(self, cfg: Deployment):
+        index = {b.name: i for i, b in enumerate(cfg.hosts.backends)}
+        self.rules: list[CompiledRule] = [
+            CompiledRule(r.name, i, tuple(index[n] for n in r.pool), r.policy, r.hash_header, r.offload,
+                         r.offload_threshold, _predicates(r))
+            for i, r in enumerate(cfg.rules)]
+        self.default = CompiledRule("default", len(cfg.rules), tuple(range(len(cfg.hosts.backends))),
+                                    "round_robin", None, "auto", 65536, ())
+        if self.rules and not self.rules[-1].predicates:
+            self.default = self.rules[-1]
+
+    def match(self, head: RequestHead) -> CompiledRule:
+        for r in self.rules:
+            if r.matches(head):
+                return r
+        return self.default
+
+    def all(self) -> list[CompiledRule]:
+        return self.rules if self.default in self.rules else [*self.rules, self.default]

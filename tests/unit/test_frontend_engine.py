@@ -1,0 +1,488 @@
+"""The splice engine driven with segments as data: every transition, loss, duplication, reorder."""
+
+from __future__ import annotations
+
+import pytest
+
+from frontend_helpers import (ACK, FIN, NOW, PSH, RST, SYN, Backend, Client, deletes, get, inserts,
+                              make_cfg, sends, seq_add)
+from miresga import cookie
+from miresga.frontend.engine import Engine
+from miresga.frontend.segment import parse_options, OPT_MSS, OPT_SACK_PERM, OPT_WSCALE
+from miresga.frontend.states import Offload, State
+
+
+@pytest.fixture
+def eng():
+    return Engine(make_cfg())
+
+
+def open_conn(eng, path="/", client=None, backend=0, now=NOW):
+    """Client sends a one-segment GET, engine SYNs, back-end SYN-ACKs: returns (client, backend, actions)."""
+    cl = client or Client(eng)
+    a1 = eng.segment(cl.seg(get(path)), now)
+    syn = sends(a1, "backend")
+    assert len(syn) == 1 and syn[0].flags == SYN
+    be = Backend(eng, backend, cl)
+    assert (syn[0].dst, syn[0].dport) == (be.ip, be.port)
+    a2 = eng.segment(be.synack(), now)
+    return cl, be, a1 + a2
+
+
+def test_handshake_ack_is_ignored(eng):
+    cl = Client(eng)
+    assert eng.segment(cl.handshake_ack(), NOW) == []
+    assert not eng.conns and eng.stats.events["handshake_ack"] == 1
+
+
+def test_one_segment_get_splices(eng):
+    cl = Client(eng, mss=1440, wscale=9, sack=True)
+    req = get("/index.html")
+    a = eng.segment(cl.seg(req), NOW)
+    (syn,) = sends(a)
+    be1 = eng.backends[0]
+    # DESIGN step 3: from the client's ip:port, seq c, s in the ack field with the ACK flag off
+    assert (syn.src, syn.sport, syn.dst, syn.dport) == (cl.ip, cl.port, *be1)
+    assert syn.seq == cl.c and syn.ack == cl.s and syn.flags == SYN and syn.payload == b""
+    opts = parse_options(syn.options)
+    assert int.from_bytes(opts[OPT_MSS], "big") == 1440 and opts[OPT_WSCALE] == bytes([9])
+    assert OPT_SACK_PERM in opts and 8 not in opts  # no timestamps
+    assert eng.conns[cl.key].state is State.SYN_SENT
+    be = Backend(eng, 0, cl)
+    a = eng.segment(be.synack(), NOW)
+    (fwd,) = sends(a, "backend")
+    assert (fwd.src, fwd.sport, fwd.dst, fwd.dport) == (cl.ip, cl.port, *be1)
+    assert fwd.seq == seq_add(cl.c, 1) and fwd.ack == seq_add(cl.s, 1) and fwd.payload == req
+    assert eng.conns[cl.key].state is State.SPLICED
+    # response relayed from VIP:port, untouched sequence numbers
+    resp = be.seg(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    (out,) = sends(eng.segment(resp, NOW), "client")
+    assert (out.src, out.sport, out.dst, out.dport) == (eng.vip, eng.vport, cl.ip, cl.port)
+    assert out.seq == resp.seq and out.ack == resp.ack and out.payload == resp.payload
+    cl.acked = len(resp.payload)
+    (ack,) = sends(eng.segment(cl.seg(b"", flags=ACK), NOW), "backend")
+    assert ack.dst == be1[0] and ack.ack == seq_add(cl.s, 1 + len(resp.payload))
+    assert eng.stats.requests_rule["default"] == 1 and eng.stats.requests_backend[0] == 1
+
+
+def test_forged_cookie_dropped(eng):
+    cl = Client(eng)
+    cl.s ^= 0x1000
+    assert eng.segment(cl.seg(get()), NOW) == []
+    assert eng.stats.drops["bad_cookie"] == 1 and not eng.conns
+
+
+def test_cookie_of_other_client_port_dropped(eng):
+    cl = Client(eng)
+    seg = cl.seg(get())
+    seg.sport += 1
+    assert eng.segment(seg, NOW) == [] and eng.stats.drops["bad_cookie"] == 1
+
+
+def test_expired_cookie_dropped_previous_bucket_accepted(eng):
+    bs = eng.cfg.switch.cookie.bucket_seconds
+    old = Client(eng, port=1, bucket=cookie.bucket_of(NOW, bs) - 2)
+    assert eng.segment(old.seg(get()), NOW) == [] and eng.stats.drops["bad_cookie"] == 1
+    prev = Client(eng, port=2, bucket=cookie.bucket_of(NOW, bs) - 1)
+    assert sends(eng.segment(prev.seg(get()), NOW))[0].flags == SYN
+
+
+def test_previous_key_accepted_after_rotation(eng):
+    rot = eng.cfg.switch.cookie.rotate_seconds
+    later = (NOW // rot + 1) * rot + 1       # just after a key rotation
+    cl = Client(eng, now=later - 2)          # cookie from the old generation, same-ish bucket
+    assert sends(eng.segment(cl.seg(get()), later))[0].flags == SYN
+    too_old = Client(eng, port=3, key=cookie.CookieKey.derive(eng.cfg.switch.cookie.secret,
+                                                             int(later // rot) - 2), now=later)
+    assert eng.segment(too_old.seg(get()), later) == []
+
+
+def test_header_across_segments_in_order_and_out_of_order(eng):
+    req = get("/x", extra="X-Long: " + "a" * 300 + "\r\n")
+    parts = [req[:100], req[100:250], req[250:]]
+    for order in ([0, 1, 2], [0, 2, 1], [1, 2, 0], [2, 1, 0]):
+        eng = Engine(make_cfg())
+        cl = Client(eng)
+        segs = []
+        for p in parts:
+            segs.append(cl.seg(p))
+        acts = []
+        for i in order:
+            acts += eng.segment(segs[i], NOW)
+        syn = sends(acts)
+        assert len(syn) == 1 and syn[0].flags == SYN, order
+        be = Backend(eng, 0, cl)
+        fwd = sends(eng.segment(be.synack(), NOW))
+        assert b"".join(s.payload for s in fwd) == req
+        assert [s.seq for s in fwd] == sorted(s.seq for s in segs)
+
+
+def test_duplicate_header_segments(eng):
+    cl = Client(eng)
+    req = get("/dup")
+    s1 = cl.seg(req[:10])
+    s2 = cl.seg(req[10:])
+    eng.segment(s1, NOW)
+    assert eng.segment(s1, NOW) == []        # duplicate while collecting
+    a = eng.segment(s2, NOW)
+    assert sends(a)[0].flags == SYN
+    assert sends(eng.segment(s2, NOW)) == []  # duplicate while waiting for SYN-ACK
+    be = Backend(eng, 0, cl)
+    fwd = sends(eng.segment(be.synack(), NOW))
+    assert b"".join(s.payload for s in fwd) == req
+    # lost on the way to the back-end: the client retransmits, we relay it again
+    again = sends(eng.segment(s1, NOW), "backend")
+    assert again and again[0].payload == req[:10]
+
+
+def test_first_segment_lost_then_retransmitted(eng):
+    cl = Client(eng)
+    req = get("/y", extra="X-A: b\r\n")
+    s1, s2 = cl.seg(req[:12]), cl.seg(req[12:])
+    assert eng.segment(s2, NOW) == []   # does not look like a request start: wait
+    a = eng.segment(s1, NOW + 0.3)       # the retransmission
+    assert sends(a)[0].flags == SYN
+    fwd = sends(eng.segment(Backend(eng, 0, cl).synack(), NOW))
+    assert b"".join(s.payload for s in fwd) == req
+
+
+def test_garbage_gets_400_after_grace(eng):
+    cl = Client(eng)
+    assert eng.segment(cl.seg(b"\x16\x03\x01\x00\xa5garbage"), NOW) == []
+    a = eng.tick(NOW + eng.fe.reorder_grace_s + 0.01)
+    (r,) = sends(a, "client")
+    assert r.payload.startswith(b"HTTP/1.1 400 ") and r.flags & FIN and r.seq == seq_add(cl.s, 1)
+
+
+def test_malformed_request_400(eng):
+    cl = Client(eng)
+    a = eng.segment(cl.seg(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), NOW)
+    (r,) = sends(a)
+    assert r.payload.startswith(b"HTTP/1.1 400 ") and (r.src, r.sport) == (eng.vip, eng.vport)
+    assert r.seq == seq_add(cl.s, 1) and r.flags & FIN and r.ack == seq_add(cl.c, 1 + cl.sent)
+    # the client acknowledges our FIN and closes: we ACK its FIN and forget
+    cl.acked = len(r.payload) + 1
+    a = eng.segment(cl.seg(b"", flags=ACK | FIN), NOW)
+    assert sends(a)[0].flags == ACK and not eng.conns
+
+
+def test_oversized_header_431_then_reset(eng):
+    cl = Client(eng)
+    acts = []
+    for _ in range(6):
+        acts += eng.segment(cl.seg(b"GET / HTTP/1.1\r\n" if cl.sent == 0 else b"X-Pad: " + b"p" * 250 + b"\r\n"), NOW)
+    (r,) = sends(acts)
+    assert r.payload.startswith(b"HTTP/1.1 431 ") and r.flags & FIN
+    assert eng.stats.responses_local[431] == 1
+    cl.acked = len(r.payload) + 1
+    a = eng.segment(cl.seg(b"", flags=ACK), NOW)
+    (rst,) = sends(a)
+    assert rst.flags & RST and rst.seq == r.end and not eng.conns
+
+
+def test_local_response_retransmitted_then_reset(eng):
+    cl = Client(eng)
+    (r,) = sends(eng.segment(cl.seg(b"NOT HTTP\r\n\r\n"), NOW))
+    t = NOW
+    for i in range(eng.fe.response_retries):
+        t += eng.fe.response_rto_s * (1 << i) + 0.01
+        (again,) = sends(eng.tick(t))
+        assert again.payload == r.payload
+    t += 100
+    (rst,) = sends(eng.tick(t))
+    assert rst.flags & RST and not eng.conns
+
+
+def test_no_healthy_backend_503(eng):
+    for i in range(3):
+        eng.set_health(i, False)
+    cl = Client(eng)
+    (r,) = sends(eng.segment(cl.seg(get()), NOW))
+    assert r.payload.startswith(b"HTTP/1.1 503 ") and r.seq == seq_add(cl.s, 1)
+
+
+def test_unhealthy_backend_leaves_pool():
+    eng = Engine(make_cfg(RULE_RR))
+    eng.set_health(1, False)
+    picked = set()
+    for p in range(12):
+        cl = Client(eng, port=1000 + p)
+        (syn,) = sends(eng.segment(cl.seg(get()), NOW))
+        picked.add(syn.dst)
+    assert picked == {eng.backends[0][0], eng.backends[2][0]}
+
+
+RULE_RR = """
+rules:
+  - {name: all, pool: [be1, be2, be3], policy: round_robin}
+"""
+
+
+def test_syn_lost_retransmitted_then_503(eng):
+    cl = Client(eng)
+    (syn,) = sends(eng.segment(cl.seg(get()), NOW))
+    t = NOW
+    for i in range(eng.fe.syn_retries):
+        t += eng.fe.syn_retransmit_s * (1 << i) + 0.01
+        (again,) = sends(eng.tick(t))
+        assert again == syn
+    t += 60
+    (r,) = sends(eng.tick(t), "client")
+    assert r.payload.startswith(b"HTTP/1.1 503 ") and eng.stats.drops["backend_timeout"] == 1
+
+
+def test_backend_refuses_503(eng):
+    cl = Client(eng)
+    eng.segment(cl.seg(get()), NOW)
+    be = Backend(eng, 0, cl)
+    rst = be.synack()
+    rst.flags = RST | ACK
+    (r,) = sends(eng.segment(rst, NOW))
+    assert r.payload.startswith(b"HTTP/1.1 503 ") and r.dst == cl.ip
+
+
+def test_bad_synack_ignored_then_good_one(eng):
+    cl = Client(eng)
+    eng.segment(cl.seg(get()), NOW)
+    be = Backend(eng, 0, cl)
+    bad = be.synack()
+    bad.seq ^= 1
+    assert eng.segment(bad, NOW) == [] and eng.stats.drops["bad_synack"] == 1
+    assert sends(eng.segment(be.synack(), NOW))[0].payload == get()
+    # retransmitted SYN-ACK after splice: no second copy of the request
+    assert eng.segment(be.synack(), NOW) == []
+
+
+def test_post_body_spanning_segments_forwarded_whole(eng):
+    body = bytes(range(256)) * 20
+    req = f"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    cl = Client(eng)
+    chunks = [req[i:i + 1000] for i in range(0, len(req), 1000)]
+    segs = [cl.seg(c) for c in chunks]
+    fwd = []
+    fwd += sends(eng.segment(segs[0], NOW), "backend")     # header + start of body -> SYN
+    fwd += sends(eng.segment(segs[2], NOW), "backend")     # out of order, held
+    fwd += sends(eng.segment(segs[1], NOW), "backend")
+    assert [s.flags for s in fwd] == [SYN]
+    be = Backend(eng, 0, cl)
+    fwd = sends(eng.segment(be.synack(), NOW))
+    for s in segs[3:]:
+        fwd += sends(eng.segment(s, NOW))
+    data = b"".join(s.payload for s in sorted(fwd, key=lambda s: (s.seq - cl.c) & 0xFFFFFFFF))
+    assert data == req
+    assert eng.stats.requests_rule["default"] == 1  # body bytes never look like a new request
+
+
+def test_pipelined_same_backend_forwarded(eng):
+    cl = Client(eng)
+    two = get("/a") + get("/b")
+    eng.segment(cl.seg(two), NOW)
+    be = Backend(eng, 0, cl)
+    fwd = sends(eng.segment(be.synack(), NOW))
+    assert fwd[0].payload == two
+    assert eng.stats.events["pipelined"] == 1 and eng.stats.requests_rule["default"] == 2
+
+
+def test_pipelined_to_other_backend_refused_with_reset(eng):
+    cl, be, _ = open_conn(eng, "/a")
+    cl.acked = 0
+    # a pipelined request (no new response byte acknowledged) that the rules send elsewhere
+    a = eng.segment(cl.seg(get("/api/x")), NOW)
+    rsts = [s for s in sends(a) if s.flags & RST]
+    assert {s.dst for s in rsts} == {cl.ip, be.ip} and not eng.conns
+    assert eng.stats.drops["pipelined_reroute"] == 1
+
+
+def keepalive_response(eng, cl, be, body=b"ok", cl_hdr=None):
+    n = len(body) if cl_hdr is None else cl_hdr
+    resp = be.seg(f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n".encode() + body)
+    a = eng.segment(resp, NOW)
+    cl.acked += len(resp.payload)
+    return a
+
+
+def test_keepalive_same_backend_no_new_syn(eng):
+    cl, be, _ = open_conn(eng, "/a")
+    keepalive_response(eng, cl, be)
+    a = eng.segment(cl.seg(get("/b")), NOW)
+    (fwd,) = sends(a)
+    assert fwd.dst == be.ip and fwd.payload == get("/b") and not fwd.flags & SYN
+
+
+def test_reroute_to_other_backend(eng):
+    cl, be, _ = open_conn(eng, "/a")
+    keepalive_response(eng, cl, be)
+    req2 = get("/api/users")
+    start = seq_add(cl.c, 1 + cl.sent)
+    s = cl.seg(req2)
+    a = eng.segment(s, NOW)
+    out = sends(a)
+    rst = [x for x in out if x.flags & RST]
+    syn = [x for x in out if x.flags & SYN]
+    assert len(rst) == 1 and rst[0].dst == be.ip and rst[0].seq == start
+    be2 = eng.backends[1]
+    assert len(syn) == 1 and (syn[0].dst, syn[0].dport) == be2
+    assert syn[0].seq == seq_add(start, -1) and syn[0].ack == seq_add(s.ack, -1)
+    # the new back-end's SYN-ACK continues the client's view of the server stream
+    nb = Backend(eng, 1, cl, s=seq_add(s.ack, -1), c=seq_add(start, -1))
+    (fwd,) = sends(eng.segment(nb.synack(), NOW))
+    assert fwd.payload == req2 and fwd.dst == be2[0] and fwd.seq == start
+    # a straggler of the old back-end is dropped
+    assert eng.segment(be.seg(b"late"), NOW) == [] and eng.stats.drops["stale_backend"] == 1
+    # responses of the new one are relayed
+    assert sends(eng.segment(nb.seg(b"HTTP/1.1 200 OK\r\n\r\n"), NOW))[0].dst == cl.ip
+    assert eng.stats.events["reroute"] == 1 and eng.active == [0, 1, 0]
+
+
+def test_reroute_header_spanning_segments_held(eng):
+    cl, be, _ = open_conn(eng, "/a")
+    keepalive_response(eng, cl, be)
+    req2 = get("/api/long", extra="X-Pad: " + "x" * 200 + "\r\n")
+    s1, s2 = cl.seg(req2[:50]), cl.seg(req2[50:])
+    assert sends(eng.segment(s1, NOW)) == []   # held: its route is not known yet
+    out = sends(eng.segment(s2, NOW))
+    assert [x.flags for x in out] == [RST, SYN]
+    nb = Backend(eng, 1, cl, s=seq_add(s1.ack, -1), c=seq_add(s1.seq, -1))
+    fwd = sends(eng.segment(nb.synack(), NOW))
+    assert b"".join(x.payload for x in fwd) == req2
+
+
+def test_offload_auto_large_response(eng):
+    cl, be, _ = open_conn(eng, "/big/file")
+    a = keepalive_response(eng, cl, be, b"x" * 1000, cl_hdr=1 << 20)
+    (ins,) = inserts(a)
+    assert (ins.client_ip, ins.client_port, ins.backend) == (cl.ip, cl.port, 0)
+    conn = eng.conns[cl.key]
+    assert conn.offload is Offload.REQUESTED
+    eng.offload_result(cl.ip, cl.port, ins.gen, "ok", NOW)
+    assert conn.offload is Offload.INSTALLED
+    # idle timer never expires an offloaded connection...
+    assert eng.tick(NOW + 10 * eng.fe.idle_timeout_s) == [] and cl.key in eng.conns
+    # ...until the switch says its entry is idle; then the slow path and our timer take over
+    a = eng.switch_idle([cl.key], NOW + 1000)
+    assert deletes(a) and conn.offload is Offload.NONE
+    a = eng.tick(NOW + 1000 + eng.fe.idle_timeout_s + 1)
+    assert {s.dst for s in sends(a) if s.flags & RST} == {cl.ip, be.ip} and not eng.conns
+
+
+def test_offload_auto_small_response_stays_slow(eng):
+    cl, be, _ = open_conn(eng, "/big/small")
+    assert inserts(keepalive_response(eng, cl, be, b"x" * 100)) == []
+
+
+def test_offload_never_rule(eng):
+    cl, be, _ = open_conn(eng, "/api/x", backend=1)
+    assert inserts(keepalive_response(eng, cl, be, b"x" * 10, cl_hdr=1 << 30)) == []
+
+
+def test_offload_always_after_synack_and_deleted_on_close(eng):
+    cl, be, acts = open_conn(eng, "/dl/x", backend=2)
+    (ins,) = inserts(acts)
+    eng.offload_result(cl.ip, cl.port, ins.gen, "queued", NOW)
+    assert eng.conns[cl.key].offload is Offload.QUEUED
+    eng.offload_result(cl.ip, cl.port, ins.gen, "installed", NOW)
+    assert eng.conns[cl.key].offload is Offload.INSTALLED
+    # close from the back-end first, then the client
+    a = eng.segment(be.seg(b"", flags=ACK | FIN), NOW)
+    assert sends(a)[0].flags & FIN and not deletes(a)
+    cl.acked += 1
+    a = eng.segment(cl.seg(b"", flags=ACK | FIN), NOW)
+    assert sends(a)[0].flags & FIN and len(deletes(a)) == 1
+    assert eng.conns[cl.key].state is State.CLOSING
+    (last,) = sends(eng.segment(be.seg(b"", flags=ACK), NOW))   # the last ACK, relayed
+    assert last.dst == cl.ip
+    assert eng.tick(NOW + eng.fe.close_linger_s + 1) == [] and not eng.conns
+
+
+def test_offload_table_full_stays_on_slow_path(eng):
+    cl, be, acts = open_conn(eng, "/dl/x", backend=2)
+    (ins,) = inserts(acts)
+    eng.offload_result(cl.ip, cl.port, ins.gen, "table_full", NOW)
+    assert eng.conns[cl.key].offload is Offload.NONE
+    assert sends(eng.segment(be.seg(b"data"), NOW))[0].dst == cl.ip
+    a = eng.segment(cl.seg(b"", flags=RST), NOW)
+    assert deletes(a) == []   # nothing installed, nothing to delete
+
+
+def test_close_from_client_first(eng):
+    cl, be, _ = open_conn(eng, "/")
+    keepalive_response(eng, cl, be)
+    a = eng.segment(cl.seg(b"", flags=ACK | FIN), NOW)
+    assert sends(a)[0].flags & FIN and eng.conns[cl.key].state is State.SPLICED
+    a = eng.segment(be.seg(b"", flags=ACK | FIN), NOW)
+    assert sends(a)[0].flags & FIN and eng.conns[cl.key].state is State.CLOSING
+    # a lost FIN is retransmitted and still relayed during the linger
+    be.sent -= 1
+    assert sends(eng.segment(be.seg(b"", flags=ACK | FIN), NOW))
+    eng.tick(NOW + 5)
+    assert not eng.conns and eng.active == [0, 0, 0]
+
+
+def test_client_rst(eng):
+    cl, be, acts = open_conn(eng, "/dl/", backend=2)
+    (ins,) = inserts(acts)
+    eng.offload_result(cl.ip, cl.port, ins.gen, "ok", NOW)
+    a = eng.segment(cl.seg(b"", flags=RST), NOW)
+    assert sends(a)[0].dst == be.ip and sends(a)[0].flags & RST and len(deletes(a)) == 1
+    assert not eng.conns
+
+
+def test_backend_rst(eng):
+    cl, be, _ = open_conn(eng, "/")
+    a = eng.segment(be.seg(b"", flags=RST | ACK), NOW)
+    (r,) = sends(a)
+    assert r.dst == cl.ip and r.src == eng.vip and r.flags & RST and not eng.conns
+
+
+def test_header_timeout_resets_client(eng):
+    cl = Client(eng)
+    eng.segment(cl.seg(b"GET / HTTP/1.1\r\nHost: a\r\n"), NOW)
+    (r,) = sends(eng.tick(NOW + eng.fe.header_timeout_s + 1))
+    assert r.flags & RST and r.dst == cl.ip and not eng.conns
+
+
+def test_idle_slow_path_connection_expires(eng):
+    cl, be, _ = open_conn(eng, "/")
+    assert eng.tick(NOW + eng.fe.idle_timeout_s - 1) == []
+    a = eng.tick(NOW + eng.fe.idle_timeout_s + 1)
+    assert {s.dst for s in sends(a)} == {cl.ip, be.ip} and not eng.conns
+
+
+def test_early_fin_answered_without_state(eng):
+    cl = Client(eng)
+    (r,) = sends(eng.segment(cl.seg(b"", flags=ACK | FIN), NOW))
+    assert r.flags == FIN | ACK and r.seq == seq_add(cl.s, 1) and r.ack == seq_add(cl.c, 2)
+    assert not eng.conns
+
+
+def test_client_fin_mid_header_400(eng):
+    cl = Client(eng)
+    eng.segment(cl.seg(b"GET / HTTP/1.1\r\n"), NOW)
+    (r,) = sends(eng.segment(cl.seg(b"", flags=ACK | FIN), NOW))
+    assert r.payload.startswith(b"HTTP/1.1 400 ")
+
+
+def test_host_rule(eng):
+    cl = Client(eng)
+    (syn,) = sends(eng.segment(cl.seg(get("/", host="WWW.two.example:80")), NOW))
+    assert syn.dst == eng.backends[2][0]
+
+
+def test_unexpected_events_are_counted_drops(eng):
+    cl = Client(eng)
+    eng.segment(cl.seg(get("/x", extra="X: y\r\n")[:10]), NOW)   # HEADER
+    be = Backend(eng, 0, cl)
+    assert eng.segment(be.synack(), NOW) == []      # no back-end chosen yet
+    assert eng.stats.drops["stale_backend"] == 1
+    syn = cl.seg(b"", flags=SYN)
+    assert eng.segment(syn, NOW) == [] and eng.stats.drops["protocol:header:client_syn"] == 1
+    eng.segment(cl.seg(get("/x", extra="X: y\r\n")[10:]), NOW)    # -> SYN_SENT
+    assert eng.segment(be.seg(b"early"), NOW) == []
+    assert eng.stats.drops["protocol:syn_sent:backend_segment"] == 1
+
+
+def test_not_ours_dropped(eng):
+    cl = Client(eng)
+    s = cl.seg(get())
+    s.dport = 81
+    assert eng.segment(s, NOW) == [] and eng.stats.drops["not_ours"] == 1
