@@ -1,0 +1,291 @@
+/* The back-end agent (DESIGN.md §3 step 4, §6): translates sequence numbers between the switch's
+ * sequence space (what the client sees) and the back-end's, so that the switch only ever rewrites
+ * addresses and ports. TC programs on the back-end's interface; helpers live in lib/agent_*.h. */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <stddef.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "parse.h"
+#include "csum.h"
+#include "tcp_seq.h"
+#include "agent.h"
+#include "agent_maps.h"
+#include "agent_opts.h"
+
+#define TCP_FLAG_BITS(tcp) (((__u8 *)(tcp))[13])
+#define F_FIN 0x01
+#define F_SYN 0x02
+#define F_RST 0x04
+#define F_ACK 0x10
+#define TCP_WINDOW_OFF offsetof(struct tcphdr, window)
+#define TCP_SEQ_OFF offsetof(struct tcphdr, seq)
+#define TCP_ACK_OFF offsetof(struct tcphdr, ack_seq)
+/* Headers we may need in the linear area: Ethernet + IPv4 with options + TCP with options. */
+#define AGENT_PULL_LEN (14 + 60 + 60)
+
+static __always_inline int agent_drop(int reason)
+{
+	__u32 k = -reason;
+	__u64 *c = bpf_map_lookup_elem(&agent_drops, &k);
+
+	if (c)
+		*c += 1;
+	return TC_ACT_SHOT;
+}
+
+/* Parse, pulling the headers into the linear area once if they are not there yet. One parse
+ * call site in a real (not unrolled) loop: two inlined copies made clang merge their paths into
+ * reads of registers the verifier sees as uninitialised. */
+static __always_inline int agent_parse(struct __sk_buff *skb, struct pkt *p)
+{
+	int rc = 0;
+
+#pragma clang loop unroll(disable)
+	for (int attempt = 0; attempt < 2; attempt++) {
+		__u32 want = skb->len < AGENT_PULL_LEN ? skb->len : AGENT_PULL_LEN;
+
+		rc = parse_tcp_ipv4((void *)(long)skb->data, (void *)(long)skb->data_end, p);
+		if (rc != DROP_TRUNCATED_IP && rc != DROP_TRUNCATED_TCP)
+			break;
+		if (attempt || skb->data_end - skb->data >= want || bpf_skb_pull_data(skb, want))
+			break;
+	}
+	return rc;
+}
+
+static __always_inline struct agent_config *agent_cfg(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&agent_config, &zero);
+}
+
+static __always_inline int is_service_port(struct agent_config *cfg, __u16 port_be)
+{
+#pragma unroll
+	for (int i = 0; i < AGENT_MAX_SERVICE_PORTS; i++)
+		if (cfg->service_ports[i] && cfg->service_ports[i] == port_be)
+			return 1;
+	return 0;
+}
+
+static __always_inline int all_closed(struct agent_flow *f)
+{
+	return f->fin_in && f->fin_out && f->fin_in_acked && f->fin_out_acked;
+}
+
+/* Splice SYN (ack field = switch ISN): store the flow, clear the field. A plain SYN (ack field 0)
+ * from the same ip:port is a direct connection: forget any stale splice state for it. */
+static __always_inline int ingress_syn(struct __sk_buff *skb, struct pkt *p, struct agent_flow_key *key)
+{
+	__u32 ack_be = p->tcp->ack_seq, l4 = p->l4_off;
+	__u32 s = bpf_ntohl(ack_be);
+	struct agent_flow *old, nf = {};
+
+	if (s == 0) {
+		if (bpf_map_delete_elem(&agent_flows, key) == 0)
+			agent_count(AGENT_STAT_REMOVED_PLAIN_SYN);
+		return TC_ACT_OK;
+	}
+	old = bpf_map_lookup_elem(&agent_flows, key);
+	if (old && old->switch_isn == s) {
+		/* the front-end retransmitted its SYN: keep what the SYN-ACK taught us */
+		old->last_seen_ns = bpf_ktime_get_ns();
+		agent_count(AGENT_STAT_SYN_RETRANS);
+	} else {
+		nf.last_seen_ns = bpf_ktime_get_ns();
+		nf.switch_isn = s;
+		nf.state = AGENT_FLOW_SYN;
+		nf.backend_wscale = AGENT_WSCALE_NONE;
+		if (bpf_map_update_elem(&agent_flows, key, &nf, BPF_ANY)) {
+			agent_count(AGENT_STAT_INSERT_REFUSED);
+			return agent_drop(DROP_AGENT_TABLE_FULL);
+		}
+		agent_count(old ? AGENT_STAT_RESPLICE : AGENT_STAT_SPLICE_SYN);
+	}
+	if (tcp_store4(skb, l4, TCP_ACK_OFF, ack_be, 0))
+		return agent_drop(DROP_REWRITE_FAILED);
+	return TC_ACT_OK;
+}
+
+/* Client -> back-end: ack and SACK blocks from the switch's space into the back-end's (+diff). */
+SEC("tc")
+int agent_ingress(struct __sk_buff *skb)
+{
+	struct agent_flow_key key = {};
+	struct agent_config *cfg;
+	struct agent_flow *f;
+	struct agent_opts o;
+	struct pkt p = {};
+	__u32 l4, seq, ack, diff, payload, hlen;
+	__u8 flags;
+	int rc = agent_parse(skb, &p);
+
+	if (rc != PARSE_TCP) {
+		agent_count(AGENT_STAT_UNPARSED);
+		return TC_ACT_OK;
+	}
+	cfg = agent_cfg();
+	if (!cfg || !is_service_port(cfg, p.tcp->dest))
+		return TC_ACT_OK;
+	key.addr = p.ip->saddr;
+	key.port = p.tcp->source;
+	flags = TCP_FLAG_BITS(p.tcp);
+	if ((flags & (F_SYN | F_ACK | F_RST)) == F_SYN)
+		return ingress_syn(skb, &p, &key);
+
+	f = bpf_map_lookup_elem(&agent_flows, &key);
+	if (!f) {
+		agent_count(AGENT_STAT_UNKNOWN);
+		return TC_ACT_OK;
+	}
+	if (f->state != AGENT_FLOW_ESTABLISHED) {
+		if (flags & F_RST) { /* the front-end gave up before the back-end answered */
+			bpf_map_delete_elem(&agent_flows, &key);
+			agent_count(AGENT_STAT_REMOVED_RST);
+			return TC_ACT_OK;
+		}
+		return agent_drop(DROP_AGENT_NOT_SPLICED);
+	}
+	f->last_seen_ns = bpf_ktime_get_ns();
+	diff = f->diff;
+	l4 = p.l4_off;
+	hlen = p.tcp_hlen;
+	seq = bpf_ntohl(p.tcp->seq);
+	ack = bpf_ntohl(p.tcp->ack_seq) + diff;
+	payload = p.payload_len;
+
+	if (flags & F_ACK) {
+		if (tcp_seq_shift(skb, l4, TCP_ACK_OFF, diff))
+			return agent_drop(DROP_REWRITE_FAILED);
+		if (hlen > 20) {
+			if (agent_opts_parse(skb, l4, hlen, &o))
+				return agent_drop(DROP_REWRITE_FAILED);
+			if (o.malformed)
+				agent_count(AGENT_STAT_BAD_OPTIONS);
+			for (__u32 i = 0; i < AGENT_SACK_MAX; i++) {
+				if (i >= o.sack_blocks)
+					break;
+				__u32 off = o.sack_off[i & (AGENT_SACK_MAX - 1)];
+				if (tcp_seq_shift(skb, l4, off, diff) || tcp_seq_shift(skb, l4, off + 4, diff))
+					return agent_drop(DROP_REWRITE_FAILED);
+			}
+			agent_count_n(AGENT_STAT_SACK_BLOCKS, o.sack_blocks);
+		}
+		if (f->fin_out && !f->fin_out_acked && seq_after_eq(ack, f->fin_out_end))
+			f->fin_out_acked = 1;
+	}
+	if (flags & F_FIN) {
+		f->fin_in_end = seq + payload + 1;
+		f->fin_in = 1;
+	}
+	agent_count(AGENT_STAT_XLATE_IN);
+	if (flags & F_RST) {
+		bpf_map_delete_elem(&agent_flows, &key);
+		agent_count(AGENT_STAT_REMOVED_RST);
+	} else if (all_closed(f)) {
+		bpf_map_delete_elem(&agent_flows, &key);
+		agent_count(AGENT_STAT_REMOVED_FIN);
+	}
+	return TC_ACT_OK;
+}
+
+/* The back-end's window field, in its own scale, re-expressed in the scale the switch promised
+ * the client; clamped to 16 bits, and never rounded down to a zero window. */
+static __always_inline __u16 rescale_window(__u16 win, __u8 from, __u8 to)
+{
+	__u64 bytes = (__u64)win << from;
+	__u64 w = bytes >> to;
+
+	if (w > 0xFFFF)
+		w = 0xFFFF;
+	if (w == 0 && win)
+		w = 1;
+	return (__u16)w;
+}
+
+/* Back-end -> client: learn the diff from the SYN-ACK, then seq from the back-end's space into the
+ * switch's (-diff) and the window into the promised scale. */
+SEC("tc")
+int agent_egress(struct __sk_buff *skb)
+{
+	struct agent_flow_key key = {};
+	struct agent_config *cfg;
+	struct agent_flow *f;
+	struct agent_opts o;
+	struct pkt p = {};
+	__u32 l4, seq, ack, payload;
+	__u16 win_be;
+	__u8 flags;
+	int rc = agent_parse(skb, &p);
+
+	if (rc != PARSE_TCP) {
+		agent_count(AGENT_STAT_UNPARSED);
+		return TC_ACT_OK;
+	}
+	cfg = agent_cfg();
+	if (!cfg || !is_service_port(cfg, p.tcp->source))
+		return TC_ACT_OK;
+	key.addr = p.ip->daddr;
+	key.port = p.tcp->dest;
+	f = bpf_map_lookup_elem(&agent_flows, &key);
+	if (!f) {
+		agent_count(AGENT_STAT_UNKNOWN);
+		return TC_ACT_OK;
+	}
+	flags = TCP_FLAG_BITS(p.tcp);
+	l4 = p.l4_off;
+	seq = bpf_ntohl(p.tcp->seq);
+	ack = bpf_ntohl(p.tcp->ack_seq);
+	win_be = p.tcp->window;
+	payload = p.payload_len;
+
+	if ((flags & (F_SYN | F_ACK)) == (F_SYN | F_ACK)) {
+		if (agent_opts_parse(skb, l4, p.tcp_hlen, &o))
+			return agent_drop(DROP_REWRITE_FAILED);
+		f->diff = seq - f->switch_isn;
+		f->backend_wscale = o.wscale;
+		f->promised_wscale = cfg->window_scale;
+		f->state = AGENT_FLOW_ESTABLISHED;
+		agent_count(AGENT_STAT_SYNACK);
+	}
+	if (f->state != AGENT_FLOW_ESTABLISHED) {
+		if (flags & F_RST) { /* back-end refused the splice SYN */
+			bpf_map_delete_elem(&agent_flows, &key);
+			agent_count(AGENT_STAT_REMOVED_RST);
+		}
+		return TC_ACT_OK;
+	}
+	f->last_seen_ns = bpf_ktime_get_ns();
+	if (tcp_seq_shift(skb, l4, TCP_SEQ_OFF, -f->diff))
+		return agent_drop(DROP_REWRITE_FAILED);
+	/* SYN windows are never scaled (RFC 7323) */
+	if (!(flags & F_SYN) && f->backend_wscale != AGENT_WSCALE_NONE && f->backend_wscale != f->promised_wscale) {
+		__u16 nw = bpf_htons(rescale_window(bpf_ntohs(win_be), f->backend_wscale, f->promised_wscale));
+
+		if (nw != win_be) {
+			if (tcp_store2(skb, l4, TCP_WINDOW_OFF, win_be, nw))
+				return agent_drop(DROP_REWRITE_FAILED);
+			agent_count(AGENT_STAT_WINDOW_RESCALED);
+		}
+	}
+	if (flags & F_FIN) {
+		f->fin_out_end = seq + payload + 1;
+		f->fin_out = 1;
+	}
+	if ((flags & F_ACK) && f->fin_in && !f->fin_in_acked && seq_after_eq(ack, f->fin_in_end))
+		f->fin_in_acked = 1;
+	agent_count(AGENT_STAT_XLATE_OUT);
+	if (flags & F_RST) {
+		bpf_map_delete_elem(&agent_flows, &key);
+		agent_count(AGENT_STAT_REMOVED_RST);
+	} else if (all_closed(f)) {
+		bpf_map_delete_elem(&agent_flows, &key);
+		agent_count(AGENT_STAT_REMOVED_FIN);
+	}
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

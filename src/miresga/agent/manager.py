@@ -1,0 +1,280 @@
+"""Manager of the back-end agent (bpf/agent.bpf.c): load, configure, attach, count, sweep, detach.
+
+`AgentManager` is a context manager for the testbed (one per back-end namespace). With `pin=True`
+it pins the agent's maps and programs under /sys/fs/bpf/miresga/<netns>/agent/, so that another
+process (`miresga agent stats|sweep|detach`) can find them after the attaching one has exited;
+`AgentManager.from_pins(netns, iface)` is that other process's view. Detaching removes the TC
+filters it can prove are the agent's (same program id as the pinned one) and the pins.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from miresga.bpf.drop_reasons import DropReason
+from miresga.bpf.layouts import AgentConfig, AgentFlow, AgentFlowKey
+from miresga.bpf.libbpf import (BPF_FS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfError, BpfObject, Map, Program,
+                                TcAttachment, _err, _lib, _TcHook, _TcOpts, ensure_bpffs, object_path)
+from miresga.bpf.netns import ifindex, in_netns
+
+PIN_ROOT = BPF_FS / "miresga"
+# After the per-host counters (priority 1, which pass packets on); the agent's verdict is final.
+AGENT_PRIORITY = 20
+TC_HANDLE = 1
+MAPS = ("agent_flows", "agent_config", "agent_stats", "agent_drops")
+PROGS = {"ingress": "agent_ingress", "egress": "agent_egress"}
+
+AGENT_FLOW_SYN, AGENT_FLOW_ESTABLISHED = 1, 2
+AGENT_WSCALE_NONE = 0xFF
+
+
+class AgentStat(IntEnum):
+    """Mirror of bpf/agent.h enum agent_stat (checked by a test)."""
+
+    SPLICE_SYN = 0
+    RESPLICE = 1
+    SYN_RETRANS = 2
+    SYNACK = 3
+    XLATE_IN = 4
+    XLATE_OUT = 5
+    SACK_BLOCKS = 6
+    WINDOW_RESCALED = 7
+    REMOVED_RST = 8
+    REMOVED_FIN = 9
+    REMOVED_PLAIN_SYN = 10
+    INSERT_REFUSED = 11
+    BAD_OPTIONS = 12
+    UNKNOWN = 13
+    UNPARSED = 14
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What the agent needs from the deployment."""
+
+    service_ports: tuple[int, ...] = (80,)
+    window_scale: int = 7          # promised to clients by the switch (cfg.switch.window_scale)
+    capacity: int = 65536          # flow table entries (cfg.agent.capacity)
+    idle_timeout_s: float = 120.0  # sweep entries idle longer than this (cfg.agent.idle_timeout_s)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.service_ports) <= 4:
+            raise ValueError(f"1 to 4 service ports, got {self.service_ports}")
+        if not 0 <= self.window_scale <= 14:
+            raise ValueError(f"window_scale {self.window_scale} not in 0..14")
+
+    @classmethod
+    def from_config(cls, cfg, backend: str | None = None) -> "AgentSettings":
+        """From a Deployment; the service port of `backend` (name), or of every back-end."""
+        bes = [cfg.backend(backend)] if backend else cfg.hosts.backends
+        return cls(service_ports=tuple(sorted({b.port for b in bes})), window_scale=cfg.switch.window_scale,
+                   capacity=cfg.agent.capacity, idle_timeout_s=cfg.agent.idle_timeout_s)
+
+
+def pin_dir(netns: str | None) -> Path:
+    return PIN_ROOT / (netns or "host") / "agent"
+
+
+def _num_cpus() -> int:
+    _lib.libbpf_num_possible_cpus.restype = ctypes.c_int
+    n = _lib.libbpf_num_possible_cpus()
+    if n <= 0:
+        raise _err("libbpf_num_possible_cpus", n)
+    return n
+
+
+def percpu_sum(m: Map, key: int) -> int:
+    """Sum over CPUs of a per-CPU array slot of u64 (Map.lookup sizes for one CPU only)."""
+    n = _num_cpus()
+    k = ctypes.c_uint32(key)
+    v = (ctypes.c_uint64 * n)()
+    if _lib.bpf_map_lookup_elem(m.fd, ctypes.byref(k), v) != 0:
+        raise _err(f"lookup {m.name}[{key}]")
+    return sum(v)
+
+
+def _prog_id(fd: int) -> int:
+    info = (ctypes.c_uint32 * 2)()  # struct bpf_prog_info starts {type, id}; the kernel fills what fits
+    n = ctypes.c_uint32(ctypes.sizeof(info))
+    if _lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(n)) != 0:
+        raise _err("bpf_obj_get_info_by_fd")
+    return info[1]
+
+
+_lib.bpf_tc_query.restype = ctypes.c_int
+_lib.bpf_tc_query.argtypes = [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]
+
+
+def _tc_detach_if(netns: str | None, iface: str, direction: str, prog_id: int) -> bool:
+    """Detach the filter at the agent's (handle, priority) if it runs program `prog_id`."""
+    try:
+        idx = ifindex(netns, iface)
+    except OSError:
+        return False  # interface or namespace gone: nothing attached any more
+    point = BPF_TC_INGRESS if direction == "ingress" else BPF_TC_EGRESS
+    hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=idx, attach_point=point)
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=TC_HANDLE, priority=AGENT_PRIORITY)
+    with in_netns(netns):
+        if _lib.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts)) != 0 or opts.prog_id != prog_id:
+            return False
+        opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=TC_HANDLE, priority=AGENT_PRIORITY)
+        rc = _lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+        if rc != 0:
+            raise _err(f"tc detach {direction} {iface}", rc)
+    return True
+
+
+def flow_key(addr: str, port: int) -> AgentFlowKey:
+    return AgentFlowKey(int.from_bytes(socket.inet_aton(addr), "little"), socket.htons(port))
+
+
+class AgentManager:
+    """The agent on one interface of one namespace."""
+
+    def __init__(self, cfg, netns: str | None = None, iface: str = "eth0", backend: str | None = None,
+                 pin: bool = True):
+        self.settings = cfg if isinstance(cfg, AgentSettings) else AgentSettings.from_config(cfg, backend)
+        self.netns, self.iface, self.pin = netns, iface, pin
+        self.obj: BpfObject | None = None
+        self.maps: dict[str, Map] = {}
+        self._attachments: list[TcAttachment] = []
+        self._pinned_prog_ids: dict[str, int] = {}
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def attach(self) -> "AgentManager":
+        d = pin_dir(self.netns)
+        if self.pin:
+            ensure_bpffs()
+            if d.exists():
+                raise BpfError(errno.EEXIST, f"agent already attached in {self.netns or 'host'} ({d}); detach first")
+        try:
+            self.obj = BpfObject(object_path("agent"), max_entries={"agent_flows": self.settings.capacity})
+            self.maps = {n: self.obj.map(n) for n in MAPS}
+            self.configure()
+            idx = ifindex(self.netns, self.iface)
+            for direction, prog in PROGS.items():
+                p = self.obj.program(prog)
+                self._attachments.append(TcAttachment(self.netns, idx, direction, p, priority=AGENT_PRIORITY))
+            if self.pin:
+                for n, m in self.maps.items():
+                    m.pin(d / n)
+                for direction, prog in PROGS.items():
+                    self._pin_prog(self.obj.program(prog), d / prog)
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    @staticmethod
+    def _pin_prog(p: Program, path: Path) -> None:
+        if _lib.bpf_obj_pin(p.fd, str(path).encode()) != 0:
+            raise _err(f"bpf_obj_pin {path}")
+
+    def configure(self, settings: AgentSettings | None = None) -> None:
+        """Write service ports and promised window scale into the agent (also while attached)."""
+        s = settings or self.settings
+        self.settings = s
+        c = AgentConfig()
+        for i, port in enumerate(s.service_ports):
+            c.service_ports[i] = socket.htons(port)
+        c.window_scale = s.window_scale
+        self.maps["agent_config"].update(ctypes.c_uint32(0), c)
+
+    @classmethod
+    def from_pins(cls, netns: str | None, iface: str = "eth0") -> "AgentManager":
+        """The agent another process attached with pins (for stats, sweep, detach)."""
+        d = pin_dir(netns)
+        if not d.exists():
+            raise FileNotFoundError(f"no agent pinned for namespace {netns or 'host'} ({d})")
+        m = cls(AgentSettings(), netns, iface, pin=True)
+        m.maps = {n: Map.from_pin(d / n) for n in MAPS}
+        raw = m.maps["agent_config"].lookup(ctypes.c_uint32(0))
+        c = AgentConfig.from_buffer_copy(raw)
+        ports = tuple(socket.ntohs(p) for p in c.service_ports if p)
+        m.settings = AgentSettings(service_ports=ports or (80,), window_scale=c.window_scale,
+                                   capacity=m.maps["agent_flows"].max_entries)
+        for direction, prog in PROGS.items():
+            fd = _lib.bpf_obj_get(str(d / prog).encode())
+            if fd >= 0:
+                try:
+                    m._pinned_prog_ids[direction] = _prog_id(fd)
+                finally:
+                    os.close(fd)
+        return m
+
+    def detach(self) -> None:
+        """Remove the TC filters this agent put there, close everything, remove the pins."""
+        for a in self._attachments:
+            a.detach()
+        self._attachments.clear()
+        for direction, pid in self._pinned_prog_ids.items():
+            _tc_detach_if(self.netns, self.iface, direction, pid)
+        self._pinned_prog_ids.clear()
+        for m in self.maps.values():
+            m.close()
+        self.maps = {}
+        if self.obj:
+            self.obj.close()
+            self.obj = None
+        if self.pin:
+            shutil.rmtree(pin_dir(self.netns), ignore_errors=True)
+
+    def __enter__(self) -> "AgentManager":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def flows(self) -> dict[tuple[str, int], AgentFlow]:
+        """{(client ip, client port): flow state}."""
+        out = {}
+        for k, v in self.maps["agent_flows"].items():
+            key = AgentFlowKey.from_buffer_copy(k)
+            out[(str(ipaddress.IPv4Address(socket.ntohl(key.addr))), socket.ntohs(key.port))] = \
+                AgentFlow.from_buffer_copy(v)
+        return out
+
+    def counters(self) -> dict[str, int]:
+        return {s.name.lower(): percpu_sum(self.maps["agent_stats"], s) for s in AgentStat}
+
+    def drops(self) -> dict[str, int]:
+        m = self.maps["agent_drops"]
+        out = {}
+        for r in DropReason:
+            if -r < m.max_entries:
+                n = percpu_sum(m, -r)
+                if n:
+                    out[r.name.lower()] = n
+        return out
+
+    def stats(self) -> dict:
+        flows = sum(1 for _ in self.maps["agent_flows"].keys())
+        cap = self.maps["agent_flows"].max_entries
+        c = self.counters()
+        return {"flows": flows, "capacity": cap, "occupancy": flows / cap,
+                "translations": c["xlate_in"] + c["xlate_out"], "counters": c, "drops": self.drops()}
+
+    def sweep(self, now_ns: int | None = None, idle_timeout_s: float | None = None) -> int:
+        """Delete flows idle longer than the timeout; `now_ns` on bpf_ktime_get_ns()'s clock
+        (CLOCK_MONOTONIC). Returns how many were removed."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        limit = int((idle_timeout_s if idle_timeout_s is not None else self.settings.idle_timeout_s) * 1e9)
+        m = self.maps["agent_flows"]
+        removed = 0
+        for k in list(m.keys()):
+            v = m.lookup(k)  # read again just before deleting: the flow may have moved meanwhile
+            if v is not None and now - AgentFlow.from_buffer_copy(v).last_seen_ns > limit and m.delete(k):
+                removed += 1
+        return removed
