@@ -1,0 +1,82 @@
+"""`miresga frontend`: run one front-end (normally inside its host's namespace), or show the
+status of a running one (`--status`, read from its metrics endpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+
+from miresga.control.config import ConfigError, load_config
+
+
+def _status(args: argparse.Namespace, cfg) -> int:
+    from miresga.bpf.netns import in_netns
+    from miresga.frontend.metrics import scrape
+    host = next(h for h in cfg.hosts.frontends if h.name == args.name)
+    url = f"http://{host.ip}:{cfg.frontend.metrics_port}/metrics"
+    try:
+        with in_netns(args.netns):
+            m = scrape(url)
+    except OSError as e:
+        print(f"front-end {args.name}: no metrics at {url}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(m, indent=2, sort_keys=True))
+        return 0
+    print(f"front-end {args.name} ({url})")
+    for name in ("connections", "offloaded_connections", "requests", "backend_requests", "backend_healthy",
+                 "offload", "bytes", "local_responses", "drops", "packets", "switch_rpc"):
+        vals = m.get(name, {})
+        shown = ", ".join(f"{k or 'value'}={int(v)}" for k, v in sorted(vals.items()) if v) or "-"
+        print(f"  {name:22s} {shown}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"invalid config:\n{e}", file=sys.stderr)
+        return 2
+    if not any(h.name == args.name for h in cfg.hosts.frontends):
+        print(f"no front-end named {args.name!r} in the config", file=sys.stderr)
+        return 2
+    if args.status:
+        return _status(args, cfg)
+    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
+                        format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
+    from miresga.bpf.netns import in_netns
+    from miresga.frontend.server import FrontendServer, ServerOptions
+    opts = ServerOptions(name=args.name, iface=args.iface, gateway_mac=args.gateway_mac,
+                         switch_address="" if args.no_switch else args.switch, health=not args.no_health)
+    # Threads started inside the block inherit the namespace; the whole process lives there.
+    with in_netns(args.netns):
+        server = FrontendServer(cfg, opts)
+
+        def stop(*_):
+            server.stop.set()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, stop)
+            signal.signal(signal.SIGINT, stop)
+        server.run()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("frontend", help="run a front-end (splice engine + packet I/O)", description=__doc__)
+    p.add_argument("--config", help="deployment config (default: built-in)")
+    p.add_argument("--name", required=True, help="front-end name from hosts.frontends")
+    p.add_argument("--netns", help="network namespace to run in (the host's)")
+    p.add_argument("--iface", default="eth0")
+    p.add_argument("--gateway-mac", help="MAC of the switch port (default: 02:53:<gateway ip>)")
+    p.add_argument("--switch", help="switch controller host:port (default: gateway:control.port)")
+    p.add_argument("--no-switch", action="store_true", help="no controller: everything on the slow path")
+    p.add_argument("--no-health", action="store_true", help="no active health checks")
+    p.add_argument("--status", action="store_true", help="show a running front-end's metrics and exit")
+    p.add_argument("--json", action="store_true", help="with --status: JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run)

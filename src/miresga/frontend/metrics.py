@@ -1,0 +1,103 @@
+"""Front-end metrics for Prometheus: a snapshot of the engine's counters, published by the main
+loop once a second and read by prometheus_client's HTTP thread (so the engine is never read
+while it changes)."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
+
+P = "miresga_frontend_"
+
+
+class MetricsPublisher:
+    def __init__(self, engine, io_stats, worker_stats: dict, health, backend_names: list[str]):
+        self.engine, self.io_stats, self.worker_stats, self.health = engine, io_stats, worker_stats, health
+        self.names = backend_names
+        self._snap: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._server = None
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self)
+        self.publish()
+
+    def publish(self) -> None:
+        e, st = self.engine, self.engine.stats
+        snap = {
+            "connections": e.conns_by_state(),
+            "offloaded": e.offloaded(),
+            "requests_rule": dict(st.requests_rule),
+            "requests_backend": {self.names[b]: n for b, n in st.requests_backend.items()},
+            "offload": dict(st.offload),
+            "bytes": dict(st.bytes),
+            "drops": dict(st.drops),
+            "events": dict(st.events),
+            "local": {str(k): v for k, v in st.responses_local.items()},
+            "packets": {"rx": self.io_stats.rx, "tx": self.io_stats.tx, "rx_gso": self.io_stats.rx_gso,
+                        "tx_gso": self.io_stats.tx_gso, "tx_errors": self.io_stats.tx_errors},
+            "switch_rpc": dict(self.worker_stats),
+            "healthy": {self.names[i]: int(h) for i, h in enumerate(self.health.healthy)},
+            "active": {self.names[i]: n for i, n in enumerate(e.active)},
+        }
+        with self._lock:
+            self._snap = snap
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return self._snap
+
+    def collect(self):
+        s = self.snapshot()
+
+        def fam(kind, name, doc, label, values):
+            m = (CounterMetricFamily if kind == "c" else GaugeMetricFamily)(P + name, doc, labels=[label])
+            for k, v in sorted(values.items()):
+                m.add_metric([str(k)], v)
+            return m
+
+        yield fam("g", "connections", "connections by state", "state", s["connections"])
+        g = GaugeMetricFamily(P + "offloaded_connections", "connections with a confirmed switch entry")
+        g.add_metric([], s["offloaded"])
+        yield g
+        yield fam("c", "requests", "requests per rule", "rule", s["requests_rule"])
+        yield fam("c", "backend_requests", "requests per back-end", "backend", s["requests_backend"])
+        yield fam("c", "offload", "offload requests and outcomes", "event", s["offload"])
+        yield fam("c", "bytes", "payload bytes by path (offloaded_est: acknowledged minus relayed)", "path",
+                  s["bytes"])
+        yield fam("c", "drops", "segments dropped, by reason", "reason", s["drops"])
+        yield fam("c", "events", "engine events", "event", s["events"])
+        yield fam("c", "local_responses", "responses the front-end sent itself", "status", s["local"])
+        yield fam("c", "packets", "packet socket counters", "counter", s["packets"])
+        yield fam("c", "switch_rpc", "switch controller calls", "counter", s["switch_rpc"])
+        yield fam("g", "backend_healthy", "1 if the back-end is in its pools", "backend", s["healthy"])
+        yield fam("g", "backend_active", "connections per back-end", "backend", s["active"])
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        self._server = start_http_server(port, addr=addr, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            try:
+                self._server[0].shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def scrape(url: str, timeout: float = 2.0) -> dict[str, dict[str, float]]:
+    """Read a front-end's metrics endpoint into {metric: {label value: number}} (for `status`)."""
+    text = urllib.request.urlopen(url, timeout=timeout).read().decode()
+    out: dict[str, dict[str, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        if not fam.name.startswith(P):
+            continue
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            label = next(iter(s.labels.values()), "")
+            out.setdefault(fam.name[len(P):], {})[label] = s.value
+    return out

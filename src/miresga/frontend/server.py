@@ -1,0 +1,347 @@
+"""The front-end process: the only place with sockets, threads and a clock.
+
+    packet socket ──► Engine.segment ──► actions ──► packet socket (Send)
+                                                └──► OffloadWorker ──► switch controller (gRPC)
+    OffloadWorker results, switch idle reports, health results ──► queue ──► Engine
+
+The engine runs on the main thread only; other threads talk to it through one queue, so the
+engine needs no locks. Metrics are published as a snapshot the Prometheus thread reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import selectors
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from miresga import cookie
+from miresga.control.config import Deployment
+from miresga.frontend.engine import Engine, OffloadDelete, OffloadInsert, Send
+from miresga.frontend.health import HealthTracker, check_ok, probe
+from miresga.frontend.metrics import MetricsPublisher
+
+log = logging.getLogger("miresga.frontend")
+
+
+def switch_port_mac(gateway: str) -> str:
+    """Convention of the testbed (and of our switch): the port facing a host has 02:53:<gateway ip>."""
+    return ":".join(f"{b:02x}" for b in (0x02, 0x53, *map(int, gateway.split("."))))
+
+
+# ---------------------------------------------------------------------- kernel guard
+
+GUARD_TABLE = "miresga_fe"
+
+
+def install_kernel_guard(own_ip: str) -> None:
+    """The spliced traffic is addressed to the VIP and to clients, never to this host: make sure
+    this namespace's kernel neither forwards it nor answers it (RST, ICMP)."""
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write("0")
+    rules = f"""
+table ip {GUARD_TABLE} {{
+  chain pre {{ type filter hook prerouting priority raw; policy accept;
+    ip daddr != {own_ip} meta pkttype host counter drop comment "spliced traffic: the front-end's packet socket handles it"
+  }}
+  chain out {{ type filter hook output priority raw; policy accept;
+    ip saddr != {{ {own_ip}, 127.0.0.0/8 }} counter drop comment "never answer for the VIP or a client"
+  }}
+}}
+"""
+    remove_kernel_guard()
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, capture_output=True)
+
+
+def remove_kernel_guard() -> None:
+    subprocess.run(["nft", "delete", "table", "ip", GUARD_TABLE], capture_output=True)
+
+
+# ---------------------------------------------------------------------- switch controller
+
+class OffloadWorker(threading.Thread):
+    """Batches offload inserts/deletes to the switch controller, polls queued inserts until
+    installed, fetches idle reports and heartbeats. Results go to `results` as tuples:
+    ("offload", ip, port, gen, status) and ("idle", [keys])."""
+
+    def __init__(self, make_client: Callable[[], Any], name: str, address: str, results: queue.SimpleQueue,
+                 wake: Callable[[], None], idle_interval: float = 1.0, poll_interval: float = 0.02):
+        super().__init__(name="offload", daemon=True)
+        self.make_client = make_client
+        self.fe_name, self.fe_address = name, address
+        self.results, self.wake = results, wake
+        self.idle_interval, self.poll_interval = idle_interval, poll_interval
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.stop = threading.Event()
+        self.queued: dict[tuple[int, int], int] = {}      # key -> gen, inserts the controller queued
+        self.retry_deletes: list[tuple[int, int]] = []
+        self.stats: dict[str, int] = {"rpc_errors": 0, "writes": 0, "batched_ops": 0}
+        self.client = None
+
+    def submit(self, action: OffloadInsert | OffloadDelete) -> None:
+        self.q.put(action)
+
+    def _connect(self) -> Any:
+        if self.client is None:
+            self.client = self.make_client()
+            self.client.register(self.fe_name, self.fe_address)
+        return self.client
+
+    def run(self) -> None:
+        next_idle = next_beat = 0.0
+        while not self.stop.is_set():
+            batch: list[Any] = []
+            try:
+                batch.append(self.q.get(timeout=self.poll_interval))
+                while len(batch) < 1024:
+                    batch.append(self.q.get_nowait())
+            except queue.Empty:
+                pass
+            try:
+                if batch or self.retry_deletes:
+                    self._write(batch)
+                if self.queued:
+                    self._poll_queued()
+                now = time.monotonic()
+                if now >= next_idle:
+                    next_idle = now + self.idle_interval
+                    idle = self._connect().idle()
+                    if idle:
+                        self.results.put(("idle", [tuple(k) for k in idle]))
+                        self.wake()
+                if now >= next_beat:
+                    next_beat = now + 1.0
+                    self._connect().heartbeat(self.fe_name)
+            except Exception as e:  # noqa: BLE001 - any RPC failure: report, keep the slow path
+                self.stats["rpc_errors"] += 1
+                log.warning("switch controller: %s", e)
+                self.client = None
+                for a in batch:
+                    if isinstance(a, OffloadInsert):
+                        self.results.put(("offload", a.client_ip, a.client_port, a.gen, "error"))
+                self.wake()
+                self.stop.wait(0.5)
+
+    def _write(self, batch: list[Any]) -> None:
+        """Send in order; a key inserted and deleted in one batch is split so the order holds."""
+        client = self._connect()
+        ins: list[OffloadInsert] = []
+        dels: list[tuple[int, int]] = list(self.retry_deletes)
+        self.retry_deletes = []
+
+        def flush() -> None:
+            if not ins and not dels:
+                return
+            statuses = client.write([(a.client_ip, a.client_port, a.backend) for a in ins], list(dels))
+            self.stats["writes"] += 1
+            self.stats["batched_ops"] += len(ins) + len(dels)
+            for a, st in zip(ins, statuses[:len(ins)]):
+                if st == "queued":
+                    self.queued[(a.client_ip, a.client_port)] = a.gen
+                self.results.put(("offload", a.client_ip, a.client_port, a.gen, st))
+            ins.clear()
+            dels.clear()
+
+        for a in batch:
+            key = (a.client_ip, a.client_port)
+            if isinstance(a, OffloadInsert):
+                if key in dels:
+                    flush()
+                ins.append(a)
+            else:
+                if any((i.client_ip, i.client_port) == key for i in ins):
+                    flush()
+                # a queued insert keeps being polled: if it lands after this delete, the
+                # engine hears "installed" for a gone connection and deletes it again
+                dels.append(key)
+        flush()
+        self.wake()
+
+    def _poll_queued(self) -> None:
+        keys = list(self.queued)
+        got = self._connect().read(keys)
+        for key in keys:
+            st = got.get(key) or got.get(tuple(key))
+            if st in ("installed", "absent"):
+                gen = self.queued.pop(key)
+                self.results.put(("offload", key[0], key[1], gen, st))
+        self.wake()
+
+
+class NoSwitch:
+    """Stand-in when no controller is configured: every insert is refused, so all stays slow path."""
+
+    def register(self, name: str, address: str) -> None: ...
+    def heartbeat(self, name: str) -> None: ...
+    def idle(self) -> list: return []
+    def read(self, keys) -> dict: return {k: "absent" for k in keys}
+
+    def write(self, inserts, deletes) -> list[str]:
+        return ["table_full"] * len(inserts) + ["not_found"] * len(deletes)
+
+
+# ---------------------------------------------------------------------- health checks
+
+class HealthWorker(threading.Thread):
+    def __init__(self, targets: list[tuple[str, int]], path: str, interval: float, timeout: float,
+                 results: queue.SimpleQueue, wake: Callable[[], None]):
+        super().__init__(name="health", daemon=True)
+        self.targets, self.path, self.interval, self.timeout = targets, path, interval, timeout
+        self.results, self.wake = results, wake
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            for i, (host, port) in enumerate(self.targets):
+                self.results.put(("health", i, check_ok(probe(host, port, self.path, self.timeout))))
+            self.wake()
+            self.stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
+
+
+# ---------------------------------------------------------------------- the loop
+
+@dataclass
+class ServerOptions:
+    name: str
+    iface: str = "eth0"
+    gateway_mac: str | None = None
+    switch_address: str | None = None      # None: derived from the config; "" : no switch
+    guard: bool = True
+    metrics: bool = True
+    health: bool = True
+    batch: int = 64
+    tick_s: float = 0.1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FrontendServer:
+    def __init__(self, cfg: Deployment, opts: ServerOptions, clock: Callable[[], float] = cookie.tai_seconds):
+        from miresga.frontend.packetio import PacketIO
+        self.cfg, self.opts, self.clock = cfg, opts, clock
+        host = next((h for h in cfg.hosts.frontends if h.name == opts.name), None)
+        if host is None:
+            raise ValueError(f"no front-end named {opts.name!r} in the config")
+        self.host = host
+        self.engine = Engine(cfg)
+        self.results: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.stop = threading.Event()
+        if opts.guard:
+            install_kernel_guard(str(host.ip))
+        backends = [(str(b.ip), b.port) for b in cfg.hosts.backends]
+        self.io = PacketIO(opts.iface, opts.gateway_mac or switch_port_mac(str(host.gateway)),
+                           filter_spec=(str(cfg.vip.address), cfg.vip.port, backends),
+                           checksum=cfg.frontend.checksum)
+        self.health = HealthTracker(len(backends), cfg.frontend.health_rise, cfg.frontend.health_fall)
+        addr = opts.switch_address
+        if addr is None:
+            addr = f"{host.gateway}:{cfg.switch.control.port}"
+        self.worker = OffloadWorker(self._client_factory(addr), opts.name, str(host.ip), self.results,
+                                    self._wake, idle_interval=max(0.2, cfg.switch.idle_timeout_s / 4))
+        self.health_worker = HealthWorker([(str(b.ip), b.direct_port) for b in cfg.hosts.backends],
+                                          cfg.frontend.health_path, cfg.frontend.health_interval_s,
+                                          cfg.frontend.health_timeout_s, self.results, self._wake)
+        self.metrics = MetricsPublisher(self.engine, self.io.stats, self.worker.stats, self.health,
+                                        [b.name for b in cfg.hosts.backends])
+
+    def _client_factory(self, addr: str) -> Callable[[], Any]:
+        if not addr:
+            return NoSwitch
+        token = self.cfg.switch.control.token
+
+        def make() -> Any:
+            from miresga.switch.client import SwitchClient
+            return SwitchClient(addr, token)
+        return make
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _do(self, actions: list) -> None:
+        io, worker = self.io, self.worker
+        for a in actions:
+            if type(a) is Send:
+                io.send(a.seg)
+            else:
+                worker.submit(a)
+
+    def _drain_results(self, now: float) -> None:
+        eng = self.engine
+        while True:
+            try:
+                r = self.results.get_nowait()
+            except queue.Empty:
+                return
+            kind = r[0]
+            if kind == "offload":
+                self._do(eng.offload_result(r[1], r[2], r[3], r[4], now))
+            elif kind == "idle":
+                self._do(eng.switch_idle(r[1], now))
+            elif kind == "health":
+                changed = self.health.observe(r[1], r[2])
+                if changed is not None:
+                    log.info("back-end %s is now %s", self.cfg.hosts.backends[r[1]].name,
+                             "healthy" if changed else "unhealthy")
+                    eng.set_health(r[1], changed)
+
+    def run(self) -> None:
+        opts = self.opts
+        self.worker.start()
+        if opts.health:
+            self.health_worker.start()
+        if opts.metrics:
+            self.metrics.serve(self.cfg.frontend.metrics_port)
+        sel = selectors.DefaultSelector()
+        sel.register(self.io.fileno(), selectors.EVENT_READ, "io")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        eng, io, clock = self.engine, self.io, self.clock
+        next_tick = next_pub = 0.0
+        log.info("front-end %s up on %s (mtu %d)", opts.name, opts.iface, io.codec.mtu)
+        try:
+            while not self.stop.is_set():
+                for key, _ in sel.select(timeout=opts.tick_s):
+                    if key.data == "wake":
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                now = clock()
+                for _ in range(16):   # bounded, so timers and results are never starved
+                    segs = io.recv_batch(opts.batch)
+                    for seg in segs:
+                        self._do(eng.segment(seg, now))
+                    if len(segs) < opts.batch:
+                        break
+                self._drain_results(now)
+                if now >= next_tick:
+                    next_tick = now + opts.tick_s
+                    self._do(eng.tick(now))
+                if now >= next_pub:
+                    next_pub = now + 1.0
+                    self.metrics.publish()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.worker.stop.set()
+        self.health_worker.stop.set()
+        self.metrics.close()
+        self.io.close()
+        if self.opts.guard:
+            remove_kernel_guard()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
