@@ -1,8 +1,10 @@
 """Configuration of the real servers on the testbed: nginx back-ends and the peer load balancers.
 
-Peer tuning (written down as the benchmark promises): one worker each (the machine has 2 cores),
-keep-alive to clients and to upstreams, HTTP/1.1 upstreams with connection reuse, sendfile on the
-back-ends, access logs off everywhere. The peers talk to the back-ends' direct port, never the
+Peer tuning (written down as the benchmark promises, and in docs/bench.md): one worker each (the
+machine has 2 cores), keep-alive to clients and to upstreams, HTTP/1.1 upstreams with connection
+reuse, sendfile on the back-ends, access logs off everywhere. The nginx proxy buffers responses in
+memory only (16 x 64 KB per connection, no temporary files): with the defaults it spools every
+large response to a temp file on disk, which no one serving large objects would keep. The peers talk to the back-ends' direct port, never the
 service port (DESIGN.md §4).
 """
 
@@ -79,6 +81,10 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering on;
+            proxy_buffer_size 64k;
+            proxy_buffers 16 64k;
+            proxy_busy_buffers_size 128k;
+            proxy_max_temp_file_size 0;
         }}
     }}
 }}

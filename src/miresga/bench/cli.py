@@ -1,0 +1,71 @@
+"""`miresga bench`: the peer benchmark from the command line (docs/bench.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from miresga.bench.runner import BenchError, run_bench
+from miresga.bench.systems import SystemSpecError
+from miresga.bench.workloads import DEFAULT_SIZES, MIXES, MODES, WorkloadError, build_workloads, parse_size
+from miresga.control.config import ConfigError, load_config
+from miresga.testbed.objects import size_name
+
+DEFAULT_DURATION, QUICK_DURATION = 5.0, 2.0
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip() and x.strip().lower() != "none"]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        sizes = [parse_size(s) for s in _csv(args.sizes)]
+        workloads = build_workloads(sizes, _csv(args.modes), _csv(args.mixes))
+    except WorkloadError as e:
+        print(f"miresga bench: {e}", file=sys.stderr)
+        return 2
+    duration = args.duration or (QUICK_DURATION if args.quick else DEFAULT_DURATION)
+    systems = _csv(args.systems) if args.systems else None
+    tb = None
+    try:
+        if args.instance:
+            from miresga.testbed.testbed import load_instance
+            tb = load_instance(args.instance)
+            cfg = tb.cfg
+        else:
+            cfg = load_config(args.config)
+        records = run_bench(cfg, systems, workloads, duration, args.connections, args.out, testbed=tb,
+                            threads=args.threads, timeout_s=args.timeout)
+    except ConfigError as e:
+        print(f"invalid config:\n{e}", file=sys.stderr)
+        return 2
+    except (BenchError, SystemSpecError, FileNotFoundError) as e:
+        print(f"miresga bench: {e}", file=sys.stderr)
+        return 1
+    failed = [r for r in records if r["failure"]]
+    with_errors = [r for r in records if r["errors"]]
+    print(f"[bench] {len(records)} points, {len(failed)} failed, {len(with_errors)} with errors; see {args.out}/report.md")
+    return 1 if failed else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("bench", help="benchmark direct / nginx / HAProxy (/ Miresga) with wrk",
+                       description="Runs wrk from the client namespace against every system and workload; "
+                                   "writes report.json, report.md and throughput.png into --out.")
+    b.add_argument("--config", help="deployment YAML (default: built-in)")
+    b.add_argument("--instance", help="use this running testbed instance instead of bringing one up")
+    b.add_argument("--out", default="bench-report", help="output directory (default: %(default)s)")
+    b.add_argument("--systems", help="comma list (default: all the testbed offers: direct,nginx,haproxy[,miresga])")
+    b.add_argument("--sizes", default=",".join(size_name(s) for s in DEFAULT_SIZES),
+                   help="object sizes, comma list (default: %(default)s; 'none' for mixes only)")
+    b.add_argument("--modes", default=",".join(MODES), help="connection modes for the sizes (default: %(default)s)")
+    b.add_argument("--mixes", default=",".join(MIXES), help="mixes, comma list or 'none' (default: %(default)s)")
+    b.add_argument("--duration", type=float, help=f"seconds per point (default {DEFAULT_DURATION:g}, "
+                                                  f"--quick {QUICK_DURATION:g})")
+    b.add_argument("--connections", type=int, default=32, help="wrk connections (default: %(default)s)")
+    b.add_argument("--threads", type=int, default=1,
+                   help="wrk threads (default: %(default)s: leaves the other core to the servers)")
+    b.add_argument("--timeout", type=float, default=10.0, help="wrk per-request timeout, s (default: %(default)s)")
+    b.add_argument("--quick", action="store_true", help=f"{QUICK_DURATION:g} s per point (all workloads, under 3 min)")
+    b.set_defaults(func=_bench)

@@ -1,0 +1,176 @@
+"""Run the benchmark: every workload against every system, wrk in the client namespace.
+
+Workloads are the outer loop and systems the inner one, so the systems compared in one workload
+are measured minutes apart at most (drift in the machine's load hits them alike). Partial results
+are written after every workload; the plot at the end. The testbed this brings up, it tears down.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from miresga.bench.report import add_ratios, make_record, write_report
+from miresga.bench.systems import System, resolve_systems, systems_from_status
+from miresga.bench.workloads import Workload, smooth_schedule, workload_by_name
+from miresga.bench.wrk import WrkOutputError, done_script, mix_script, parse_wrk_output, wrk_argv
+from miresga.control.config import Deployment
+
+Progress = Callable[[str], None]
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _say(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def object_paths(status: Mapping[str, Any]) -> dict[int, str]:
+    return {int(o["size"]): o["path"] for o in status.get("objects", [])}
+
+
+def mix_paths(workload: Workload, paths_by_size: Mapping[int, str]) -> list[str]:
+    """The request paths of one schedule cycle of a mix."""
+    assert workload.mix is not None
+    sizes = [s for s, _ in workload.mix]
+    return [paths_by_size[sizes[i]] for i in smooth_schedule([w for _, w in workload.mix])]
+
+
+def run_bench(cfg: Deployment | None, systems: Sequence[str | System] | Mapping[str, Any] | None,
+              workloads: Sequence[Workload | str], duration: float, connections: int, out_dir: str | Path,
+              testbed=None, *, threads: int = 1, timeout_s: float = 10.0, progress: Progress = _say,
+              plot: bool = True) -> list[dict[str, Any]]:
+    """Measure `workloads` x `systems`; write report.json, report.md, throughput.png into out_dir and
+    return the records. `systems`: names from the testbed status (None: all it offers), System
+    objects (with a probe for extra columns), or a mapping name -> (address, port).
+    With `testbed=None` a testbed is brought up from `cfg` and always torn down."""
+    wls = [w if isinstance(w, Workload) else workload_by_name(w) for w in workloads]
+    if not wls:
+        raise BenchError("no workloads selected")
+    if connections < threads:
+        raise BenchError(f"wrk needs at least one connection per thread ({connections} < {threads})")
+    if testbed is not None:
+        return _run(testbed, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, progress, plot)
+    from miresga.testbed import Testbed
+    t0 = time.monotonic()
+    with Testbed(cfg) as tb:
+        progress(f"testbed {tb.instance} up in {time.monotonic() - t0:.1f} s")
+        try:
+            return _run(tb, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, progress, plot)
+        finally:
+            progress(f"tearing down testbed {tb.instance}")
+
+
+def _run(tb, systems, wls: list[Workload], duration: float, connections: int, out_dir: Path, threads: int,
+         timeout_s: float, progress: Progress, plot: bool) -> list[dict[str, Any]]:
+    status = tb.status()
+    chosen = resolve_systems(systems, systems_from_status(status))
+    if not chosen:
+        raise BenchError("no systems selected")
+    paths = object_paths(status)
+    missing = sorted({s for w in wls for s in w.sizes if s not in paths})
+    if missing:
+        raise BenchError(f"the testbed serves no object of size(s) {missing}; it has {sorted(paths)}")
+    client = tb.cfg.hosts.clients[0].name
+    meta = _meta(tb, chosen, duration, connections, threads)
+    records: list[dict[str, Any]] = []
+    total = len(wls) * len(chosen)
+    n = 0
+    with tempfile.TemporaryDirectory(prefix="miresga-bench-") as tmp:
+        scripts = _write_scripts(Path(tmp), wls, paths)
+        for w in wls:
+            for s in chosen:
+                n += 1
+                path = paths[w.size_bytes] if w.size_bytes is not None else "/"
+                rec = run_point(tb, client, s, w, s.url(path), scripts[w.name], duration=duration,
+                                connections=connections, threads=threads, timeout_s=timeout_s)
+                records.append(rec)
+                progress(f"{n:>3}/{total} " + point_line(rec))
+            add_ratios(records)
+            progress(ratio_line(w.name, [r for r in records if r["workload"] == w.name]))
+            write_report(records, out_dir, meta, plot=False)
+    meta["load average at end"] = _loadavg()
+    write_report(records, out_dir, meta, plot=plot)
+    progress(f"wrote {out_dir / 'report.json'}, report.md" + (", throughput.png" if plot else ""))
+    return records
+
+
+def _write_scripts(tmp: Path, wls: list[Workload], paths: Mapping[int, str]) -> dict[str, str]:
+    done = tmp / "done.lua"
+    done.write_text(done_script())
+    out = {}
+    for w in wls:
+        if w.is_mix:
+            f = tmp / f"mix-{w.name}.lua"
+            f.write_text(mix_script(mix_paths(w, paths)))
+            out[w.name] = str(f)
+        else:
+            out[w.name] = str(done)
+    return out
+
+
+def run_point(tb, client: str, system: System, w: Workload, url: str, script: str, *, duration: float,
+              connections: int, threads: int, timeout_s: float) -> dict[str, Any]:
+    """One wrk run; a wrk that fails or prints no result gives a record with `failure` set."""
+    argv = wrk_argv(url, duration_s=duration, connections=connections, threads=threads, script=script,
+                    keepalive=w.keepalive, timeout_s=timeout_s)
+    finish = system.probe() if system.probe else None
+    failure = None
+    result = None
+    try:
+        p = tb.run(client, *argv, check=False, timeout=duration + timeout_s + 30)
+        if p.returncode != 0:
+            failure = f"wrk exited {p.returncode}: {(p.stderr or p.stdout).strip()[-200:]}"
+        else:
+            result = parse_wrk_output(p.stdout)
+    except (WrkOutputError, subprocess.TimeoutExpired) as e:
+        failure = str(e)
+    extra = finish() if finish else {}
+    return make_record(system.name, w, result, connections=connections, threads=threads, failure=failure,
+                       extra=extra)
+
+
+def point_line(r: Mapping[str, Any]) -> str:
+    lat = (f"p50 {r['latency_p50_ms']:.2f} p90 {r['latency_p90_ms']:.2f} p99 {r['latency_p99_ms']:.2f} ms"
+           if r["latency_p50_ms"] is not None else "no latency")
+    s = (f"{r['workload']:<15} {r['system']:<8} {r['requests_per_s']:>10,.0f} req/s {r['bytes_per_s'] / 1e6:>9,.1f} MB/s"
+         f"  {lat}  errors {r['errors']}")
+    if r["failure"]:
+        s += f"  FAILED: {r['failure']}"
+    for k, v in r["extra"].items():
+        s += f"  {k} {v:.3g}" if isinstance(v, float) else f"  {k} {v}"
+    return s
+
+
+def ratio_line(workload: str, group: list[Mapping[str, Any]]) -> str:
+    best = group[0]["best_peer"] if group else None
+    parts = [f"{r['system']} {r['ratio_to_best_peer']:.2f}x" for r in group if r["ratio_to_best_peer"] is not None]
+    return f"{workload}: " + (f"vs best peer ({best}): " + ", ".join(parts) if best else "no peer measured")
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def _meta(tb, systems: list[System], duration: float, connections: int, threads: int) -> dict[str, Any]:
+    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()
+    return {
+        "title": f"Miresga bench: wrk {threads} thread(s), {connections} connections, {duration:g} s per point",
+        "date (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "testbed instance": tb.instance,
+        "systems": ", ".join(f"{s.name} ({s.address}:{s.port})" for s in systems),
+        "wrk": f"{wrk_v[0].split(' [')[0] if wrk_v else 'wrk'}; -t{threads} -c{connections} -d{duration:g}s, "
+               "new connection per request = -H 'Connection: close'",
+        "machine": f"{os.cpu_count()} CPUs; load average at start {_loadavg()}",
+        "peer tuning": "docs/bench.md",
+    }
