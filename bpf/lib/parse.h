@@ -69,7 +69,7 @@ static __always_inline int parse_tcp_ipv4(void *data, void *data_end, struct pkt
 	if (p->ip->protocol != IPPROTO_TCP)
 		return PARSE_OTHER_L4;
 	p->l4_off = p->l3_off + ihl;
-	p->tcp = data + p->l4_off;
+	p->tcp = (void *)p->ip + ihl; /* from the checked pointer: data + offset loses the bounds */
 	if ((void *)(p->tcp + 1) > data_end)
 		return DROP_TRUNCATED_TCP;
 	p->tcp_hlen = p->tcp->doff * 4;

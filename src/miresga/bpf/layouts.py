@@ -16,6 +16,61 @@ class IfCounters(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+# --- bpf/switch.h (the switch data plane) ---------------------------------------------------
+
+class SwConfig(ctypes.Structure):
+    """bpf/switch.h: struct sw_config (addresses/ports network order, as bytes on the wire)."""
+
+    _c_name = "sw_config"
+    _fields_ = [("key0", ctypes.c_uint64), ("key1", ctypes.c_uint64), ("vip", ctypes.c_uint32),
+                ("vport", ctypes.c_uint16), ("mss", ctypes.c_uint16), ("syn_window", ctypes.c_uint16),
+                ("wscale", ctypes.c_uint8), ("sack", ctypes.c_uint8), ("bucket_seconds", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+
+
+class FlowKey(ctypes.Structure):
+    """bpf/switch.h: struct flow_key (ip, port in network order)."""
+
+    _c_name = "flow_key"
+    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("_pad", ctypes.c_uint16)]
+
+
+class OffloadEntry(ctypes.Structure):
+    """bpf/switch.h: struct offload_entry."""
+
+    _c_name = "offload_entry"
+    _fields_ = [("backend", ctypes.c_uint32), ("_pad", ctypes.c_uint32), ("last_hit_ns", ctypes.c_uint64)]
+
+
+class Hop(ctypes.Structure):
+    """bpf/switch.h: struct hop."""
+
+    _c_name = "hop"
+    _fields_ = [("ifindex", ctypes.c_uint32), ("smac", ctypes.c_uint8 * 6), ("dmac", ctypes.c_uint8 * 6),
+                ("flags", ctypes.c_uint32)]
+
+
+class BackendEntry(ctypes.Structure):
+    """bpf/switch.h: struct backend_entry."""
+
+    _c_name = "backend_entry"
+    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("_pad", ctypes.c_uint16), ("hop", Hop)]
+
+
+class RouteKey(ctypes.Structure):
+    """bpf/switch.h: struct route_key (LPM trie key)."""
+
+    _c_name = "route_key"
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("ip", ctypes.c_uint32)]
+
+
+class ArpEntry(ctypes.Structure):
+    """bpf/switch.h: struct arp_entry."""
+
+    _c_name = "arp_entry"
+    _fields_ = [("mac", ctypes.c_uint8 * 6), ("_pad", ctypes.c_uint16)]
+
+
 class AgentFlowKey(ctypes.Structure):
     """bpf/agent.h: struct agent_flow_key (client ip:port, network byte order)."""
 

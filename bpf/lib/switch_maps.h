@@ -1,0 +1,109 @@
+/* The switch's tables (DESIGN.md §4), BTF-style; sizes are the reference Tofino program's and a
+ * build (or the loader, through max_entries) may override them. The controller owns every table;
+ * the data plane only reads them, except for the offload entries' last-hit time and the counters. */
+#ifndef MIRESGA_SWITCH_MAPS_H
+#define MIRESGA_SWITCH_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "drop_reasons.h"
+#include "switch.h"
+
+#ifndef SW_ARP_MAX
+#define SW_ARP_MAX 1024
+#endif
+#ifndef SW_BACKEND_SRC_MAX
+#define SW_BACKEND_SRC_MAX 256
+#endif
+#ifndef SW_OFFLOAD_MAX
+#define SW_OFFLOAD_MAX 143360
+#endif
+#ifndef SW_ROUTES_MAX
+#define SW_ROUTES_MAX 1024
+#endif
+#define SW_BUCKETS 256
+#define SW_BACKENDS 256
+#define SW_CNT_MAX (SW_CNT_DECISIONS + DROP_REASON_MAX)
+
+/* Slot 0: VIP, cookie key, SYN-ACK options. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sw_config);
+} sw_config SEC(".maps");
+
+/* ARP target ip (be) -> MAC to answer with. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SW_ARP_MAX);
+	__type(key, __u32);
+	__type(value, struct arp_entry);
+} sw_arp SEC(".maps");
+
+/* Back-end service ip:port -> back-end index: marks "from backend". */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SW_BACKEND_SRC_MAX);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+} sw_backend_src SEC(".maps");
+
+/* Client ip:port -> back-end index of an offloaded connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SW_OFFLOAD_MAX);
+	__type(key, struct flow_key);
+	__type(value, struct offload_entry);
+} sw_offload SEC(".maps");
+
+/* hash8(client ip, client port) -> front-end hop. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct hop);
+} sw_buckets SEC(".maps");
+
+/* Back-end index -> service ip:port and hop. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend_entry);
+} sw_backends SEC(".maps");
+
+/* Destination prefix -> hop (HOP_LOCAL: the switch's own addresses). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SW_ROUTES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct route_key);
+	__type(value, struct hop);
+} sw_routes SEC(".maps");
+
+/* enum sw_counter -> packets (decisions, then drop reasons). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} sw_counters SEC(".maps");
+
+/* Slot 0: ifindex of the last redirect, written only with SW_F_TRACE (packet tests). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sw_trace SEC(".maps");
+
+static __always_inline void sw_count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&sw_counters, &idx);
+
+	if (c)
+		__sync_fetch_and_add(c, 1);
+}
+
+#endif

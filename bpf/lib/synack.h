@@ -1,0 +1,139 @@
+/* Turn a client's SYN to VIP:port into the switch's SYN-ACK, in place, keeping no state.
+ * ISN = keyed cookie (cookie.h) over the 4-tuple, the time bucket and the client's options;
+ * fixed 12-byte option block: MSS, window scale and SACK-permitted (the last two only when the
+ * client offered them, RFC 7323/2018; NOPs otherwise), no timestamps. */
+#ifndef MIRESGA_SYNACK_H
+#define MIRESGA_SYNACK_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "cookie.h"
+#include "csum.h"
+#include "parse.h"
+#include "switch.h"
+#include "tcp_opts.h"
+
+#define SYNACK_OPTLEN 12
+#define SYNACK_TCPLEN (sizeof(struct tcphdr) + SYNACK_OPTLEN)
+#define SYNACK_LEN (sizeof(struct ethhdr) + sizeof(struct iphdr) + SYNACK_TCPLEN)
+
+struct synack_tcp {
+	struct tcphdr th;
+	__u8 opts[SYNACK_OPTLEN];
+};
+
+static __always_inline __u32 csum_add16(__u32 sum, const void *p, int words)
+{
+	const __u16 *w = p;
+
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		if (i < words)
+			sum += w[i];
+	return sum;
+}
+
+static __always_inline __u16 csum_fold32(__u32 sum)
+{
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	return (__u16)sum;
+}
+
+/* Returns 0 (skb now holds the SYN-ACK, to be sent back out its ingress port) or a drop reason. */
+static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, const struct sw_config *cfg)
+{
+	struct ethhdr eth;
+	struct iphdr ip = {};
+	struct synack_tcp t = {};
+	struct syn_opts o;
+	__u32 saddr = p->ip->saddr, daddr = p->ip->daddr;
+	__u16 sport = p->tcp->source, dport = p->tcp->dest;
+	__u32 seq = bpf_ntohl(p->tcp->seq);
+	__u32 bucket, opts, isn, pseudo;
+	__u16 before, after, check;
+	int rc;
+
+	__builtin_memcpy(eth.h_dest, p->eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth.h_source, p->eth->h_dest, ETH_ALEN);
+	eth.h_proto = bpf_htons(ETH_P_IP);
+
+	rc = parse_syn_opts(skb, p->l4_off + sizeof(struct tcphdr), p->tcp_hlen - sizeof(struct tcphdr), &o);
+	if (rc)
+		return rc;
+
+	bucket = (__u32)(bpf_ktime_get_tai_ns() / 1000000000ULL / (cfg->bucket_seconds ? cfg->bucket_seconds : 1));
+	opts = cookie_option_bits(o.mss, o.has_wscale, o.wscale, o.sack);
+	isn = cookie_make(cfg->key0, cfg->key1, bpf_ntohl(saddr), bpf_ntohs(sport), bpf_ntohl(daddr),
+			  bpf_ntohs(dport), bucket, opts);
+
+	ip.version = 4;
+	ip.ihl = 5;
+	ip.tot_len = bpf_htons(sizeof(struct iphdr) + SYNACK_TCPLEN);
+	ip.frag_off = bpf_htons(0x4000); /* DF */
+	ip.ttl = 64;
+	ip.protocol = IPPROTO_TCP;
+	ip.saddr = daddr;
+	ip.daddr = saddr;
+	ip.check = ipv4_csum_fresh(&ip);
+
+	t.th.source = dport;
+	t.th.dest = sport;
+	t.th.seq = bpf_htonl(isn);
+	t.th.ack_seq = bpf_htonl(seq + 1);
+	t.th.doff = SYNACK_TCPLEN / 4;
+	t.th.syn = 1;
+	t.th.ack = 1;
+	t.th.window = bpf_htons(cfg->syn_window);
+	t.opts[0] = TCPOPT_MSS;
+	t.opts[1] = 4;
+	t.opts[2] = cfg->mss >> 8;
+	t.opts[3] = cfg->mss & 0xFF;
+	t.opts[4] = TCPOPT_NOP;
+	if (o.has_wscale) {
+		t.opts[5] = TCPOPT_WSCALE;
+		t.opts[6] = 3;
+		t.opts[7] = cfg->wscale;
+	} else {
+		t.opts[5] = t.opts[6] = t.opts[7] = TCPOPT_NOP;
+	}
+	t.opts[8] = TCPOPT_NOP;
+	t.opts[9] = TCPOPT_NOP;
+	if (o.sack && cfg->sack) {
+		t.opts[10] = TCPOPT_SACK_PERM;
+		t.opts[11] = 2;
+	} else {
+		t.opts[10] = t.opts[11] = TCPOPT_NOP;
+	}
+	pseudo = (saddr & 0xFFFF) + (saddr >> 16) + (daddr & 0xFFFF) + (daddr >> 16) +
+		 bpf_htons(IPPROTO_TCP) + bpf_htons(SYNACK_TCPLEN);
+	t.th.check = ~csum_fold32(csum_add16(pseudo, &t, SYNACK_TCPLEN / 2));
+
+	if (bpf_skb_change_tail(skb, SYNACK_LEN, 0))
+		return DROP_REWRITE_FAILED;
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), BPF_F_RECOMPUTE_CSUM) ||
+	    bpf_skb_store_bytes(skb, sizeof(eth), &ip, sizeof(ip), BPF_F_RECOMPUTE_CSUM) ||
+	    bpf_skb_store_bytes(skb, sizeof(eth) + sizeof(ip), &t, sizeof(t), BPF_F_RECOMPUTE_CSUM))
+		return DROP_REWRITE_FAILED;
+
+	/* A SYN from a local stack over veth is CHECKSUM_PARTIAL: the TCP checksum field must then
+	 * hold the folded pseudo-header sum, not the full sum. A non-pseudo checksum update is a no-op
+	 * exactly in that mode, which tells the two apart. */
+#define SA_CSUM_OFF (sizeof(eth) + sizeof(ip) + offsetof(struct tcphdr, check))
+	if (bpf_skb_load_bytes(skb, SA_CSUM_OFF, &before, 2) ||
+	    bpf_l4_csum_replace(skb, SA_CSUM_OFF, 0, 1, 2) ||
+	    bpf_skb_load_bytes(skb, SA_CSUM_OFF, &after, 2))
+		return DROP_REWRITE_FAILED;
+	check = after == before ? csum_fold32(pseudo) : t.th.check;
+	if (bpf_skb_store_bytes(skb, SA_CSUM_OFF, &check, 2, 0))
+		return DROP_REWRITE_FAILED;
+#undef SA_CSUM_OFF
+	return 0;
+}
+
+#endif

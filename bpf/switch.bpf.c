@@ -1,0 +1,193 @@
+/* The switch of DESIGN.md §4 as one TC ingress program on every port of the switch host.
+ * Per packet: ARP for listed targets -> reply; SYN to VIP:port -> SYN-ACK (stateless, cookie);
+ * FIN/RST/payload to the VIP or no offload entry -> bucket's front-end; client ACK with an entry ->
+ * back-end; back-end segment with an entry -> client as VIP:port; without -> front-end; anything
+ * else -> routed by destination (LPM); the switch's own addresses and non-IPv4 -> the kernel.
+ * Only addresses, ports and MACs are rewritten, never sequence numbers. */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "parse.h"
+#include "csum.h"
+#include "switch.h"
+#include "switch_maps.h"
+#include "switch_hash.h"
+#include "switch_arp.h"
+#include "synack.h"
+
+#define LAST_HIT_GRANULARITY_NS 100000000ULL /* 100 ms: bounds cache-line writes per entry */
+
+static __always_inline int drop(int reason)
+{
+	sw_count(SW_CNT_DROP(reason));
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int to_kernel(void)
+{
+	sw_count(SW_CNT_TO_KERNEL);
+	return TC_ACT_OK;
+}
+
+/* Write the hop's MACs and redirect to its port. */
+static __always_inline int forward(struct __sk_buff *skb, const struct sw_config *cfg, const struct hop *h,
+				   __u32 counter)
+{
+	__u8 macs[2 * ETH_ALEN];
+	__u32 ifindex = h->ifindex;
+
+	__builtin_memcpy(macs, h->dmac, ETH_ALEN);
+	__builtin_memcpy(macs + ETH_ALEN, h->smac, ETH_ALEN);
+	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0))
+		return drop(DROP_REWRITE_FAILED);
+	if (cfg->flags & SW_F_TRACE) {
+		__u32 zero = 0;
+		bpf_map_update_elem(&sw_trace, &zero, &ifindex, BPF_ANY);
+	}
+	sw_count(counter);
+	return bpf_redirect(ifindex, 0);
+}
+
+static __always_inline struct hop *route_lookup(__u32 daddr)
+{
+	struct route_key k = { .prefixlen = 32, .ip = daddr };
+
+	return bpf_map_lookup_elem(&sw_routes, &k);
+}
+
+static __always_inline int to_frontend(struct __sk_buff *skb, const struct sw_config *cfg, __u32 cip, __u16 cport)
+{
+	__u32 b = hash8(bpf_ntohl(cip), bpf_ntohs(cport));
+	struct hop *h = bpf_map_lookup_elem(&sw_buckets, &b);
+
+	if (!h || !(h->flags & HOP_VALID))
+		return drop(DROP_NO_FRONTEND);
+	return forward(skb, cfg, h, SW_CNT_TO_FRONTEND);
+}
+
+static __always_inline void touch(struct offload_entry *e)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (now - e->last_hit_ns > LAST_HIT_GRANULARITY_NS)
+		e->last_hit_ns = now;
+}
+
+static __always_inline int route(struct __sk_buff *skb, const struct sw_config *cfg, struct hop *h)
+{
+	if (!h)
+		return drop(DROP_NO_ROUTE);
+	if (h->flags & HOP_LOCAL)
+		return to_kernel();
+	return forward(skb, cfg, h, SW_CNT_ROUTED);
+}
+
+/* TCP to VIP:port from a client. */
+static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, const struct sw_config *cfg)
+{
+	struct tcphdr *th = p->tcp;
+	struct flow_key k = { .ip = p->ip->saddr, .port = th->source };
+	struct offload_entry *e;
+	struct backend_entry *be;
+	__u32 l3 = p->l3_off, l4 = p->l4_off, old_daddr = p->ip->daddr;
+	__u16 old_dport = th->dest;
+	int rc;
+
+	if (th->syn && !th->ack && !th->rst && !th->fin) {
+		rc = build_synack(skb, p, cfg);
+		if (rc)
+			return drop(rc);
+		sw_count(SW_CNT_SYNACK);
+		return bpf_redirect(skb->ifindex, 0);
+	}
+	if (th->syn || th->fin || th->rst || p->payload_len)
+		return to_frontend(skb, cfg, k.ip, k.port);
+	e = bpf_map_lookup_elem(&sw_offload, &k);
+	if (!e)
+		return to_frontend(skb, cfg, k.ip, k.port);
+	be = bpf_map_lookup_elem(&sw_backends, &e->backend);
+	if (!be || !(be->hop.flags & HOP_VALID))
+		return drop(DROP_NO_BACKEND);
+	touch(e);
+	if (ip_store_addr(skb, l3, l4, offsetof(struct iphdr, daddr), old_daddr, be->ip) ||
+	    tcp_store2(skb, l4, offsetof(struct tcphdr, dest), old_dport, be->port))
+		return drop(DROP_REWRITE_FAILED);
+	return forward(skb, cfg, &be->hop, SW_CNT_TO_BACKEND);
+}
+
+/* TCP from a back-end's service ip:port to a client (dst outside the fabric). */
+static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, const struct sw_config *cfg,
+					__u32 backend, struct hop *rt)
+{
+	struct tcphdr *th = p->tcp;
+	struct flow_key k = { .ip = p->ip->daddr, .port = th->dest };
+	struct offload_entry *e;
+	__u32 l3 = p->l3_off, l4 = p->l4_off, old_saddr = p->ip->saddr;
+	__u16 old_sport = th->source;
+
+	if (th->syn || th->fin || th->rst)
+		return to_frontend(skb, cfg, k.ip, k.port);
+	e = bpf_map_lookup_elem(&sw_offload, &k);
+	if (!e)
+		return to_frontend(skb, cfg, k.ip, k.port);
+	if (e->backend != backend) {
+		/* Only the back-end the front-end chose may reach the client directly. */
+		sw_count(SW_CNT_OFFLOAD_MISMATCH);
+		return to_frontend(skb, cfg, k.ip, k.port);
+	}
+	if (!rt)
+		return drop(DROP_NO_ROUTE);
+	touch(e);
+	if (ip_store_addr(skb, l3, l4, offsetof(struct iphdr, saddr), old_saddr, cfg->vip) ||
+	    tcp_store2(skb, l4, offsetof(struct tcphdr, source), old_sport, cfg->vport))
+		return drop(DROP_REWRITE_FAILED);
+	return forward(skb, cfg, rt, SW_CNT_TO_CLIENT);
+}
+
+SEC("tc")
+int switch_ingress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	struct pkt p = {};
+	struct sw_config *cfg;
+	struct hop *rt;
+	__u32 zero = 0, *backend;
+	int rc;
+
+	cfg = bpf_map_lookup_elem(&sw_config, &zero);
+	if (!cfg)
+		return TC_ACT_OK;
+	rc = parse_tcp_ipv4(data, data_end, &p);
+	if (rc < 0)
+		return drop(rc);
+	if (rc == PARSE_OTHER_L3) {
+		if (p.eth->h_proto == bpf_htons(ETH_P_ARP) && arp_answer(data, data_end)) {
+			sw_count(SW_CNT_ARP_REPLY);
+			return bpf_redirect(skb->ifindex, 0);
+		}
+		return to_kernel();
+	}
+	if (rc == PARSE_OTHER_L4) {
+		if (p.ip->daddr == cfg->vip)
+			return drop(DROP_NOT_TCP_TO_VIP);
+		return route(skb, cfg, route_lookup(p.ip->daddr));
+	}
+	if (p.ip->daddr == cfg->vip) {
+		if (p.tcp->dest != cfg->vport)
+			return drop(DROP_NOT_TCP_TO_VIP);
+		return from_client(skb, &p, cfg);
+	}
+	rt = route_lookup(p.ip->daddr);
+	if (rt && !(rt->flags & (HOP_LOCAL | HOP_INTERNAL))) {
+		struct flow_key src = { .ip = p.ip->saddr, .port = p.tcp->source };
+
+		backend = bpf_map_lookup_elem(&sw_backend_src, &src);
+		if (backend)
+			return from_backend(skb, &p, cfg, *backend, rt);
+	}
+	return route(skb, cfg, rt);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

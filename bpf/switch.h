@@ -1,0 +1,84 @@
+/* Structs and constants shared between the switch data plane (switch.bpf.c) and Python
+ * (miresga.bpf.layouts mirrors every struct; miresga.switch.tables mirrors the counter enum).
+ * Addresses and ports in keys and table values are in network byte order, as on the wire. */
+#ifndef MIRESGA_SWITCH_H
+#define MIRESGA_SWITCH_H
+
+#include <linux/types.h>
+
+/* sw_config.flags */
+#define SW_F_TRACE 1 /* record the last redirect target in sw_trace (tests) */
+
+/* hop.flags (routes) */
+#define HOP_VALID 1    /* bucket/backend slot in use */
+#define HOP_LOCAL 2    /* destination is the switch itself: hand to the kernel */
+#define HOP_INTERNAL 4 /* destination inside the fabric (front-ends, back-ends, peers): never "to client" */
+
+/* The one configuration slot, written by the controller (and on key rotation). */
+struct sw_config {
+	__u64 key0;           /* current cookie key, SipHash k0 */
+	__u64 key1;           /* current cookie key, SipHash k1 */
+	__u32 vip;            /* be */
+	__u16 vport;          /* be */
+	__u16 mss;            /* MSS announced in the SYN-ACK */
+	__u16 syn_window;     /* window field of the SYN-ACK */
+	__u8 wscale;          /* window scale announced (if the client offered one) */
+	__u8 sack;            /* announce SACK-permitted (if the client offered it) */
+	__u32 bucket_seconds; /* cookie time bucket length */
+	__u32 flags;          /* SW_F_* */
+	__u32 _pad;
+};
+
+/* Client ip:port (offload table) or back-end service ip:port (backend source table). */
+struct flow_key {
+	__u32 ip;   /* be */
+	__u16 port; /* be */
+	__u16 _pad;
+};
+
+struct offload_entry {
+	__u32 backend;     /* index into the backend table */
+	__u32 _pad;
+	__u64 last_hit_ns; /* bpf_ktime_get_ns() of the last packet that used the entry */
+};
+
+/* Where a packet leaves: egress port and the Ethernet addresses to write. */
+struct hop {
+	__u32 ifindex;
+	__u8 smac[6]; /* switch port MAC */
+	__u8 dmac[6]; /* host MAC behind that port */
+	__u32 flags;  /* HOP_* */
+};
+
+struct backend_entry {
+	__u32 ip;   /* be */
+	__u16 port; /* be, service port */
+	__u16 _pad;
+	struct hop hop;
+};
+
+struct route_key {
+	__u32 prefixlen;
+	__u32 ip; /* be */
+};
+
+struct arp_entry {
+	__u8 mac[6];
+	__u16 _pad;
+};
+
+/* Counters: decisions first, then one slot per drop reason (index SW_CNT_DROP(reason)). */
+enum sw_counter {
+	SW_CNT_ARP_REPLY = 0,
+	SW_CNT_SYNACK = 1,
+	SW_CNT_TO_FRONTEND = 2,
+	SW_CNT_TO_BACKEND = 3,  /* client ACK rewritten to the back-end (offloaded) */
+	SW_CNT_TO_CLIENT = 4,   /* back-end segment rewritten to VIP:port (offloaded) */
+	SW_CNT_ROUTED = 5,
+	SW_CNT_TO_KERNEL = 6,   /* for the switch itself, or not IPv4 */
+	SW_CNT_OFFLOAD_MISMATCH = 7, /* back-end segment whose entry names another back-end */
+	SW_CNT_DECISIONS = 8,
+};
+#define SW_CNT_DROP(reason) (SW_CNT_DECISIONS - 1 - (reason)) /* reason < 0 */
+
+#endif

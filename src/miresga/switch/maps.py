@@ -1,0 +1,185 @@
+"""The switch's BPF maps as typed Python calls: the thin layer that writes tables and reads counters.
+
+Both the dataplane loader and the controller's map adapter use it; packet tests use it to set up
+cases. Addresses and ports are given as Python values (dotted strings or ints in host order) and
+stored in network order, as the data plane reads them from the wire.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import socket
+import struct
+import time
+from enum import IntEnum
+from typing import Iterator
+
+from miresga.bpf.drop_reasons import DropReason
+from miresga.bpf.layouts import ArpEntry, BackendEntry, FlowKey, Hop, OffloadEntry, RouteKey, SwConfig
+from miresga.bpf.libbpf import BPF_NOEXIST, BpfObject
+
+SW_F_TRACE = 1
+HOP_VALID, HOP_LOCAL, HOP_INTERNAL = 1, 2, 4
+BUCKETS = 256
+BACKENDS = 256
+
+
+class Counter(IntEnum):
+    """bpf/switch.h: enum sw_counter (decision counters; drop reasons follow)."""
+
+    ARP_REPLY = 0
+    SYNACK = 1
+    TO_FRONTEND = 2
+    TO_BACKEND = 3
+    TO_CLIENT = 4
+    ROUTED = 5
+    TO_KERNEL = 6
+    OFFLOAD_MISMATCH = 7
+
+
+DECISIONS = 8  # SW_CNT_DECISIONS
+
+
+def drop_index(reason: DropReason) -> int:
+    """SW_CNT_DROP(reason)."""
+    return DECISIONS - 1 - int(reason)
+
+
+def counter_names() -> dict[int, str]:
+    names = {int(c): c.name.lower() for c in Counter}
+    names.update({drop_index(r): f"drop_{r.name.lower()}" for r in DropReason})
+    return names
+
+
+def mac_bytes(mac: str | bytes) -> bytes:
+    if isinstance(mac, bytes):
+        return mac
+    return bytes(int(x, 16) for x in mac.split(":"))
+
+
+def _ip_be(ip: int | str | ipaddress.IPv4Address) -> int:
+    """An IPv4 address as the u32 a little-endian host reads from network-order bytes."""
+    return struct.unpack("=I", ipaddress.IPv4Address(ip).packed)[0]
+
+
+def _ip_from_be(v: int) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(struct.pack("=I", v))
+
+
+def _port_be(port: int) -> int:
+    return socket.htons(port)
+
+
+def hop(ifindex: int, smac: str | bytes, dmac: str | bytes, flags: int = HOP_VALID) -> Hop:
+    h = Hop(ifindex=ifindex, flags=flags)
+    ctypes.memmove(h.smac, mac_bytes(smac), 6)
+    ctypes.memmove(h.dmac, mac_bytes(dmac), 6)
+    return h
+
+
+def flow_key(ip: int | str | ipaddress.IPv4Address, port: int) -> FlowKey:
+    return FlowKey(ip=_ip_be(ip), port=_port_be(port))
+
+
+def flow_of(key: bytes) -> tuple[int, int]:
+    k = FlowKey.from_buffer_copy(key)
+    return int(_ip_from_be(k.ip)), socket.ntohs(k.port)
+
+
+def monotonic_ns() -> int:
+    """The clock of bpf_ktime_get_ns() (CLOCK_MONOTONIC), for last-hit times."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+class SwitchMaps:
+    """Typed access to the maps of one loaded switch.bpf.o."""
+
+    def __init__(self, obj: BpfObject):
+        self.obj = obj
+        self.config = obj.map("sw_config")
+        self.arp = obj.map("sw_arp")
+        self.backend_src = obj.map("sw_backend_src")
+        self.offload = obj.map("sw_offload")
+        self.buckets = obj.map("sw_buckets")
+        self.backends = obj.map("sw_backends")
+        self.routes = obj.map("sw_routes")
+        self.counters = obj.map("sw_counters")
+        self.trace = obj.map("sw_trace")
+
+    # --- configuration tables -------------------------------------------------------------
+    def set_config(self, *, vip: str, vport: int, key: tuple[int, int], mss: int, wscale: int, sack: bool,
+                   bucket_seconds: int, syn_window: int = 65535, flags: int = 0) -> None:
+        c = SwConfig(key0=key[0], key1=key[1], vip=_ip_be(vip), vport=_port_be(vport), mss=mss,
+                     syn_window=syn_window, wscale=wscale, sack=int(sack), bucket_seconds=bucket_seconds,
+                     flags=flags)
+        self.config.update(struct.pack("=I", 0), c)
+
+    def get_config(self) -> SwConfig:
+        return SwConfig.from_buffer_copy(self.config.lookup(struct.pack("=I", 0)))
+
+    def set_key(self, key: tuple[int, int]) -> None:
+        """Rotate the cookie key (the rest of the configuration stays)."""
+        c = self.get_config()
+        c.key0, c.key1 = key
+        self.config.update(struct.pack("=I", 0), c)
+
+    def set_arp(self, ip: str, mac: str | bytes) -> None:
+        e = ArpEntry()
+        ctypes.memmove(e.mac, mac_bytes(mac), 6)
+        self.arp.update(struct.pack("=I", _ip_be(ip)), e)
+
+    def set_backend(self, index: int, ip: str, port: int, h: Hop) -> None:
+        self.backends.update(struct.pack("=I", index), BackendEntry(ip=_ip_be(ip), port=_port_be(port), hop=h))
+        self.backend_src.update(flow_key(ip, port), struct.pack("=I", index))
+
+    def set_bucket(self, index: int, h: Hop | None) -> None:
+        self.buckets.update(struct.pack("=I", index), h if h is not None else Hop())
+
+    def set_route(self, network: str | ipaddress.IPv4Network, h: Hop) -> None:
+        net = ipaddress.IPv4Network(network, strict=False)
+        self.routes.update(RouteKey(prefixlen=net.prefixlen, ip=_ip_be(net.network_address)), h)
+
+    def del_route(self, network: str | ipaddress.IPv4Network) -> bool:
+        net = ipaddress.IPv4Network(network, strict=False)
+        return self.routes.delete(RouteKey(prefixlen=net.prefixlen, ip=_ip_be(net.network_address)))
+
+    # --- offload table --------------------------------------------------------------------
+    def offload_insert(self, ip: int | str, port: int, backend: int, now_ns: int | None = None) -> int:
+        """0, or the errno: EEXIST (already there), E2BIG/ENOMEM (table full)."""
+        e = OffloadEntry(backend=backend, last_hit_ns=monotonic_ns() if now_ns is None else now_ns)
+        return self.offload.try_update(flow_key(ip, port), e, BPF_NOEXIST)
+
+    def offload_delete(self, ip: int | str, port: int) -> bool:
+        return self.offload.delete(flow_key(ip, port))
+
+    def offload_get(self, ip: int | str, port: int) -> OffloadEntry | None:
+        v = self.offload.lookup(flow_key(ip, port))
+        return OffloadEntry.from_buffer_copy(v) if v is not None else None
+
+    def offload_items(self) -> Iterator[tuple[tuple[int, int], OffloadEntry]]:
+        for k, v in self.offload.items():
+            yield flow_of(k), OffloadEntry.from_buffer_copy(v)
+
+    # --- counters -------------------------------------------------------------------------
+    def counter(self, index: int) -> int:
+        v = self.counters.lookup(struct.pack("=I", index))
+        return struct.unpack("=Q", v)[0] if v else 0
+
+    def read_counters(self) -> dict[str, int]:
+        return {name: self.counter(i) for i, name in sorted(counter_names().items())}
+
+    def reset_counters(self) -> None:
+        for i in counter_names():
+            self.counters.update(struct.pack("=I", i), struct.pack("=Q", 0))
+
+    def last_redirect(self) -> int:
+        """ifindex of the last redirect (only recorded with SW_F_TRACE)."""
+        return struct.unpack("=I", self.trace.lookup(struct.pack("=I", 0)))[0]
+
+    def clear_trace(self) -> None:
+        self.trace.update(struct.pack("=I", 0), struct.pack("=I", 0))
+
+
+OFFLOAD_FULL_ERRNOS = (errno.E2BIG, errno.ENOMEM, errno.ENOSPC)
