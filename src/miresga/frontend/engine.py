@@ -336,9 +336,12 @@ class Engine:
 
     def _client_stream(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
         """A client segment with payload or FIN: put it in order, then parse and dispose of it."""
-        if conn.state is State.HEADER and conn.nxt is None:
-            self._find_start(conn, seg, now, out)
-            return
+        if conn.nxt is None:  # HEADER: where does the client's stream begin?
+            if conn.ooo or not looks_like_request_start(seg.payload):
+                self._find_start(conn, seg, now, out)
+                return
+            conn.c = seq_add(seg.seq, -1)
+            conn.nxt = conn.req_start = seg.seq
         d = seq_diff(seg.seq, conn.nxt)  # type: ignore[arg-type]
         if d > 0:  # a gap before it: hold until the gap fills
             if d > MAX_WINDOW_AHEAD:

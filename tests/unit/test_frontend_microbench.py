@@ -1,0 +1,10 @@
+"""The engine micro-benchmark runs, and a request's set-up stays far below a millisecond."""
+
+from miresga.frontend.microbench import bench_lifecycle, bench_setup
+
+
+def test_engine_costs_are_sane():
+    setup = bench_setup(2000)
+    life = bench_lifecycle(2000)
+    print(f"setup {setup:.1f} us, lifecycle {life:.1f} us")
+    assert 0 < setup < 1000 and setup < life < 3000
