@@ -124,7 +124,8 @@ int agent_ingress(struct __sk_buff *skb)
 	int rc = agent_parse(skb, &p);
 
 	if (rc != PARSE_TCP) {
-		agent_count(AGENT_STAT_UNPARSED);
+		if (rc < 0) /* broken, not merely another protocol: the kernel will judge it */
+			agent_count(AGENT_STAT_UNPARSED);
 		return TC_ACT_OK;
 	}
 	cfg = agent_cfg();
@@ -222,7 +223,8 @@ int agent_egress(struct __sk_buff *skb)
 	int rc = agent_parse(skb, &p);
 
 	if (rc != PARSE_TCP) {
-		agent_count(AGENT_STAT_UNPARSED);
+		if (rc < 0) /* broken, not merely another protocol: the kernel will judge it */
+			agent_count(AGENT_STAT_UNPARSED);
 		return TC_ACT_OK;
 	}
 	cfg = agent_cfg();

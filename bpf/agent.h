@@ -62,7 +62,7 @@ enum agent_stat {
 	AGENT_STAT_INSERT_REFUSED = 11, /* splice SYN refused: table full */
 	AGENT_STAT_BAD_OPTIONS = 12,  /* options malformed: walked as far as the kernel would */
 	AGENT_STAT_UNKNOWN = 13,      /* service-port segments of unknown flows (passed untouched) */
-	AGENT_STAT_UNPARSED = 14,     /* packets that did not parse as TCP/IPv4 (passed untouched) */
+	AGENT_STAT_UNPARSED = 14,     /* broken Ethernet/IPv4/TCP headers (passed untouched) */
 	AGENT_STAT_MAX = 15,
 };
 

@@ -417,12 +417,14 @@ def test_direct_port_untouched_even_for_a_spliced_client(agent):
     assert get_flow(agent).switch_isn == 100
 
 
-@pytest.mark.parametrize("pkt", [
-    Ether() / ARP(),
-    Ether(src=C_MAC, dst=B_MAC) / IP(src=CLIENT, dst=BACKEND) / UDP(sport=CPORT, dport=SPORT) / b"x",
-    Ether(bytes(to_backend("A", seq=1, ack=2))[:40]),  # truncated TCP header
-    Ether(src=C_MAC, dst=B_MAC) / IP(src=CLIENT, dst=BACKEND, flags="MF") / TCP(sport=CPORT, dport=SPORT),
+@pytest.mark.parametrize("pkt,broken", [
+    (Ether() / ARP(), False),
+    (Ether(src=C_MAC, dst=B_MAC) / IP(src=CLIENT, dst=BACKEND) / UDP(sport=CPORT, dport=SPORT) / b"x", False),
+    (Ether(bytes(to_backend("A", seq=1, ack=2))[:40]), True),  # truncated TCP header
+    (Ether(src=C_MAC, dst=B_MAC) / IP(src=CLIENT, dst=BACKEND, flags="MF") / TCP(sport=CPORT, dport=SPORT), True),
 ], ids=["arp", "udp", "truncated", "fragment"])
-def test_non_tcp_and_broken_packets_untouched(agent, pkt):
+def test_non_tcp_and_broken_packets_untouched(agent, pkt, broken):
     put_flow(agent, 100, diff=800)
     untouched(agent, "ingress", pkt)
+    untouched(agent, "egress", pkt)
+    assert stat(agent, AgentStat.UNPARSED) == (2 if broken else 0)

@@ -1,0 +1,96 @@
+"""`miresga agent attach|detach|stats|sweep --iface IF [--netns NS] [--config FILE]`.
+
+`attach` loads the agent, pins its maps and programs under /sys/fs/bpf/miresga/<netns>/agent/ and
+exits; the TC filters keep it running. The other commands find it through those pins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from miresga.agent.manager import AgentManager, AgentSettings, pin_dir
+from miresga.control.config import ConfigError, load_config
+
+
+def _settings(args: argparse.Namespace) -> AgentSettings | None:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"invalid config:\n{e}", file=sys.stderr)
+        return None
+    return AgentSettings.from_config(cfg, args.backend)
+
+
+def _attach(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    if s is None:
+        return 1
+    m = AgentManager(s, args.netns, args.iface, pin=True).attach()
+    print(f"agent attached on {args.iface} in {args.netns or 'host'}: service ports {list(s.service_ports)}, "
+          f"window scale {s.window_scale}, capacity {s.capacity}; pinned at {pin_dir(args.netns)}")
+    return 0  # exit without detaching: the filters and the pins keep the agent alive
+
+
+def _pinned(args: argparse.Namespace) -> AgentManager | None:
+    try:
+        return AgentManager.from_pins(args.netns, args.iface)
+    except FileNotFoundError as e:
+        print(str(e), file=sys.stderr)
+        return None
+
+
+def _detach(args: argparse.Namespace) -> int:
+    m = _pinned(args)
+    if m is None:
+        return 1
+    m.detach()
+    print(f"agent detached from {args.iface} in {args.netns or 'host'}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    m = _pinned(args)
+    if m is None:
+        return 1
+    try:
+        print(json.dumps(m.stats(), indent=2))
+    finally:
+        for mp in m.maps.values():
+            mp.close()
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    m = _pinned(args)
+    if m is None:
+        return 1
+    s = _settings(args)
+    if s is None:
+        return 1
+    try:
+        n = m.sweep(idle_timeout_s=args.idle if args.idle is not None else s.idle_timeout_s)
+    finally:
+        for mp in m.maps.values():
+            mp.close()
+    print(f"removed {n} idle flows")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("agent", help="back-end agent (eBPF sequence translation)")
+    sub = p.add_subparsers(dest="agent_cmd", required=True)
+    for name, func, help_ in [("attach", _attach, "load, pin and attach the agent"),
+                              ("detach", _detach, "remove the agent's filters and pins"),
+                              ("stats", _stats, "print the agent's counters as JSON"),
+                              ("sweep", _sweep, "remove flows idle longer than the timeout")]:
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--iface", required=True)
+        c.add_argument("--netns", default=None)
+        c.add_argument("--config", default=None, help="deployment YAML (default: built-in)")
+        c.add_argument("--backend", default=None, help="back-end name whose service port to translate "
+                                                          "(default: every back-end's)")
+        if name == "sweep":
+            c.add_argument("--idle", type=float, default=None, help="seconds (default cfg.agent.idle_timeout_s)")
+        c.set_defaults(func=func)
