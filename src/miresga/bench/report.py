@@ -146,7 +146,7 @@ def render_markdown(records: list[dict[str, Any]], meta: Mapping[str, Any]) -> s
     lines = ["# Miresga benchmark", ""]
     for k, v in meta.items():
         lines.append(f"- {k}: {v}")
-    lines += ["", "Throughput (requests/s, MB/s = 10^6 bytes/s incl. headers), latency percentiles (ms), errors "
+    lines += ["", "Throughput (requests/s; MB/s = 10^6 bytes/s read by wrk, headers included), latency percentiles (ms), errors "
               "(socket errors + non-2xx/3xx), and requests/s relative to the best peer "
               f"({' or '.join(PEERS)}) and to `{DIRECT}` in the same workload.", ""]
     head = ["workload", "system", "req/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "errors", "× best peer",

@@ -1,7 +1,7 @@
 """What the benchmark asks of every system: one object size per workload, or a weighted mix.
 
 A single-size workload runs with keep-alive or with a new connection per request. A mix picks the
-path of each request from a fixed, smooth weighted round-robin schedule (the same sequence for every
+path of each request from a fixed, evenly spread weighted schedule (the same sequence for every
 system and every run), so two systems always see the same request stream.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import reduce
 from typing import Sequence
 
@@ -98,20 +99,13 @@ def workload_by_name(name: str) -> Workload:
     return size_workload(parse_size(base), mode == KEEPALIVE)
 
 
-def smooth_schedule(weights: list[int]) -> list[int]:
-    """One cycle of nginx's smooth weighted round robin: indexes into `weights`, each index appearing
-    weight/g times (g = gcd of the weights), heavy items spread evenly rather than in runs."""
+def smooth_schedule(weights: Sequence[int]) -> list[int]:
+    """One cycle of the mix: indexes into `weights`, each appearing weight/g times (g = gcd of the
+    weights), every item spread evenly over the cycle rather than in runs. The k-th occurrence of
+    item i is due at (k + 1/2) / w_i of the cycle; the cycle is the occurrences in order of due time
+    (ties by index), which keeps each item's gaps within a step or two of cycle/w_i."""
     if not weights or any(w < 0 for w in weights) or sum(weights) == 0:
-        raise WorkloadError(f"bad mix weights {weights}")
+        raise WorkloadError(f"bad mix weights {list(weights)}")
     g = reduce(math.gcd, [w for w in weights if w])
-    w = [x // g for x in weights]
-    total = sum(w)
-    current = [0] * len(w)
-    out = []
-    for _ in range(total):
-        for i, x in enumerate(w):
-            current[i] += x
-        best = max(range(len(w)), key=lambda i: current[i])  # first maximum: deterministic
-        current[best] -= total
-        out.append(best)
-    return out
+    due = sorted((Fraction(2 * k + 1, 2 * (w // g)), i) for i, w in enumerate(weights) for k in range(w // g))
+    return [i for _, i in due]

@@ -38,6 +38,8 @@ init = function(args)
   -- formatted once per thread, with wrk's -H headers (e.g. Connection: close) and Host
   for k = 1, n do reqs[k] = wrk.format(nil, paths[k]) end
 end
+-- wrk calls request() once on thread 0 before the run (to detect pipelining): that thread's stream
+-- starts one step into the cycle. Still the same sequence every run.
 request = function()
   i = i % n + 1
   return reqs[i]

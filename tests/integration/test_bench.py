@@ -1,0 +1,82 @@
+"""`miresga bench` end to end on its own testbed: a tiny run (1 s per point, a few workloads) writes
+the three files with every system and workload, sane numbers, no errors, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from miresga.bench.report import validate_records
+from miresga.bench.workloads import mix_workload
+
+pytestmark = pytest.mark.netns
+
+SYSTEMS = ["direct", "nginx", "haproxy"]
+WORKLOADS = ["1k-keepalive", "1k-newconn", "1m-keepalive", "1m-newconn", "T2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    miresga = Path(sys.executable).with_name("miresga")
+    p = subprocess.run([str(miresga), "bench", "--duration", "1", "--sizes", "1k,1m", "--mixes", "T2",
+                        "--connections", "16", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    return p, out
+
+
+def test_bench_writes_every_point(tiny_run):
+    p, out = tiny_run
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    # progress: one line per point, and a ratio line per workload
+    assert len(re.findall(r"^\[bench\]\s+\d+/15 ", p.stdout, re.M)) == 15
+    assert len(re.findall(r"vs best peer", p.stdout)) == len(WORKLOADS)
+    records = json.loads((out / "report.json").read_text())
+    validate_records(records)
+    assert sorted((r["system"], r["workload"]) for r in records) == sorted(
+        (s, w) for s in SYSTEMS for w in WORKLOADS)
+    for r in records:
+        where = f"{r['system']}/{r['workload']}"
+        assert r["requests"] > 0 and r["requests_per_s"] > 0, where
+        assert r["errors"] == 0 and r["failure"] is None, (where, r["errors_by_kind"])
+        assert 0 < r["latency_p50_ms"] <= r["latency_p90_ms"] <= r["latency_p99_ms"], where
+        assert r["best_peer"] in ("nginx", "haproxy") and r["ratio_to_direct"] is not None, where
+        if r["size_bytes"]:
+            # bytes per response: the object, a few hundred bytes of headers, and (wrk counts every byte
+            # read) at most one partial response per connection still in flight at the deadline
+            per = r["bytes"] / r["requests"]
+            in_flight = r["size_bytes"] * r["connections"] / r["requests"]
+            assert r["size_bytes"] < per < r["size_bytes"] + 1000 + in_flight, (where, per)
+        else:
+            # the mix really is the mix: mean bytes per response near its expected mean
+            # (loose: the requests still in flight at the deadline are cut off)
+            mean = mix_workload(r["workload"]).mean_object_bytes()
+            assert 0.5 * mean < r["bytes"] / r["requests"] < 1.5 * mean, (where, r["bytes"] / r["requests"])
+    by = {(r["system"], r["workload"]): r for r in records}
+    for w in WORKLOADS:
+        best = max(("nginx", "haproxy"), key=lambda s: by[s, w]["requests_per_s"])
+        assert by[best, w]["ratio_to_best_peer"] == 1.0 and by["direct", w]["ratio_to_direct"] == 1.0
+
+
+def test_bench_report_and_plot(tiny_run):
+    _, out = tiny_run
+    md = (out / "report.md").read_text()
+    for s in SYSTEMS:
+        for w in WORKLOADS:
+            assert f"| {w} | {s} | " in md
+    png = (out / "throughput.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 30_000
+
+
+def test_bench_tears_down_its_testbed(tiny_run):
+    p, _ = tiny_run
+    m = re.search(r"testbed (\w+) up", p.stdout)
+    assert m, p.stdout[:500]
+    inst = m.group(1)
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"mg{inst}-" not in namespaces
+    assert not Path(f"/run/miresga/{inst}").exists()
