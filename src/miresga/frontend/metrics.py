@@ -22,9 +22,9 @@ class MetricsPublisher:
         self._snap: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._server = None
+        self.publish()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
-        self.publish()
 
     def publish(self) -> None:
         e, st = self.engine, self.engine.stats
