@@ -180,5 +180,8 @@ table netdev mgt_agent_loss {{
         return counts
 
     def offloads(self, ns: str, on: bool) -> None:
+        """Segmentation and transmit checksum offload of ns's eth0. Off: the kernel segments and
+        completes checksums in software after TC egress, so frames on the wire carry full checksums
+        computed over the agent's rewrite (which is what a peer can verify)."""
         state = "on" if on else "off"
-        run(ns, "ethtool", "-K", "eth0", "tso", state, "gso", state, check=False)
+        run(ns, "ethtool", "-K", "eth0", "tx", state, "tso", state, "gso", state)
