@@ -49,7 +49,18 @@ class OffloadDelete:
     client_port: int
 
 
-Action = Union[Send, OffloadInsert, OffloadDelete]
+@dataclass(slots=True)
+class OffloadCheck:
+    """Ask the switch whether an entry we believe installed is still there (answer through
+    offload_result with the same gen: installed|absent). An entry can vanish without us: another
+    front-end acting on an idle report, a controller restart."""
+
+    client_ip: int
+    client_port: int
+    gen: int
+
+
+Action = Union[Send, OffloadInsert, OffloadDelete, OffloadCheck]
 
 
 class Stats:
@@ -206,8 +217,9 @@ class Engine:
             conn.ever_installed = True
             conn.offload = Offload.INSTALLED
         elif status == "queued":
-            conn.offload = Offload.QUEUED
-            self.stats.offload["queued"] += 1
+            if conn.offload is not Offload.INSTALLED:
+                conn.offload = Offload.QUEUED
+                self.stats.offload["queued"] += 1
         else:
             conn.offload = Offload.NONE
             self.stats.offload[f"refused_{status}"] += 1
@@ -661,7 +673,10 @@ class Engine:
                 self._refuse(conn, 503, "back-end did not answer", now, out)
         elif state is State.SPLICED:
             if conn.offload is Offload.INSTALLED:
-                conn.deadline = now + fe.idle_timeout_s   # only the switch can tell it is idle
+                # Only the switch can tell an offloaded connection is idle; make sure the entry
+                # is still there, else the slow path (and this timer) is in charge again.
+                conn.deadline = now + fe.idle_timeout_s
+                out.append(OffloadCheck(conn.key[0], conn.key[1], conn.offload_gen))
             else:
                 st.events["idle_expired"] += 1
                 self._abort_both(conn, out)

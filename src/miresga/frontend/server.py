@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from miresga import cookie
 from miresga.control.config import Deployment
-from miresga.frontend.engine import Engine, OffloadDelete, OffloadInsert, Send
+from miresga.frontend.engine import Engine, OffloadCheck, OffloadDelete, OffloadInsert, Send
 from miresga.frontend.health import HealthTracker, check_ok, probe
 from miresga.frontend.metrics import MetricsPublisher
 
@@ -82,8 +82,10 @@ class OffloadWorker(threading.Thread):
         self.retry_deletes: list[tuple[int, int]] = []
         self.stats: dict[str, int] = {"rpc_errors": 0, "writes": 0, "batched_ops": 0}
         self.client = None
+        self._answered: set[int] = set()
+        self._deleted: set[tuple[int, int]] = set()
 
-    def submit(self, action: OffloadInsert | OffloadDelete) -> None:
+    def submit(self, action: OffloadInsert | OffloadDelete | OffloadCheck) -> None:
         self.q.put(action)
 
     def _connect(self) -> Any:
@@ -102,9 +104,16 @@ class OffloadWorker(threading.Thread):
                     batch.append(self.q.get_nowait())
             except queue.Empty:
                 pass
+            checks = [a for a in batch if isinstance(a, OffloadCheck)]
+            batch = [a for a in batch if not isinstance(a, OffloadCheck)]
             try:
                 if batch or self.retry_deletes:
                     self._write(batch)
+                if checks:
+                    got = self._connect().read([(a.client_ip, a.client_port) for a in checks])
+                    for a in checks:
+                        st = _status(got.get((a.client_ip, a.client_port), "absent"))
+                        self.results.put(("offload", a.client_ip, a.client_port, a.gen, st))
                 if self.queued:
                     self._poll_queued()
                 now = time.monotonic()
@@ -121,15 +130,23 @@ class OffloadWorker(threading.Thread):
                 self.stats["rpc_errors"] += 1
                 log.warning("switch controller: %s", e)
                 self.client = None
+                # Unanswered inserts: the engine keeps the slow path; the call may still have
+                # reached the controller, so delete them too. Deletes are retried until answered.
                 for a in batch:
-                    if isinstance(a, OffloadInsert):
+                    key = (a.client_ip, a.client_port)
+                    if isinstance(a, OffloadInsert) and a.gen not in self._answered:
                         self.results.put(("offload", a.client_ip, a.client_port, a.gen, "error"))
+                        self.retry_deletes.append(key)
+                    elif isinstance(a, OffloadDelete) and key not in self._deleted:
+                        self.retry_deletes.append(key)
                 self.wake()
                 self.stop.wait(0.5)
 
     def _write(self, batch: list[Any]) -> None:
         """Send in order; a key inserted and deleted in one batch is split so the order holds."""
         client = self._connect()
+        self._answered: set[int] = set()
+        self._deleted: set[tuple[int, int]] = set()
         ins: list[OffloadInsert] = []
         dels: list[tuple[int, int]] = list(self.retry_deletes)
         self.retry_deletes = []
@@ -140,10 +157,12 @@ class OffloadWorker(threading.Thread):
             statuses = client.write([(a.client_ip, a.client_port, a.backend) for a in ins], list(dels))
             self.stats["writes"] += 1
             self.stats["batched_ops"] += len(ins) + len(dels)
-            for a, st in zip(ins, statuses[:len(ins)]):
+            for a, st in zip(ins, map(_status, statuses[:len(ins)])):
                 if st == "queued":
                     self.queued[(a.client_ip, a.client_port)] = a.gen
                 self.results.put(("offload", a.client_ip, a.client_port, a.gen, st))
+                self._answered.add(a.gen)
+            self._deleted.update(dels)
             ins.clear()
             dels.clear()
 
@@ -166,11 +185,16 @@ class OffloadWorker(threading.Thread):
         keys = list(self.queued)
         got = self._connect().read(keys)
         for key in keys:
-            st = got.get(key) or got.get(tuple(key))
+            st = _status(got.get(key, "absent"))
             if st in ("installed", "absent"):
                 gen = self.queued.pop(key)
                 self.results.put(("offload", key[0], key[1], gen, st))
         self.wake()
+
+
+def _status(s: Any) -> str:
+    """Statuses may come as str enums; the engine wants their plain values."""
+    return str(getattr(s, "value", s))
 
 
 class NoSwitch:

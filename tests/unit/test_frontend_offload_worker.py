@@ -1,0 +1,121 @@
+"""The switch-controller adapter of the front-end, against a fake client with the SwitchClient
+methods: order of inserts and deletes, queued inserts polled to the end, failures."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+from frontend_helpers import NOW, Backend, Client, deletes, get, inserts, make_cfg, sends
+from miresga.frontend.engine import Engine, OffloadCheck, OffloadDelete, OffloadInsert
+from miresga.frontend.server import OffloadWorker
+from miresga.frontend.states import Offload
+
+
+class FakeSwitchClient:
+    """Same semantics as switch.controller.OffloadTable for what we use: inserts before deletes
+    within one write; queue mode answers "queued" and installs on the next read."""
+
+    def __init__(self, queue_mode=False, fail_writes=0):
+        self.table, self.queued, self.calls = {}, {}, []
+        self.queue_mode, self.fail_writes = queue_mode, fail_writes
+
+    def register(self, name, address):
+        self.calls.append(("register", name))
+
+    def heartbeat(self, name):
+        pass
+
+    def idle(self):
+        return []
+
+    def write(self, ins, dels):
+        self.calls.append(("write", list(ins), list(dels)))
+        if self.fail_writes:
+            self.fail_writes -= 1
+            raise ConnectionError("controller unreachable")
+        out = []
+        for ip, port, b in ins:
+            k = (ip, port)
+            if k in self.table or k in self.queued:
+                out.append("exists")
+            elif self.queue_mode:
+                self.queued[k] = b
+                out.append("queued")
+            else:
+                self.table[k] = b
+                out.append("ok")
+        for k in dels:
+            k = tuple(k)
+            out.append("ok" if self.table.pop(k, None) is not None or self.queued.pop(k, None) is not None
+                       else "not_found")
+        return out
+
+    def read(self, keys):
+        self.table.update(self.queued)
+        self.queued.clear()
+        return {k: "installed" if k in self.table else "absent" for k in keys}
+
+
+def run_worker(fake, actions, wait=0.3):
+    results = queue.SimpleQueue()
+    w = OffloadWorker(lambda: fake, "fe1", "10.0.2.2", results, lambda: None, idle_interval=0.05,
+                      poll_interval=0.01)
+    for a in actions:
+        w.submit(a)
+    w.start()
+    time.sleep(wait)
+    w.stop.set()
+    w.join(2)
+    out = []
+    while not results.empty():
+        out.append(results.get())
+    return out
+
+
+def test_insert_then_delete_of_one_key_keep_their_order():
+    fake = FakeSwitchClient()
+    res = run_worker(fake, [OffloadInsert(1, 2, 0, 7), OffloadDelete(1, 2), OffloadInsert(3, 4, 1, 8)])
+    writes = [c for c in fake.calls if c[0] == "write"]
+    assert writes[0][1:] == ([(1, 2, 0)], [])            # split: the delete must come after
+    assert fake.table == {(3, 4): 1}
+    assert ("offload", 1, 2, 7, "ok") in res and ("offload", 3, 4, 8, "ok") in res
+
+
+def test_queued_insert_polled_until_installed():
+    fake = FakeSwitchClient(queue_mode=True)
+    res = run_worker(fake, [OffloadInsert(1, 2, 0, 7)])
+    assert [r for r in res if r[0] == "offload"] == [("offload", 1, 2, 7, "queued"),
+                                                      ("offload", 1, 2, 7, "installed")]
+
+
+def test_failed_write_reports_error_and_retries_deletes():
+    fake = FakeSwitchClient(fail_writes=1)
+    fake.table[(9, 9)] = 0
+    res = run_worker(fake, [OffloadInsert(1, 2, 0, 7), OffloadDelete(9, 9)], wait=1.0)
+    assert ("offload", 1, 2, 7, "error") in res
+    assert fake.table == {}, "the delete was retried after the failure"
+
+
+def test_check_reports_absent_entry():
+    fake = FakeSwitchClient()
+    res = run_worker(fake, [OffloadCheck(5, 6, 3)])
+    assert ("offload", 5, 6, 3, "absent") in res
+
+
+def test_engine_verifies_installed_entry_on_idle_timer():
+    eng = Engine(make_cfg())
+    cl = Client(eng)
+    eng.segment(cl.seg(get("/dl/x")), NOW)
+    acts = eng.segment(Backend(eng, 2, cl).synack(), NOW)
+    (ins,) = inserts(acts)
+    eng.offload_result(cl.ip, cl.port, ins.gen, "ok", NOW)
+    t = NOW + eng.fe.idle_timeout_s + 1
+    (chk,) = [a for a in eng.tick(t) if isinstance(a, OffloadCheck)]
+    assert (chk.client_ip, chk.client_port, chk.gen) == (cl.ip, cl.port, ins.gen)
+    eng.offload_result(cl.ip, cl.port, chk.gen, "installed", t)
+    assert eng.conns[cl.key].offload is Offload.INSTALLED
+    eng.offload_result(cl.ip, cl.port, chk.gen, "absent", t)      # someone removed it
+    assert eng.conns[cl.key].offload is Offload.NONE
+    a = eng.tick(t + eng.fe.idle_timeout_s + 1)                   # now our own timer expires it
+    assert not eng.conns and not deletes(a) and sends(a)
