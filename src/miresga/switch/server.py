@@ -1,0 +1,325 @@
+"""The controller's adapter to the world: the gRPC service (token auth), the clock, and the
+tables it applies decisions to (BPF maps, or memory for tests). Decisions live in controller.py.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from concurrent import futures
+from typing import Callable, Protocol
+
+import grpc
+
+from miresga import cookie
+from miresga._proto import control_pb2 as pb
+from miresga._proto import control_pb2_grpc as pb_grpc
+from miresga.switch.controller import Actions, ApiError, Controller, EntryState, Key, Op, Status
+from miresga.switch.maps import OFFLOAD_FULL_ERRNOS, Hop, SwitchMaps, monotonic_ns
+from miresga.switch.profiles import profile_from_config
+
+log = logging.getLogger("miresga.switch")
+
+STATUS_PB = {Status.OK: pb.WRITE_OK, Status.EXISTS: pb.WRITE_EXISTS, Status.NOT_FOUND: pb.WRITE_NOT_FOUND,
+             Status.TABLE_FULL: pb.WRITE_TABLE_FULL, Status.QUEUED: pb.WRITE_QUEUED}
+STATE_PB = {EntryState.ABSENT: pb.ENTRY_ABSENT, EntryState.QUEUED: pb.ENTRY_QUEUED,
+            EntryState.INSTALLED: pb.ENTRY_INSTALLED}
+
+
+class Tables(Protocol):
+    """Where the controller's actions land."""
+
+    def apply(self, actions: Actions) -> list[Op]: ...          # returns the ops that failed
+    def last_hits(self) -> dict[Key, int]: ...
+    def counters(self) -> dict[str, int]: ...
+    def set_cookie_key(self, key: cookie.CookieKey) -> None: ...
+
+
+class MemoryTables:
+    """Tables in memory: for tests of the service without a data plane, and for measuring the
+    control path alone."""
+
+    def __init__(self, capacity: int = 1 << 30):
+        self.offload: dict[Key, tuple[int, int]] = {}
+        self.buckets: dict[int, str] = {}
+        self.capacity = capacity
+        self.key: cookie.CookieKey | None = None
+
+    def apply(self, actions: Actions) -> list[Op]:
+        failed = []
+        for op in actions.ops:
+            if op.kind == "insert":
+                if len(self.offload) >= self.capacity:
+                    failed.append(op)
+                else:
+                    self.offload[op.key] = (op.backend, monotonic_ns())
+            else:
+                self.offload.pop(op.key, None)
+        self.buckets.update(actions.buckets)
+        return failed
+
+    def last_hits(self) -> dict[Key, int]:
+        return {k: t for k, (_, t) in self.offload.items()}
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def set_cookie_key(self, key: cookie.CookieKey) -> None:
+        self.key = key
+
+
+class MapTables:
+    """The BPF maps of a loaded switch (SwitchMaps); `frontend_hops` maps front-end name -> hop."""
+
+    def __init__(self, maps: SwitchMaps, frontend_hops: dict[str, Hop]):
+        self.maps, self.hops = maps, frontend_hops
+
+    def apply(self, actions: Actions) -> list[Op]:
+        failed = []
+        m = self.maps
+        now = monotonic_ns()
+        for op in actions.ops:
+            if op.kind == "insert":
+                err = m.offload_insert(op.key[0], op.key[1], op.backend, now)
+                if err:
+                    if err not in OFFLOAD_FULL_ERRNOS:
+                        log.warning("offload insert %s: errno %d", op.key, err)
+                    failed.append(op)
+            else:
+                m.offload_delete(op.key[0], op.key[1])
+        for b, name in actions.buckets.items():
+            m.set_bucket(b, self.hops[name])
+        return failed
+
+    def last_hits(self) -> dict[Key, int]:
+        return {k: e.last_hit_ns for k, e in self.maps.offload_items()}
+
+    def counters(self) -> dict[str, int]:
+        return self.maps.read_counters()
+
+    def set_cookie_key(self, key: cookie.CookieKey) -> None:
+        self.maps.set_key((key.k0, key.k1))
+
+
+class ControlPlane:
+    """Controller + tables + clock, thread-safe: the servicer and the ticker share it."""
+
+    def __init__(self, cfg, tables: Tables, clock: Callable[[], float] = time.monotonic,
+                 dead_after_s: float = 3.0, tai: Callable[[], float] = cookie.tai_seconds):
+        self.cfg, self.tables, self.clock, self.tai = cfg, tables, clock, tai
+        self.profile = profile_from_config(cfg.switch)
+        self.ctl = Controller([h.name for h in cfg.hosts.frontends], len(cfg.hosts.backends), self.profile,
+                              cfg.switch.idle_timeout_s, clock(), dead_after_s)
+        self.lock = threading.Lock()
+        self.idle_cache: list[Key] = []
+        self.key: cookie.CookieKey | None = None
+        self.initial_buckets = Actions(buckets={b: n for b, n in enumerate(self.ctl.members.assign)})
+
+    def _apply(self, actions: Actions) -> None:
+        if actions:
+            for op in self.tables.apply(actions):
+                self.ctl.table.apply_failed(op)
+
+    def start_tables(self) -> None:
+        """Write the initial bucket assignment and cookie key."""
+        with self.lock:
+            self._apply(self.initial_buckets)
+        self.rotate_key()
+
+    def rotate_key(self) -> bool:
+        cur, _ = cookie.keys_at(self.cfg.switch.cookie.secret, self.tai(), self.cfg.switch.cookie.rotate_seconds)
+        if cur != self.key:
+            self.tables.set_cookie_key(cur)
+            self.key = cur
+            return True
+        return False
+
+    def write(self, inserts, deletes) -> list[Status]:
+        with self.lock:
+            statuses, actions = self.ctl.write(inserts, deletes, self.clock())
+            self._apply(actions)
+        if Status.QUEUED in statuses and self.profile.batch_latency_s < 0.1:
+            statuses = self._await_batch(inserts, deletes, statuses)
+        return statuses
+
+    def _await_batch(self, inserts, deletes, statuses) -> list[Status]:
+        """A batch within the rate is installed one batch latency later: wait that long, as a
+        synchronous driver call would, so only operations beyond the rate stay QUEUED."""
+        deadline = self.clock() + self.profile.batch_latency_s * 2 + 0.002
+        n_ins = len(inserts)
+        keys = [(ip, port) for ip, port, _ in inserts] + list(deletes)
+        while True:
+            with self.lock:
+                self._apply(self.ctl.tick(self.clock()))
+                states = self.ctl.read(keys)
+            out = []
+            for i, (st, k) in enumerate(zip(statuses, keys)):
+                if st == Status.QUEUED:
+                    done = states[k] == (EntryState.INSTALLED if i < n_ins else EntryState.ABSENT)
+                    out.append(Status.OK if done else st)
+                else:
+                    out.append(st)
+            if Status.QUEUED not in out or self.clock() >= deadline:
+                return out
+            time.sleep(0.0005)
+
+    def read(self, keys: list[Key]) -> dict[Key, EntryState]:
+        with self.lock:
+            return self.ctl.read(keys)
+
+    def register(self, name: str, address: str) -> list[int]:
+        with self.lock:
+            buckets, actions = self.ctl.register(name, address, self.clock())
+            self._apply(actions)
+        if actions.buckets:
+            log.info("front-end %s back: %d buckets moved to it", name, len(actions.buckets))
+        return buckets
+
+    def heartbeat(self, name: str) -> list[int]:
+        with self.lock:
+            buckets, actions = self.ctl.heartbeat(name, self.clock())
+            self._apply(actions)
+        return buckets
+
+    def tick(self) -> float | None:
+        with self.lock:
+            actions = self.ctl.tick(self.clock())
+            self._apply(actions)
+            due = self.ctl.table.next_due()
+        if actions.buckets:
+            log.warning("membership change: %d buckets moved (%s)", len(actions.buckets),
+                        ", ".join(f"{m['name']}={m['state']}" for m in self.ctl.members.view()))
+        return due
+
+    def scan_idle(self) -> list[Key]:
+        hits = self.tables.last_hits()  # map read outside the lock: it may take a while
+        with self.lock:
+            self.idle_cache = self.ctl.idle(hits, monotonic_ns())
+        return self.idle_cache
+
+    def stats(self) -> dict:
+        with self.lock:
+            s = self.ctl.stats()
+        s["counters"] = self.tables.counters()
+        return s
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Refuse calls without "authorization: Bearer <token>" with UNAUTHENTICATED, and count them."""
+
+    def __init__(self, token: str, on_refused: Callable[[], None]):
+        self._want = f"Bearer {token}".encode()
+        self._on_refused = on_refused
+
+        def refuse(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (authorization: Bearer ...)")
+        self._refuse = grpc.unary_unary_rpc_method_handler(refuse)
+
+    def intercept_service(self, continuation, details):
+        got = dict(details.invocation_metadata or ()).get("authorization", "")
+        if isinstance(got, str):
+            got = got.encode()
+        if hmac.compare_digest(got, self._want):
+            return continuation(details)
+        self._on_refused()
+        return self._refuse
+
+
+class Servicer(pb_grpc.SwitchControlServicer):
+    def __init__(self, cp: ControlPlane):
+        self.cp = cp
+
+    def _guard(self, context, fn):
+        try:
+            return fn()
+        except ApiError as e:
+            context.abort(getattr(grpc.StatusCode, e.code), e.message)
+
+    def Write(self, request, context):
+        ins = [(e.client_ip, e.client_port, e.backend) for e in request.inserts]
+        dels = [(k.client_ip, k.client_port) for k in request.deletes]
+        st = self._guard(context, lambda: self.cp.write(ins, dels))
+        return pb.WriteReply(statuses=[STATUS_PB[s] for s in st])
+
+    def Read(self, request, context):
+        keys = [(k.client_ip, k.client_port) for k in request.keys]
+        states = self.cp.read(keys)
+        return pb.ReadReply(states=[STATE_PB[states[k]] for k in keys])
+
+    def Idle(self, request, context):
+        return pb.IdleReply(keys=[pb.FlowKey(client_ip=ip, client_port=port) for ip, port in self.cp.idle_cache])
+
+    def Register(self, request, context):
+        b = self._guard(context, lambda: self.cp.register(request.name, request.address))
+        return pb.RegisterReply(buckets=b, dead_after_ms=int(self.cp.ctl.members.dead_after_s * 1000))
+
+    def Heartbeat(self, request, context):
+        b = self._guard(context, lambda: self.cp.heartbeat(request.name))
+        return pb.RegisterReply(buckets=b, dead_after_ms=int(self.cp.ctl.members.dead_after_s * 1000))
+
+    def Stats(self, request, context):
+        s = self.cp.stats()
+        return pb.StatsReply(
+            profile=s["profile"], capacity=s["capacity"], installed=s["installed"], queue=s["queue"],
+            rate=s["rate"] or 0.0, counters=s["counters"], ops={k: int(v) for k, v in s["ops"].items()},
+            members=[pb.Member(**m) for m in s["members"]], unauthenticated=s["unauthenticated"],
+            bucket_moves=s["bucket_moves"])
+
+
+class ControlServer:
+    """gRPC server + ticker thread (queue, membership, key rotation, idle scan). Context manager."""
+
+    def __init__(self, cp: ControlPlane, address: str, workers: int = 8):
+        self.cp = cp
+
+        def refused() -> None:
+            with cp.lock:
+                cp.ctl.unauthenticated += 1
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+                                  interceptors=[TokenAuth(cp.cfg.switch.control.token, refused)])
+        pb_grpc.add_SwitchControlServicer_to_server(Servicer(cp), self.server)
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._ticker, name="switch-ticker", daemon=True)
+
+    def _ticker(self) -> None:
+        sw = self.cp.cfg.switch
+        idle_every = max(0.2, sw.idle_timeout_s / 4)
+        next_idle = next_key = 0.0
+        while not self.stop_event.is_set():
+            due = self.cp.tick()
+            now = time.monotonic()
+            if now >= next_key:
+                next_key = now + 1.0
+                if self.cp.rotate_key():
+                    log.info("cookie key rotated")
+            if now >= next_idle:
+                next_idle = now + idle_every
+                try:
+                    self.cp.scan_idle()
+                except OSError as e:
+                    log.warning("idle scan: %s", e)
+            wait = 0.1 if due is None else max(0.0, min(0.1, due - self.cp.clock()))
+            self.stop_event.wait(wait)
+
+    def start(self) -> "ControlServer":
+        self.cp.start_tables()
+        self.server.start()
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.server.stop(grace=0.5).wait()
+        if self.thread.is_alive():
+            self.thread.join(timeout=2)
+
+    def __enter__(self) -> "ControlServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
