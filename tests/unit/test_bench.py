@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from miresga.bench.report import (RECORD_FIELDS, add_ratios, make_record, render_markdown, validate_records,
+from miresga.bench.report import (RECORD_FIELDS, add_ratios, make_record, pick_median, render_markdown,
+                                  validate_records,
                                   write_report)
 from miresga.bench.runner import mix_paths, object_paths
 from miresga.bench.systems import System, SystemSpecError, resolve_systems, systems_from_status
@@ -264,3 +265,16 @@ def test_write_report_writes_three_files(tmp_path):
     assert paths["md"].read_text().count(" | direct | ") == 5 + 1  # 5 rows + the ratio matrix header
     png = paths["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_pick_median_keeps_every_run_and_every_error():
+    a, b, c = _rec("nginx", "1k-keepalive", 300), _rec("nginx", "1k-keepalive", 100), _rec("nginx", "1k-keepalive", 200)
+    c["errors"], c["errors_by_kind"]["read"] = 2, 2
+    m = pick_median([a, b, c])
+    assert m["requests_per_s"] == 200 and m["runs"] == [300, 100, 200]
+    assert m["errors"] == 2 and m["errors_by_kind"]["read"] == 2
+    assert pick_median([a, b])["requests_per_s"] == 100  # lower median of an even count
+    assert pick_median([a]) == a
+    md = render_markdown(add_ratios([m, pick_median([_rec("haproxy", "1k-keepalive", 400)])]), {})
+    assert "runs ±" in md and "| 1k-keepalive | nginx | 200 | 50% |" in md
+    assert "runs ±" not in render_markdown(add_ratios([a]), {})

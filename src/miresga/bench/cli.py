@@ -36,7 +36,7 @@ def _bench(args: argparse.Namespace) -> int:
         else:
             cfg = load_config(args.config)
         records = run_bench(cfg, systems, workloads, duration, args.connections, args.out, testbed=tb,
-                            threads=args.threads, timeout_s=args.timeout)
+                            threads=args.threads, timeout_s=args.timeout, repeat=args.repeat)
     except ConfigError as e:
         print(f"invalid config:\n{e}", file=sys.stderr)
         return 2
@@ -67,5 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--threads", type=int, default=1,
                    help="wrk threads (default: %(default)s: leaves the other core to the servers)")
     b.add_argument("--timeout", type=float, default=10.0, help="wrk per-request timeout, s (default: %(default)s)")
+    b.add_argument("--repeat", type=int, default=1,
+                   help="runs per point, in rounds over the systems; the median is reported (default: %(default)s)")
     b.add_argument("--quick", action="store_true", help=f"{QUICK_DURATION:g} s per point (all workloads, under 3 min)")
     b.set_defaults(func=_bench)

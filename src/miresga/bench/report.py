@@ -22,7 +22,7 @@ RECORD_FIELDS = (
     "duration_s", "connections", "threads",
     "requests", "bytes", "requests_per_s", "bytes_per_s",
     "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "latency_max_ms",
-    "errors", "errors_by_kind", "failure",
+    "errors", "errors_by_kind", "failure", "runs",
     "best_peer", "ratio_to_best_peer", "ratio_to_direct", "extra",
 )
 
@@ -53,6 +53,7 @@ def make_record(system: str, workload: Workload, result: WrkResult | None, *, co
         "errors": r.errors_total + (1 if failure else 0),
         "errors_by_kind": {k: r.errors.get(k, 0) for k in ERROR_KINDS},
         "failure": failure,
+        "runs": [round(r.requests_per_s, 1)],
         "best_peer": None,
         "ratio_to_best_peer": None,
         "ratio_to_direct": None,
@@ -64,6 +65,20 @@ def make_record(system: str, workload: Workload, result: WrkResult | None, *, co
 
 def _ms(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
+
+
+def pick_median(tries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of several runs of one point, the one with the median requests/s (the lower one of an even
+    count), with every run's requests/s in `runs` so the spread stays visible."""
+    if not tries:
+        raise ValueError("no runs to pick from")
+    ordered = sorted(tries, key=lambda r: r["requests_per_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["runs"] = [x for r in tries for x in r["runs"]]
+    chosen["errors"] = sum(r["errors"] for r in tries)  # an error in any run is an error of the point
+    chosen["errors_by_kind"] = {k: sum(r["errors_by_kind"][k] for r in tries) for k in chosen["errors_by_kind"]}
+    chosen["failure"] = next((r["failure"] for r in tries if r["failure"]), None)
+    return chosen
 
 
 def add_ratios(records: list[dict[str, Any]], peers: Iterable[str] = PEERS, direct: str = DIRECT) -> list[dict[str, Any]]:
@@ -94,6 +109,7 @@ def validate_records(records: list[dict[str, Any]]) -> None:
         "latency_p50_ms": (int, float, type(None)), "latency_p90_ms": (int, float, type(None)),
         "latency_p99_ms": (int, float, type(None)), "extra": (dict,),
         "ratio_to_best_peer": (int, float, type(None)), "ratio_to_direct": (int, float, type(None)),
+        "runs": (list,),
     }
     if not isinstance(records, list):
         raise ValueError("report.json must hold a list of records")
@@ -120,6 +136,12 @@ def _fmt_mbs(x: float) -> str:
 
 def _fmt_opt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "–" if x is None else f"{x:{spec}}{suffix}"
+
+
+def _fmt_spread(runs: list[float]) -> str:
+    """Half the range of the runs as a share of their median: how far to trust a ratio."""
+    mid = sorted(runs)[(len(runs) - 1) // 2]
+    return f"{50 * (max(runs) - min(runs)) / mid:.0f}%" if mid > 0 and len(runs) > 1 else "–"
 
 
 def _fmt_extra(key: str, v: Any) -> str:
@@ -149,14 +171,19 @@ def render_markdown(records: list[dict[str, Any]], meta: Mapping[str, Any]) -> s
     lines += ["", "Throughput (requests/s; MB/s = 10^6 bytes/s read by wrk, headers included), latency percentiles (ms), errors "
               "(socket errors + non-2xx/3xx), and requests/s relative to the best peer "
               f"({' or '.join(PEERS)}) and to `{DIRECT}` in the same workload.", ""]
-    head = ["workload", "system", "req/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "errors", "× best peer",
-            "× direct", *extras]
+    spread = any(len(r["runs"]) > 1 for r in records)
+    if spread:
+        lines += ["`runs ±`: half the range of the repeated runs' requests/s, relative to the median run "
+                  "(the one reported).", ""]
+    head = ["workload", "system", "req/s", *(["runs ±"] if spread else []), "MB/s", "p50 ms", "p90 ms", "p99 ms",
+            "errors", "× best peer", "× direct", *extras]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
     for w in workloads:
         for r in (r for r in records if r["workload"] == w):
             err = str(r["errors"]) if not r["failure"] else f"{r['errors']} (failed)"
-            cells = [w, r["system"], _fmt_rate(r["requests_per_s"]), _fmt_mbs(r["bytes_per_s"]),
+            cells = [w, r["system"], _fmt_rate(r["requests_per_s"]), *([_fmt_spread(r["runs"])] if spread else []),
+                     _fmt_mbs(r["bytes_per_s"]),
                      _fmt_opt(r["latency_p50_ms"]), _fmt_opt(r["latency_p90_ms"]), _fmt_opt(r["latency_p99_ms"]),
                      err, _fmt_opt(r["ratio_to_best_peer"], suffix="x"), _fmt_opt(r["ratio_to_direct"], suffix="x"),
                      *(_fmt_extra(k, r["extra"][k]) if k in r["extra"] else "" for k in extras)]

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from miresga.bench.report import add_ratios, make_record, write_report
+from miresga.bench.report import add_ratios, make_record, pick_median, write_report
 from miresga.bench.systems import System, resolve_systems, systems_from_status
 from miresga.bench.workloads import Workload, smooth_schedule, workload_by_name
 from miresga.bench.wrk import WrkOutputError, done_script, mix_script, parse_wrk_output, wrk_argv
@@ -45,31 +45,35 @@ def mix_paths(workload: Workload, paths_by_size: Mapping[int, str]) -> list[str]
 
 def run_bench(cfg: Deployment | None, systems: Sequence[str | System] | Mapping[str, Any] | None,
               workloads: Sequence[Workload | str], duration: float, connections: int, out_dir: str | Path,
-              testbed=None, *, threads: int = 1, timeout_s: float = 10.0, progress: Progress = _say,
-              plot: bool = True) -> list[dict[str, Any]]:
+              testbed=None, *, threads: int = 1, timeout_s: float = 10.0, repeat: int = 1,
+              progress: Progress = _say, plot: bool = True) -> list[dict[str, Any]]:
     """Measure `workloads` x `systems`; write report.json, report.md, throughput.png into out_dir and
     return the records. `systems`: names from the testbed status (None: all it offers), System
     objects (with a probe for extra columns), or a mapping name -> (address, port).
+    With `repeat` > 1 every point runs that many times (in rounds over the systems) and the run with
+    the median requests/s is reported, all runs' requests/s in its `runs` field.
     With `testbed=None` a testbed is brought up from `cfg` and always torn down."""
     wls = [w if isinstance(w, Workload) else workload_by_name(w) for w in workloads]
     if not wls:
         raise BenchError("no workloads selected")
     if connections < threads:
         raise BenchError(f"wrk needs at least one connection per thread ({connections} < {threads})")
+    if repeat < 1:
+        raise BenchError(f"repeat must be at least 1 (got {repeat})")
     if testbed is not None:
-        return _run(testbed, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, progress, plot)
+        return _run(testbed, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, repeat, progress, plot)
     from miresga.testbed import Testbed
     t0 = time.monotonic()
     with Testbed(cfg) as tb:
         progress(f"testbed {tb.instance} up in {time.monotonic() - t0:.1f} s")
         try:
-            return _run(tb, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, progress, plot)
+            return _run(tb, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, repeat, progress, plot)
         finally:
             progress(f"tearing down testbed {tb.instance}")
 
 
 def _run(tb, systems, wls: list[Workload], duration: float, connections: int, out_dir: Path, threads: int,
-         timeout_s: float, progress: Progress, plot: bool) -> list[dict[str, Any]]:
+         timeout_s: float, repeat: int, progress: Progress, plot: bool) -> list[dict[str, Any]]:
     status = tb.status()
     chosen = resolve_systems(systems, systems_from_status(status))
     if not chosen:
@@ -79,20 +83,23 @@ def _run(tb, systems, wls: list[Workload], duration: float, connections: int, ou
     if missing:
         raise BenchError(f"the testbed serves no object of size(s) {missing}; it has {sorted(paths)}")
     client = tb.cfg.hosts.clients[0].name
-    meta = _meta(tb, chosen, duration, connections, threads)
+    meta = _meta(tb, chosen, duration, connections, threads, repeat)
     records: list[dict[str, Any]] = []
-    total = len(wls) * len(chosen)
+    total = len(wls) * len(chosen) * repeat
     n = 0
     with tempfile.TemporaryDirectory(prefix="miresga-bench-") as tmp:
         scripts = _write_scripts(Path(tmp), wls, paths)
         for w in wls:
-            for s in chosen:
-                n += 1
-                path = paths[w.size_bytes] if w.size_bytes is not None else "/"
-                rec = run_point(tb, client, s, w, s.url(path), scripts[w.name], duration=duration,
-                                connections=connections, threads=threads, timeout_s=timeout_s)
-                records.append(rec)
-                progress(f"{n:>3}/{total} " + point_line(rec))
+            tries: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
+            for rnd in range(repeat):  # rounds over all systems: slow drift in load hits every system
+                for s in chosen:
+                    n += 1
+                    path = paths[w.size_bytes] if w.size_bytes is not None else "/"
+                    rec = run_point(tb, client, s, w, s.url(path), scripts[w.name], duration=duration,
+                                    connections=connections, threads=threads, timeout_s=timeout_s)
+                    tries[s.name].append(rec)
+                    progress(f"{n:>3}/{total} " + point_line(rec) + (f"  (run {rnd + 1}/{repeat})" if repeat > 1 else ""))
+            records.extend(pick_median(t) for t in tries.values())
             add_ratios(records)
             progress(ratio_line(w.name, [r for r in records if r["workload"] == w.name]))
             write_report(records, out_dir, meta, plot=False)
@@ -162,7 +169,7 @@ def _loadavg() -> str:
         return "?"
 
 
-def _meta(tb, systems: list[System], duration: float, connections: int, threads: int) -> dict[str, Any]:
+def _meta(tb, systems: list[System], duration: float, connections: int, threads: int, repeat: int) -> dict[str, Any]:
     wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()
     return {
         "title": f"Miresga bench: wrk {threads} thread(s), {connections} connections, {duration:g} s per point",
@@ -171,6 +178,7 @@ def _meta(tb, systems: list[System], duration: float, connections: int, threads:
         "systems": ", ".join(f"{s.name} ({s.address}:{s.port})" for s in systems),
         "wrk": f"{wrk_v[0].split(' [')[0] if wrk_v else 'wrk'}; -t{threads} -c{connections} -d{duration:g}s, "
                "new connection per request = -H 'Connection: close'",
+        "repetitions": f"{repeat} per point, median reported" if repeat > 1 else "1 per point",
         "machine": f"{os.cpu_count()} CPUs; load average at start {_loadavg()}",
         "peer tuning": "docs/bench.md",
     }
