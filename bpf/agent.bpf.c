@@ -159,7 +159,9 @@ int agent_ingress(struct __sk_buff *skb)
 	payload = p.payload_len;
 
 	if (flags & F_ACK) {
-		if (tcp_seq_shift(skb, l4, TCP_ACK_OFF, diff))
+		__u32 acc = 0; /* one checksum update for the ack and every SACK edge */
+
+		if (tcp_store4_acc(skb, l4, TCP_ACK_OFF, p.tcp->ack_seq, bpf_htonl(ack), &acc))
 			return agent_drop(DROP_REWRITE_FAILED);
 		if (hlen > 20) {
 			if (agent_opts_parse(skb, l4, hlen, &o))
@@ -169,12 +171,14 @@ int agent_ingress(struct __sk_buff *skb)
 			for (__u32 i = 0; i < AGENT_SACK_MAX; i++) {
 				if (i >= o.sack_blocks)
 					break;
-				__u32 off = o.sack_off[i & (AGENT_SACK_MAX - 1)];
-				if (tcp_seq_shift(skb, l4, off, diff) || tcp_seq_shift(skb, l4, off + 4, diff))
+				if (tcp_sack_block_shift(skb, l4, o.sack_off[i & (AGENT_SACK_MAX - 1)], diff, &acc))
 					return agent_drop(DROP_REWRITE_FAILED);
 			}
-			agent_count_n(AGENT_STAT_SACK_BLOCKS, o.sack_blocks);
+			if (o.sack_blocks)
+				agent_count_n(AGENT_STAT_SACK_BLOCKS, o.sack_blocks);
 		}
+		if (tcp_csum_apply(skb, l4, acc))
+			return agent_drop(DROP_REWRITE_FAILED);
 		if (f->fin_out && !f->fin_out_acked && seq_after_eq(ack, f->fin_out_end))
 			f->fin_out_acked = 1;
 	}
@@ -261,7 +265,7 @@ int agent_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	f->last_seen_ns = bpf_ktime_get_ns();
-	if (tcp_seq_shift(skb, l4, TCP_SEQ_OFF, -f->diff))
+	if (tcp_store4(skb, l4, TCP_SEQ_OFF, bpf_htonl(seq), bpf_htonl(seq - f->diff)))
 		return agent_drop(DROP_REWRITE_FAILED);
 	/* SYN windows are never scaled (RFC 7323) */
 	if (!(flags & F_SYN) && f->backend_wscale != AGENT_WSCALE_NONE && f->backend_wscale != f->promised_wscale) {

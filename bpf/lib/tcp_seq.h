@@ -21,19 +21,45 @@ static __always_inline __u32 csum_parity_fix(__u32 v_be, __u32 off_in_tcp)
 	return ((v_be & 0x00FF00FF) << 8) | ((v_be >> 8) & 0x00FF00FF);
 }
 
-/* Rewrite the 32-bit sequence-space value at `off_in_tcp` (any alignment) from old to old + delta.
- * Returns 0 or -1; the old value is read from the packet. */
-static __always_inline int tcp_seq_shift(struct __sk_buff *skb, __u32 l4, __u32 off_in_tcp, __u32 delta)
+/* Rewrites that share one checksum update: each adds its difference to `acc` (a bpf_csum_diff
+ * seed chain), and tcp_csum_apply() folds the sum into the TCP checksum once. */
+static __always_inline int tcp_store4_acc(struct __sk_buff *skb, __u32 l4, __u32 off_in_tcp, __u32 old_be,
+					  __u32 new_be, __u32 *acc)
 {
-	__u32 old_be, new_be;
+	__u32 o = csum_parity_fix(old_be, off_in_tcp), n = csum_parity_fix(new_be, off_in_tcp);
+	__s64 d = bpf_csum_diff(&o, sizeof(o), &n, sizeof(n), *acc);
 
-	if (bpf_skb_load_bytes(skb, l4 + off_in_tcp, &old_be, sizeof(old_be)))
+	if (d < 0)
 		return -1;
-	new_be = bpf_htonl(bpf_ntohl(old_be) + delta);
-	if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF(l4), csum_parity_fix(old_be, off_in_tcp),
-				csum_parity_fix(new_be, off_in_tcp), sizeof(__u32)))
-		return -1;
+	*acc = (__u32)d;
 	return bpf_skb_store_bytes(skb, l4 + off_in_tcp, &new_be, sizeof(new_be), 0);
+}
+
+/* Both edges of the SACK block at `off_in_tcp` (any alignment) shifted by delta. */
+static __always_inline int tcp_sack_block_shift(struct __sk_buff *skb, __u32 l4, __u32 off_in_tcp, __u32 delta,
+						__u32 *acc)
+{
+	__u32 old[2], nw[2], oc[2], nc[2];
+	__s64 d;
+
+	if (bpf_skb_load_bytes(skb, l4 + off_in_tcp, old, sizeof(old)))
+		return -1;
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		nw[i] = bpf_htonl(bpf_ntohl(old[i]) + delta);
+		oc[i] = csum_parity_fix(old[i], off_in_tcp);
+		nc[i] = csum_parity_fix(nw[i], off_in_tcp);
+	}
+	d = bpf_csum_diff(oc, sizeof(oc), nc, sizeof(nc), *acc);
+	if (d < 0)
+		return -1;
+	*acc = (__u32)d;
+	return bpf_skb_store_bytes(skb, l4 + off_in_tcp, nw, sizeof(nw), 0);
+}
+
+static __always_inline int tcp_csum_apply(struct __sk_buff *skb, __u32 l4, __u32 acc)
+{
+	return bpf_l4_csum_replace(skb, TCP_CSUM_OFF(l4), 0, acc, 0);
 }
 
 #endif

@@ -33,6 +33,11 @@ def _pkt(to_backend: bool, dport: int = 80, load: bytes = b"", options=(), flags
     return p / load if load else p
 
 
+def _cost(prog, pkt, repeat: int, runs: int = 5) -> int:
+    # the least disturbed of several runs: the machine is shared, noise only ever adds time
+    return min(per_packet_ns(prog, pkt, repeat) for _ in range(runs))
+
+
 def per_packet_costs(repeat: int = 200_000) -> dict[str, int]:
     """ns per packet of each program on its common paths."""
     with BpfObject(object_path("agent"), max_entries={"agent_flows": 65536}) as o:
@@ -52,12 +57,12 @@ def per_packet_costs(repeat: int = 200_000) -> dict[str, int]:
             "egress: spliced data (1448 B)": (eg, _pkt(False, load=b"x" * 1448)),
             "egress: unknown flow on the service port": (eg, _pkt(False, load=b"x" * 1448, client="10.0.1.3")),
         }
-        out = {name: per_packet_ns(prog, pkt, repeat) for name, (prog, pkt) in cases.items()}
+        out = {name: _cost(prog, pkt, repeat) for name, (prog, pkt) in cases.items()}
         o.map("agent_flows").update(flow_key(CLIENT, CPORT), AgentFlow(
             switch_isn=1, diff=12345, state=AGENT_FLOW_ESTABLISHED, backend_wscale=10, promised_wscale=7))
-        out["egress: spliced data, window rescaled"] = per_packet_ns(eg, _pkt(False, load=b"x" * 1448), repeat)
+        out["egress: spliced data, window rescaled"] = _cost(eg, _pkt(False, load=b"x" * 1448), repeat)
     with BpfObject(object_path("counters")) as o:
-        out["reference: counters.bpf.c (one map update)"] = per_packet_ns(o.program("count_ingress"), _pkt(True), repeat)
+        out["reference: counters.bpf.c (one map update)"] = _cost(o.program("count_ingress"), _pkt(True), repeat)
     return out
 
 
