@@ -6,12 +6,13 @@ valid cookie, as if the switch had answered its SYN, and reads the response from
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 
 import pytest
 
-from frontend_net import BE, C_GW_MAC, FE_GW_MAC, VIP, relay_net  # noqa: F401 (fixture)
+from frontend_net import BE, BE2, C_GW_MAC, VIP, relay_net  # noqa: F401 (fixture)
 from miresga import cookie
 from miresga.agent.manager import AgentManager, AgentSettings
 from miresga.bpf.netns import in_netns, run
@@ -31,17 +32,22 @@ switch:
 hosts:
   clients: [{{name: c1, address: 10.99.1.2/24}}]
   frontends: [{{name: fe1, address: 10.99.2.2/24}}]
-  backends: [{{name: be1, address: {BE}/24, port: 80, direct_port: 8080}}]
+  backends:
+    - {{name: be1, address: {BE}/24, port: 80, direct_port: 8080}}
+    - {{name: be2, address: {BE2}/24, port: 80, direct_port: 8080}}
   lb: {{name: lb, address: 10.99.9.2/24}}
 rules:
   - {{name: big, match: {{path_prefix: /1m}}, pool: [be1], offload: auto}}
+  - {{name: who, match: {{path_exact: /whoami}}, pool: [be2], offload: never}}
+  - {{name: post, match: {{path_exact: /echo, method: POST}}, pool: [be2], offload: never}}
   - {{name: default, pool: [be1], offload: never}}
 frontend: {{health_interval_s: 0.2, metrics_port: 9109}}
 """)
 
 
 class RawClient:
-    """A TCP client in user space that starts at the first data segment (seq c+1, ack s+1)."""
+    """User-space TCP clients that start at the first data segment (seq c+1, ack s+1), as if the
+    switch had answered their SYN with the cookie s."""
 
     def __init__(self, ns: str):
         with in_netns(ns):
@@ -54,51 +60,93 @@ class RawClient:
 """)
         self.ip, self.vip = ip_int("10.99.1.2"), ip_int(VIP)
 
+    def connect(self, port: int) -> "RawConn":
+        return RawConn(self, port)
+
     def get(self, path: str, port: int, timeout: float = 15.0) -> tuple[bytes, dict]:
-        ck = CFG.switch.cookie
-        now = cookie.tai_seconds()
-        key = cookie.keys_at(ck.secret, now, ck.rotate_seconds)[0]
-        s = cookie.make_cookie(key, self.ip, port, self.vip, 80, cookie.bucket_of(now, ck.bucket_seconds),
-                               1460, 7, True)
-        c = 0x10000000 + port
-        req = f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode()
-        me = seq_add(c, 1 + len(req))
-        first = Segment(self.ip, port, self.vip, 80, seq_add(c, 1), seq_add(s, 1), ACK | PSH, 502, b"", req)
-        self.io.send(first)
-        got, expected, fin = bytearray(), seq_add(s, 1), False
-        info = {"segments": 0, "max_seg": 0}
-        deadline = last = time.monotonic() + 0
-        deadline += timeout
-        while time.monotonic() < deadline and not fin:
-            segs = [x for x in self.io.recv_batch(64) if x.dport == port]
-            if not segs:
-                if time.monotonic() - last > 1.0 and not got:
-                    self.io.send(first)         # our request or its splice got lost: retransmit
-                    last = time.monotonic()
-                time.sleep(0.0005)
-                continue
-            for x in segs:
-                info["segments"] += 1
-                info["max_seg"] = max(info["max_seg"], len(x.payload))
-                if x.seq == expected and x.payload:
-                    got += x.payload
-                    expected = seq_add(expected, len(x.payload))
-                elif x.payload and seq_diff(x.seq, expected) < 0 < seq_diff(x.end, expected):
-                    cut = seq_diff(expected, x.seq)
-                    got += x.payload[cut:]
-                    expected = x.end if not x.flags & FIN else seq_add(x.end, -1)
-                if x.flags & FIN and seq_add(x.seq, len(x.payload)) == expected:
-                    expected = seq_add(expected, 1)
-                    fin = True
-            self.io.send(Segment(self.ip, port, self.vip, 80, me, expected, ACK, 502))
-        if fin:
-            self.io.send(Segment(self.ip, port, self.vip, 80, me, expected, ACK | FIN, 502))
-        info["fin"] = fin
-        return bytes(got), info
+        conn = self.connect(port)
+        conn.send(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
+        resp = conn.read_until_fin(timeout)
+        return resp, conn.info
 
     def close(self, ns: str) -> None:
         self.io.close()
         run(ns, "nft", "delete", "table", "ip", "rawclient", check=False)
+
+
+class RawConn:
+    def __init__(self, client: RawClient, port: int):
+        ck = CFG.switch.cookie
+        now = cookie.tai_seconds()
+        key = cookie.keys_at(ck.secret, now, ck.rotate_seconds)[0]
+        self.cl, self.port = client, port
+        self.s = cookie.make_cookie(key, client.ip, port, client.vip, 80,
+                                    cookie.bucket_of(now, ck.bucket_seconds), 1460, 7, True)
+        self.snd = seq_add(0x10000000 + port, 1)
+        self.rcv = seq_add(self.s, 1)
+        self.buf = bytearray()
+        self.fin = False
+        self.unacked: list[Segment] = []
+        self.info = {"segments": 0, "max_seg": 0, "fin": False}
+
+    def _seg(self, flags: int, payload: bytes = b"") -> Segment:
+        return Segment(self.cl.ip, self.port, self.cl.vip, 80, self.snd, self.rcv, flags, 502, b"", payload)
+
+    def send(self, data: bytes, mss: int = 1400) -> None:
+        self.unacked = []
+        for i in range(0, len(data), mss):
+            seg = self._seg(ACK | PSH, data[i:i + mss])
+            self.unacked.append(seg)
+            self.cl.io.send(seg)
+            self.snd = seq_add(self.snd, len(seg.payload))
+
+    def _pump(self, done, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and not done():
+            segs = [x for x in self.cl.io.recv_batch(64) if x.dport == self.port]
+            if not segs:
+                if time.monotonic() - quiet_since > 1.0:
+                    for seg in self.unacked:     # nothing heard: retransmit what we sent last
+                        self.cl.io.send(seg)
+                    quiet_since = time.monotonic()
+                time.sleep(0.0005)
+                continue
+            quiet_since = time.monotonic()
+            for x in segs:
+                self.info["segments"] += 1
+                self.info["max_seg"] = max(self.info["max_seg"], len(x.payload))
+                if x.payload and seq_diff(x.seq, self.rcv) <= 0 < seq_diff(seq_add(x.seq, len(x.payload)), self.rcv):
+                    self.buf += x.payload[seq_diff(self.rcv, x.seq):]
+                    self.rcv = seq_add(x.seq, len(x.payload))
+                if x.payload or x.flags & FIN:
+                    self.unacked = []            # the server has our data
+                if x.flags & FIN and seq_add(x.seq, len(x.payload)) == self.rcv:
+                    self.rcv = seq_add(self.rcv, 1)
+                    self.fin = self.info["fin"] = True
+            self.cl.io.send(self._seg(ACK))
+
+    def read_response(self, timeout: float = 15.0) -> bytes:
+        def complete() -> int:
+            head_end = self.buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return 0
+            m = re.search(rb"(?i)content-length:\s*(\d+)", self.buf[:head_end])
+            n = head_end + 4 + (int(m.group(1)) if m else 0)
+            return n if len(self.buf) >= n else 0
+        self._pump(lambda: complete() > 0, timeout)
+        n = complete()
+        assert n, f"incomplete response: {bytes(self.buf[:200])!r}"
+        resp, self.buf = bytes(self.buf[:n]), self.buf[n:]
+        return resp
+
+    def read_until_fin(self, timeout: float = 15.0) -> bytes:
+        self._pump(lambda: self.fin, timeout)
+        if self.fin:
+            self.cl.io.send(self._seg(ACK | FIN))
+            self.snd = seq_add(self.snd, 1)
+        resp, self.buf = bytes(self.buf), bytearray()
+        return resp
 
 
 def body_of(resp: bytes) -> bytes:
@@ -110,8 +158,9 @@ def body_of(resp: bytes) -> bytes:
 @pytest.fixture
 def system(relay_net):
     ns, www = relay_net
-    agent = AgentManager(AgentSettings(service_ports=(80,), window_scale=CFG.switch.window_scale),
-                         netns=ns["b"], pin=False).attach()
+    settings = AgentSettings(service_ports=(80,), window_scale=CFG.switch.window_scale)
+    agent = AgentManager(settings, netns=ns["b"], pin=False).attach()
+    agent2 = AgentManager(settings, netns=ns["b2"], pin=False).attach()
     holder: dict = {}
     ready = threading.Event()
 
@@ -131,15 +180,18 @@ def system(relay_net):
     assert ready.wait(10)
     if "error" in holder:
         agent.detach()
+        agent2.detach()
         raise holder["error"]
     client = RawClient(ns["c"])
     try:
+        holder["srv"].agent2 = agent2
         yield ns, www, holder["srv"], agent, client
     finally:
         client.close(ns["c"])
         holder["srv"].stop.set()
         t.join(5)
         agent.detach()
+        agent2.detach()
 
 
 def metrics(ns_fe: str) -> dict:
@@ -149,7 +201,7 @@ def metrics(ns_fe: str) -> dict:
 
 def settle(srv, agent, timeout=8.0):
     end = time.monotonic() + timeout
-    while time.monotonic() < end and (srv.engine.conns or agent.flows()):
+    while time.monotonic() < end and (srv.engine.conns or agent.flows() or srv.agent2.flows()):
         time.sleep(0.1)
 
 
@@ -192,3 +244,36 @@ def test_health_check_takes_backend_out_and_503(system):
         time.sleep(0.05)
     resp, _ = client.get("/1k", 41004)
     assert body_of(resp) == (www / "1k").read_bytes()
+
+
+def test_keepalive_reroutes_between_backends(system):
+    """Successive requests on one connection go where their rules say (DESIGN step 8): the old
+    back-end connection is reset, a new one continues the client's view of the stream."""
+    ns, www, srv, agent, client = system
+    conn = client.connect(41010)
+    conn.send(b"GET /1k HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert body_of(conn.read_response()) == (www / "1k").read_bytes()
+    conn.send(b"GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert body_of(conn.read_response()) == f"{BE2}\n".encode()
+    conn.send(b"GET /1m HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert body_of(conn.read_response()) == (www / "1m").read_bytes()
+    conn.send(b"GET /1k HTTP/1.1\r\nHost: t\r\n\r\n")             # same back-end: no new SYN
+    assert body_of(conn.read_response()) == (www / "1k").read_bytes()
+    conn.send(b"GET /whoami HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert body_of(conn.read_until_fin()) == f"{BE2}\n".encode()
+    st = srv.engine.stats
+    assert st.events["reroute"] == 3
+    assert agent.counters()["splice_syn"] + agent.counters()["resplice"] == 2
+    assert srv.agent2.counters()["splice_syn"] + srv.agent2.counters()["resplice"] == 2
+    settle(srv, agent)
+    assert not srv.engine.conns and not agent.flows() and not srv.agent2.flows()
+
+
+def test_post_body_over_several_segments(system):
+    ns, www, srv, agent, client = system
+    body = bytes(range(256)) * 20
+    conn = client.connect(41020)
+    conn.send(f"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n"
+              f"Connection: close\r\n\r\n".encode() + body, mss=1000)
+    assert body_of(conn.read_until_fin()) == f"{BE2} got {len(body)}\n".encode()
+    assert srv.engine.stats.requests_rule["post"] == 1
