@@ -15,8 +15,9 @@ import time
 import pytest
 
 from miresga.agent.lab import BACKEND_IP, BACKEND_MAC, CLIENT_IP, CLIENT_MAC, PEER_PORTS, AgentLab
-from miresga.agent.manager import AgentManager, AgentSettings, pin_dir
+from miresga.agent.manager import AgentManager, AgentSettings, flow_key, pin_dir
 from miresga.agent.peer import SplicePeer
+from miresga.bpf.layouts import AgentFlow
 from miresga.bpf.netns import run
 
 pytestmark = pytest.mark.netns
@@ -150,3 +151,47 @@ def test_sweep_removes_only_idle_flows(lab):
         assert agent.sweep() == 0  # just used
         assert agent.sweep(now_ns=time.monotonic_ns() + 6 * 10**9) == 1
         assert agent.flows() == {}
+
+
+def test_reroute_after_reset_continues_the_client_stream(lab):
+    """DESIGN.md step 8 on one back-end: reset the spliced connection, then a new splice SYN from
+    the same client ip:port with seq = next request seq - 1 and switch ISN = client ack - 1, so the
+    second response continues the sequence space the client already sees."""
+    with AgentManager(settings(), lab.backend_ns, "eth0", pin=False) as agent:
+        p = peer(lab)
+        try:
+            first = p.fetch("/1m", close=False)
+            assert hashlib.sha256(first.body).hexdigest() == lab.objects["1m"]
+            p.reset(first.next_seq)
+            deadline = time.monotonic() + 5
+            while agent.flows() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert agent.flows() == {}
+            second = p.fetch("/1m", c=first.next_seq - 1, s=first.next_ack - 1,
+                             closed_when=lambda: not agent.flows())
+        finally:
+            p.close()
+        c = agent.counters()
+    assert hashlib.sha256(second.body).hexdigest() == lab.objects["1m"]
+    assert second.closed
+    assert c["removed_rst"] == 1 and c["splice_syn"] == 2 and c["removed_fin"] == 1
+
+
+def test_full_table_refuses_splice_until_swept(lab):
+    small = AgentSettings(service_ports=(80,), window_scale=PROMISED_WS, capacity=16, idle_timeout_s=5.0)
+    with AgentManager(small, lab.backend_ns, "eth0", pin=False) as agent:
+        flows = agent.maps["agent_flows"]
+        assert agent.stats()["capacity"] == 16
+        for i in range(16):  # stale flows, last seen at boot
+            flows.update(flow_key("10.77.0.99", 1000 + i), AgentFlow(switch_isn=1, state=1))
+        p = peer(lab)
+        try:
+            with pytest.raises(TimeoutError):
+                p.fetch("/1m", timeout=1.0)  # the splice SYN is dropped, not answered untranslated
+            st = agent.stats()
+            assert st["counters"]["insert_refused"] >= 1 and st["drops"]["agent_table_full"] >= 1
+            assert agent.sweep() == 16
+            res = p.fetch("/1m", closed_when=lambda: not agent.flows())
+        finally:
+            p.close()
+    assert hashlib.sha256(res.body).hexdigest() == lab.objects["1m"]

@@ -54,6 +54,8 @@ class FetchResult:
     acks_with_dsack: int = 0
     max_sack_blocks: int = 0
     closed: bool = False  # both FINs exchanged and acknowledged
+    next_seq: int = 0     # the client's next sequence number after the request
+    next_ack: int = 0     # the client's acknowledgement after the response (switch space)
 
 
 def _csum(b: bytes) -> int:
@@ -243,9 +245,14 @@ class SplicePeer:
                 res.headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
                 need = hdr_len + int(res.headers.get("content-length", 0))
         res.body = bytes(rcv[hdr_len:need])
+        res.next_seq, res.next_ack = snd_nxt, (base + len(rcv)) % M32
         if close:
             res.closed = self._close(snd_nxt, (base + len(rcv)) % M32, deadline, closed_when)
         return res
+
+    def reset(self, seq: int) -> None:
+        """RST toward the back-end (what a front-end sends before re-routing, DESIGN.md step 8)."""
+        self.send("R", seq, 0)
 
     @staticmethod
     def _sack_blocks(ooo: dict[int, bytes], order: list[int], base: int) -> list[tuple[int, int]]:
