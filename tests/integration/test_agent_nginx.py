@@ -195,3 +195,26 @@ def test_full_table_refuses_splice_until_swept(lab):
         finally:
             p.close()
     assert hashlib.sha256(res.body).hexdigest() == lab.objects["1m"]
+
+
+def test_background_sweeper_and_cli_run(lab):
+    small = AgentSettings(service_ports=(80,), window_scale=PROMISED_WS, capacity=64, idle_timeout_s=0.2)
+    with AgentManager(small, lab.backend_ns, "eth0", pin=False, sweep_interval_s=0.05) as agent:
+        agent.maps["agent_flows"].update(flow_key("10.77.0.99", 1000), AgentFlow(switch_isn=1, state=1))
+        deadline = time.monotonic() + 5
+        while agent.flows() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert agent.flows() == {} and agent.stats()["swept"] == 1
+    # `miresga agent run`: attached while it runs, detached (filters and pins) when stopped
+    proc = subprocess.Popen([sys.executable, "-m", "miresga.control.cli", "agent", "run", "--netns", lab.backend_ns,
+                             "--iface", "eth0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "agent running" in proc.stdout.readline()
+        assert "agent_ingress" in run(lab.backend_ns, "tc", "filter", "show", "dev", "eth0", "ingress").stdout
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["flows"] == 0
+    assert not pin_dir(lab.backend_ns).exists()
+    assert "agent_" not in run(lab.backend_ns, "tc", "filter", "show", "dev", "eth0", "ingress").stdout

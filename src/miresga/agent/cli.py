@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 from miresga.agent.manager import AgentManager, AgentSettings, pin_dir
 from miresga.control.config import ConfigError, load_config
@@ -31,6 +33,22 @@ def _attach(args: argparse.Namespace) -> int:
     print(f"agent attached on {args.iface} in {args.netns or 'host'}: service ports {list(s.service_ports)}, "
           f"window scale {s.window_scale}, capacity {s.capacity}; pinned at {pin_dir(args.netns)}")
     return 0  # exit without detaching: the filters and the pins keep the agent alive
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Attach, sweep idle flows until SIGINT/SIGTERM, detach."""
+    s = _settings(args)
+    if s is None:
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with AgentManager(s, args.netns, args.iface, pin=True) as m:
+        print(f"agent running on {args.iface} in {args.netns or 'host'}; sweeping flows idle > "
+              f"{s.idle_timeout_s}s", flush=True)
+        m.run_forever(stop)
+        print(json.dumps(m.stats()))
+    return 0
 
 
 def _pinned(args: argparse.Namespace) -> AgentManager | None:
@@ -82,6 +100,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("agent", help="back-end agent (eBPF sequence translation)")
     sub = p.add_subparsers(dest="agent_cmd", required=True)
     for name, func, help_ in [("attach", _attach, "load, pin and attach the agent"),
+                              ("run", _run, "attach, sweep idle flows until stopped, detach"),
                               ("detach", _detach, "remove the agent's filters and pins"),
                               ("stats", _stats, "print the agent's counters as JSON"),
                               ("sweep", _sweep, "remove flows idle longer than the timeout")]:

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from enum import IntEnum
@@ -141,9 +142,16 @@ class AgentManager:
     """The agent on one interface of one namespace."""
 
     def __init__(self, cfg, netns: str | None = None, iface: str = "eth0", backend: str | None = None,
-                 pin: bool = True):
+                 pin: bool = True, sweep_interval_s: float | None = None):
+        """`cfg`: a Deployment (with `backend`, the name whose service port to translate; default
+        every back-end's) or AgentSettings. `sweep_interval_s`: sweep idle flows in a background
+        thread at that interval while attached (None: the caller sweeps)."""
         self.settings = cfg if isinstance(cfg, AgentSettings) else AgentSettings.from_config(cfg, backend)
         self.netns, self.iface, self.pin = netns, iface, pin
+        self.sweep_interval_s = sweep_interval_s
+        self.swept = 0
+        self._sweeper: threading.Thread | None = None
+        self._stop = threading.Event()
         self.obj: BpfObject | None = None
         self.maps: dict[str, Map] = {}
         self._attachments: list[TcAttachment] = []
@@ -173,7 +181,18 @@ class AgentManager:
         except BaseException:
             self.detach()
             raise
+        if self.sweep_interval_s:
+            self._stop.clear()
+            self._sweeper = threading.Thread(target=self._sweep_loop, name=f"agent-sweep-{self.netns}", daemon=True)
+            self._sweeper.start()
         return self
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.sweep_interval_s):
+            try:
+                self.swept += self.sweep()
+            except (BpfError, KeyError):
+                return  # detached under us
 
     @staticmethod
     def _pin_prog(p: Program, path: Path) -> None:
@@ -214,6 +233,10 @@ class AgentManager:
 
     def detach(self) -> None:
         """Remove the TC filters this agent put there, close everything, remove the pins."""
+        self._stop.set()
+        if self._sweeper:
+            self._sweeper.join()
+            self._sweeper = None
         for a in self._attachments:
             a.detach()
         self._attachments.clear()
@@ -264,7 +287,8 @@ class AgentManager:
         cap = self.maps["agent_flows"].max_entries
         c = self.counters()
         return {"flows": flows, "capacity": cap, "occupancy": flows / cap,
-                "translations": c["xlate_in"] + c["xlate_out"], "counters": c, "drops": self.drops()}
+                "translations": c["xlate_in"] + c["xlate_out"], "swept": self.swept, "counters": c,
+                "drops": self.drops()}
 
     def sweep(self, now_ns: int | None = None, idle_timeout_s: float | None = None) -> int:
         """Delete flows idle longer than the timeout; `now_ns` on bpf_ktime_get_ns()'s clock
@@ -278,3 +302,9 @@ class AgentManager:
             if v is not None and now - AgentFlow.from_buffer_copy(v).last_seen_ns > limit and m.delete(k):
                 removed += 1
         return removed
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Sweep at the interval (default a quarter of the idle timeout) until `stop` is set."""
+        interval = self.sweep_interval_s or self.settings.idle_timeout_s / 4
+        while not stop.wait(interval):
+            self.swept += self.sweep()
