@@ -207,6 +207,11 @@ def idle_entries(last_hits: dict[Key, int], now_ns: int, idle_timeout_s: float) 
     return sorted(k for k, t in last_hits.items() if now_ns - t > limit)
 
 
+def home_assignment(frontends: list[str]) -> list[str]:
+    """Initial owner of each bucket (also what the data plane is loaded with): round robin."""
+    return [frontends[b % len(frontends)] for b in range(BUCKETS)]
+
+
 class Membership:
     """Front-ends and the 256 buckets. Configured front-ends start in the table ("static") so
     the switch works before any registers; only a registered one can be declared dead."""
@@ -217,7 +222,7 @@ class Membership:
         self.order = list(names)
         self.members = {n: Member(n) for n in names}
         self.dead_after_s = dead_after_s
-        self.home = [names[b % len(names)] for b in range(BUCKETS)]
+        self.home = home_assignment(names)
         self.assign: list[str | None] = list(self.home)
         self.moves = 0
 
