@@ -1,0 +1,120 @@
+"""`miresga switch` (run the controller, loading the data plane if nobody has) and
+`miresga status` (occupancy, queue, counters and membership, over the control API)."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+CLONE_NEWNET = 0x40000000
+
+
+def _enter_netns(name: str | None) -> None:
+    """Move the whole process (this thread, hence every thread started later) into `name`.
+    Must run before gRPC starts its threads."""
+    if not name:
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"setns {name}: {os.strerror(e)}")
+    finally:
+        os.close(fd)
+
+
+def _load(path):
+    from miresga.control.config import ConfigError, load_config
+    try:
+        return load_config(path)
+    except (ConfigError, OSError) as e:
+        print(f"config: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _switch(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _enter_netns(args.netns)
+    from miresga.switch.dataplane import SwitchDataplane, default_pin_dir, frontend_hops, open_pinned, ports_for
+    from miresga.switch.server import ControlPlane, ControlServer, MapTables
+
+    pin_dir = default_pin_dir(args.netns)
+    ports = ports_for(cfg, None)
+    dp = pinned = None
+    if (pin_dir / "sw_config").exists():
+        maps, pinned = open_pinned(args.netns, pin_dir)
+        how = f"data plane already loaded (maps at {pin_dir})"
+    else:
+        dp = SwitchDataplane(cfg, None, ports, pin_dir=pin_dir)
+        maps = dp.maps
+        how = f"data plane loaded on {len(ports)} ports"
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        cp = ControlPlane(cfg, MapTables(maps, frontend_hops(cfg, ports)), dead_after_s=args.dead_after)
+        with ControlServer(cp, args.listen or f"0.0.0.0:{cfg.switch.control.port}") as srv:
+            print(f"miresga switch: {how}; control API on port {srv.port}, profile {cp.profile.name}", flush=True)
+            stop.wait()
+    finally:
+        if dp is not None:
+            dp.close()
+        if pinned is not None:
+            pinned.close()
+    return 0
+
+
+def format_status(s: dict) -> str:
+    rate = "unlimited" if not s["rate"] else f"{s['rate']:.0f} ops/s"
+    lines = [f"profile   {s['profile']} ({rate})",
+             f"offload   {s['installed']} / {s['capacity']} entries ({100.0 * s['installed'] / max(1, s['capacity']):.2f}%)",
+             f"queue     {s['queue']} operations waiting",
+             f"writes    " + ", ".join(f"{k}={v}" for k, v in sorted(s["ops"].items())),
+             f"auth      {s['unauthenticated']} unauthenticated calls refused",
+             "front-ends:"]
+    for m in s["members"]:
+        lines.append(f"  {m['name']:<8} {m['state']:<7} {m['buckets']:>3} buckets  {m['address']}")
+    lines.append(f"  bucket moves: {s['bucket_moves']}")
+    nz = {k: v for k, v in s["counters"].items() if v}
+    lines.append("data plane: " + (", ".join(f"{k}={v}" for k, v in sorted(nz.items())) or "no packets yet"))
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    _enter_netns(args.netns)
+    import grpc
+    from miresga.switch.client import SwitchClient
+    address = args.address or f"127.0.0.1:{cfg.switch.control.port}"
+    with SwitchClient(address, cfg.switch.control.token, timeout=5.0) as c:
+        try:
+            s = c.stats()
+        except grpc.RpcError as e:
+            print(f"status: {address}: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    print(json.dumps(s, indent=1) if args.json else format_status(s))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("switch", help="run the switch controller (loads the eBPF data plane if needed)")
+    p.add_argument("--config", help="deployment config (default: built-in)")
+    p.add_argument("--netns", help="switch namespace (testbed: mg<inst>-sw)")
+    p.add_argument("--listen", help="gRPC listen address (default 0.0.0.0:<switch.control.port>)")
+    p.add_argument("--dead-after", type=float, default=3.0, help="seconds without heartbeat before a front-end is out")
+    p.set_defaults(func=_switch)
+    s = sub.add_parser("status", help="switch table occupancy, queue, counters, front-ends")
+    s.add_argument("--config", help="deployment config (default: built-in)")
+    s.add_argument("--address", help="controller address (default 127.0.0.1:<switch.control.port>)")
+    s.add_argument("--netns", help="namespace to call from (e.g. the switch's)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_status)
