@@ -218,7 +218,7 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator
+    from matplotlib.ticker import EngFormatter, FixedLocator, LogLocator, NullLocator
 
     systems = list(dict.fromkeys(r["system"] for r in records))
     extra_colors = iter(["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"])
@@ -231,6 +231,12 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
     fig, axes = plt.subplots(2, 2, figsize=(14, 10))
     (ax_ka, ax_nc), (ax_rps, ax_mix) = axes
     ax_nc.sharey(ax_ka)  # the same scale, so keep-alive and new-connection panels compare at a glance
+
+    def log_y(ax, unit: str = ""):
+        # labels at 1, 2 and 5 of every decade: values can be read off without counting gridlines
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(EngFormatter(unit=unit))
 
     def size_axis(ax):
         ax.set_xscale("log", base=2)
@@ -252,8 +258,7 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
         ax.set_ylabel("bytes/s (body + headers)")
         if plotted:
             size_axis(ax)
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(EngFormatter(unit="B/s"))
+            log_y(ax, "B/s")
             ax.legend(loc="lower right")
         else:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
@@ -271,8 +276,7 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
     ax_rps.set_ylabel("requests/s")
     if plotted:
         size_axis(ax_rps)
-        ax_rps.set_yscale("log")
-        ax_rps.yaxis.set_major_formatter(EngFormatter())
+        log_y(ax_rps)
         ax_rps.legend(fontsize=8, ncol=2, loc="lower left")
     else:
         ax_rps.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax_rps.transAxes)
@@ -293,8 +297,7 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
                             va="bottom", fontsize=7, rotation=90)
         ax_mix.set_xticks(range(len(mix_names)))
         ax_mix.set_xticklabels([_mix_label(next(r for r in mixes if r["workload"] == m)) for m in mix_names])
-        ax_mix.set_yscale("log")
-        ax_mix.yaxis.set_major_formatter(EngFormatter(unit="B/s"))
+        log_y(ax_mix, "B/s")
         measured = [r["bytes_per_s"] for r in mixes if r["bytes_per_s"] > 0]
         if measured:  # log bars: start well below the smallest so every bar shows its height
             ax_mix.set_ylim(min(measured) / 4, max(measured) * 6)
