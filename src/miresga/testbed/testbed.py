@@ -12,9 +12,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from miresga.bpf import netns as nsx
 from miresga.control.config import Deployment, load_config
@@ -34,17 +37,19 @@ class Testbed:
     """One instance. `with Testbed(cfg) as tb:` brings it up and always tears it down."""
 
     def __init__(self, cfg: Deployment | None = None, instance: str | None = None, switch: str = "kernel",
-                 verbose: bool = False):
+                 verbose: bool = False, lb: str | None = None):
         self.cfg = cfg or load_config()
         self.instance = instance or new_instance_id()
         self.topo: Topology = build_topology(self.cfg, self.instance)
-        self.switch_mode = switch
+        self.lb = lb  # "miresga": the eBPF switch, its controller, agents and front-ends run too
+        self.switch_mode = "ebpf" if lb == "miresga" else switch
         self.verbose = verbose
         self.run_dir = RUN_ROOT / self.instance
         self.pin_dir = PIN_ROOT / self.instance
         self.objects: list[CatalogObject] = []
         self._closers: list = []  # in-process resources (BPF objects, attachments) to release
-        self.state: dict[str, Any] = {"instance": self.instance, "namespaces": [], "pids": {}, "switch": switch}
+        self.state: dict[str, Any] = {"instance": self.instance, "namespaces": [], "pids": {},
+                                      "switch": self.switch_mode, "lb": lb, "vip": None}
 
     # ---------- naming ----------
     def ns(self, host: str) -> str:
@@ -112,6 +117,8 @@ class Testbed:
         self._start_peers()
         self._attach_counters()
         self._wait_ready()
+        if self.lb == "miresga":
+            self._start_miresga()
 
     def _spawn_daemon(self, host: str, key: str, argv: list[str], pidfile: Path) -> None:
         self.state["pids"][key] = str(pidfile)
@@ -138,6 +145,72 @@ class Testbed:
         hconf = run / "haproxy.cfg"
         hconf.write_text(haproxy_conf(lb, self.cfg.hosts.backends, run))
         self._spawn_daemon(lb.name, "haproxy", ["haproxy", "-q", "-f", str(hconf)], run / "haproxy.pid")
+
+    # ---------- Miresga itself ----------
+    def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen:
+        """Start one of our own long-running processes; it enters its namespace itself."""
+        logf = open(self.run_dir / f"{key}.log", "ab")
+        p = subprocess.Popen([sys.executable, "-m", "miresga.control.cli", *argv], stdout=logf, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        self.state["procs"] = {**self.state.get("procs", {}), key: p.pid}
+        self._save()
+        return p
+
+    def _start_miresga(self) -> None:
+        conf = self.run_dir / "config.yaml"
+        conf.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+        self._spawn("switch", ["switch", "--config", str(conf), "--netns", self.ns_switch])
+        self._wait_log("switch", "control API on port", 20)
+        for b in self.cfg.hosts.backends:
+            self._spawn(f"agent-{b.name}", ["agent", "run", "--iface", "eth0", "--netns", self.ns(b.name),
+                                            "--config", str(conf), "--backend", b.name])
+        for b in self.cfg.hosts.backends:
+            self._wait_log(f"agent-{b.name}", "agent running", 20)
+        for f in self.cfg.hosts.frontends:
+            self._spawn(f"frontend-{f.name}", ["frontend", "--config", str(conf), "--name", f.name,
+                                               "--netns", self.ns(f.name)])
+        self._wait_frontends(30)
+        self.state["vip"] = {"address": str(self.cfg.vip.address), "port": self.cfg.vip.port}
+        self._save()
+        self._log(f"Miresga up: VIP {self.cfg.vip.address}:{self.cfg.vip.port}")
+
+    def _wait_log(self, key: str, marker: str, timeout: float) -> None:
+        f = self.run_dir / f"{key}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = f.read_text(errors="replace") if f.exists() else ""
+            if marker in text:
+                return
+            pid = self.state["procs"][key]
+            if not os.path.exists(f"/proc/{pid}") or _is_zombie(pid):
+                raise RuntimeError(f"{key} exited during start-up:\n{text[-2000:]}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{key} not ready after {timeout}s:\n{f.read_text(errors='replace')[-2000:]}")
+
+    def switch_stats(self) -> dict[str, Any]:
+        """The controller's Stats, asked from inside the switch namespace (as `miresga status`)."""
+        p = nsx.run(None, sys.executable, "-m", "miresga.control.cli", "status", "--config",
+                    str(self.run_dir / "config.yaml"), "--netns", self.ns_switch, "--json", timeout=20)
+        return json.loads(p.stdout)
+
+    def _wait_frontends(self, timeout: float) -> None:
+        """Until every front-end is registered with the switch controller and holds buckets."""
+        want = {f.name for f in self.cfg.hosts.frontends}
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            for key, pid in self.state["procs"].items():
+                if key.startswith("frontend-") and _is_zombie(pid):
+                    raise RuntimeError(f"{key} exited during start-up:\n"
+                                       f"{(self.run_dir / (key + '.log')).read_text()[-2000:]}")
+            try:
+                last = self.switch_stats()
+                if {m["name"] for m in last["members"] if m["state"] == "alive" and m["buckets"] > 0} >= want:
+                    return
+            except RuntimeError as e:  # controller still starting
+                last = e
+            time.sleep(0.2)
+        raise RuntimeError(f"front-ends not registered after {timeout}s: {last}")
 
     def _attach_counters(self) -> None:
         """Per-host packet/byte counters (eBPF) on every host's eth0, pinned for `status`."""
@@ -185,6 +258,14 @@ class Testbed:
                         self.pin_dir, vip=self.state.get("vip"))
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
 def _kill_pidfile(pidfile: Path) -> None:
     try:
         pid = int(pidfile.read_text().split()[0])
@@ -199,6 +280,13 @@ def teardown_instance(instance: str, state: dict[str, Any] | None = None) -> Non
     if state is None:
         f = run_dir / "state.json"
         state = json.loads(f.read_text()) if f.exists() else {"namespaces": [], "pids": {}}
+    for pid in state.get("procs", {}).values():
+        try:
+            os.kill(pid, signal.SIGTERM)  # our own processes first, so they detach what they attached
+        except OSError:
+            pass
+    for pid in state.get("procs", {}).values():
+        _wait_gone(pid, 5.0)
     for pidfile in state.get("pids", {}).values():
         _kill_pidfile(Path(pidfile))
     namespaces = set(state.get("namespaces", [])) | {
@@ -208,7 +296,26 @@ def teardown_instance(instance: str, state: dict[str, Any] | None = None) -> Non
     for ns in namespaces:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     shutil.rmtree(PIN_ROOT / instance, ignore_errors=True)
+    for ns in namespaces:  # pins made by the switch and agents, named after their namespace
+        for base in (PIN_ROOT / ns, PIN_ROOT / "switch" / ns):
+            shutil.rmtree(base, ignore_errors=True)
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if _is_zombie(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _kill_netns_processes(ns: str) -> None:
@@ -244,7 +351,8 @@ def running_instances() -> list[str]:
 def load_instance(instance: str) -> Testbed:
     state = json.loads((RUN_ROOT / instance / "state.json").read_text())
     from miresga.control.config import Deployment
-    tb = Testbed(Deployment.model_validate(state["config"]), instance=instance, switch=state.get("switch", "kernel"))
+    tb = Testbed(Deployment.model_validate(state["config"]), instance=instance, switch=state.get("switch", "kernel"),
+                 lb=state.get("lb"))
     tb.state = state
     return tb
 
