@@ -24,7 +24,7 @@ from miresga.frontend.server import FrontendServer, ServerOptions
 
 pytestmark = pytest.mark.netns
 
-CFG = parse_config(f"""
+CFG_TEXT = f"""
 vip: {{address: {VIP}, port: 80}}
 switch:
   cookie: {{secret: "integration-test-secret-0123456789"}}
@@ -42,7 +42,8 @@ rules:
   - {{name: post, match: {{path_exact: /echo, method: POST}}, pool: [be2], offload: never}}
   - {{name: default, pool: [be1], offload: never}}
 frontend: {{health_interval_s: 0.2, metrics_port: 9109}}
-""")
+"""
+CFG = parse_config(CFG_TEXT)
 
 
 class RawClient:
@@ -156,11 +157,30 @@ def body_of(resp: bytes) -> bytes:
 
 
 @pytest.fixture
-def system(relay_net):
+def fabric(relay_net):
+    """The namespaces with both back-ends' agents attached and the raw client ready."""
     ns, www = relay_net
     settings = AgentSettings(service_ports=(80,), window_scale=CFG.switch.window_scale)
     agent = AgentManager(settings, netns=ns["b"], pin=False).attach()
-    agent2 = AgentManager(settings, netns=ns["b2"], pin=False).attach()
+    try:
+        agent2 = AgentManager(settings, netns=ns["b2"], pin=False).attach()
+        try:
+            client = RawClient(ns["c"])
+            try:
+                yield ns, www, agent, agent2, client
+            finally:
+                client.close(ns["c"])
+        finally:
+            agent2.detach()
+    finally:
+        agent.detach()
+
+
+@pytest.fixture
+def system(fabric):
+    """The front-end server in this process (a thread in the fe namespace), without a switch
+    controller: offload requests are refused and everything stays on the slow path."""
+    ns, www, agent, agent2, client = fabric
     holder: dict = {}
     ready = threading.Event()
 
@@ -179,19 +199,13 @@ def system(relay_net):
     t.start()
     assert ready.wait(10)
     if "error" in holder:
-        agent.detach()
-        agent2.detach()
         raise holder["error"]
-    client = RawClient(ns["c"])
     try:
         holder["srv"].agent2 = agent2
         yield ns, www, holder["srv"], agent, client
     finally:
-        client.close(ns["c"])
         holder["srv"].stop.set()
         t.join(5)
-        agent.detach()
-        agent2.detach()
 
 
 def metrics(ns_fe: str) -> dict:
@@ -277,3 +291,91 @@ def test_post_body_over_several_segments(system):
               f"Connection: close\r\n\r\n".encode() + body, mss=1000)
     assert body_of(conn.read_until_fin()) == f"{BE2} got {len(body)}\n".encode()
     assert srv.engine.stats.requests_rule["post"] == 1
+
+
+CONTROL_SCRIPT = """
+import signal, sys
+from miresga.control.config import load_config
+from miresga.switch.server import ControlPlane, ControlServer, MemoryTables
+srv = ControlServer(ControlPlane(load_config(sys.argv[1]), MemoryTables()), sys.argv[2]).start()
+print("ready", flush=True)
+signal.sigwait({signal.SIGTERM, signal.SIGINT})
+srv.stop()
+"""
+
+STATS_SCRIPT = """
+import json, sys
+from miresga.switch.client import SwitchClient
+print(json.dumps(SwitchClient(sys.argv[1], sys.argv[2]).stats()))
+"""
+
+
+def test_frontend_command_with_switch_controller(fabric, tmp_path):
+    """`miresga frontend` as its own process in the fe namespace, talking gRPC to the switch
+    controller's real service: the large response gets an offload entry, which is deleted when
+    the connection ends; `--status` reads the metrics."""
+    import json
+    import subprocess
+    import sys
+    ns, www, agent, agent2, client = fabric
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(CFG_TEXT)
+    addr = "127.0.0.1:50777"
+    token = CFG.switch.control.token
+    in_fe = ["ip", "netns", "exec", ns["fe"], sys.executable]
+    ctl = subprocess.Popen([*in_fe, "-c", CONTROL_SCRIPT, str(cfg_file), addr], stdout=subprocess.PIPE, text=True)
+    fe = None
+    try:
+        assert ctl.stdout.readline().strip() == "ready"
+        fe_log = open(tmp_path / "fe.log", "w")
+        fe = subprocess.Popen([*in_fe, "-m", "miresga.control.cli", "frontend", "--config", str(cfg_file),
+                               "--name", "fe1", "--switch", addr], stdout=fe_log, stderr=subprocess.STDOUT)
+        end = time.monotonic() + 10
+        m = None
+        while time.monotonic() < end:
+            try:
+                m = metrics(ns["fe"])
+                if "registered" in (tmp_path / "fe.log").read_text():
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert m is not None, (tmp_path / "fe.log").read_text()
+        assert "registered" in (tmp_path / "fe.log").read_text()
+        conn = client.connect(41030)
+        conn.send(b"GET /1m HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert body_of(conn.read_response()) == (www / "1m").read_bytes()
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not metrics(ns["fe"]).get("offloaded_connections", {}).get(""):
+            time.sleep(0.1)    # metrics are published once a second
+        assert metrics(ns["fe"])["offloaded_connections"][""] == 1
+        conn.send(b"GET /1k HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert body_of(conn.read_until_fin()) == (www / "1k").read_bytes()
+
+        def switch_stats():
+            out = subprocess.run([*in_fe, "-c", STATS_SCRIPT, addr, token], capture_output=True, text=True)
+            return json.loads(out.stdout)
+        end = time.monotonic() + 8
+        while time.monotonic() < end:
+            m = metrics(ns["fe"])
+            if not any(m["connections"].values()) and m.get("offload", {}).get("deleted"):
+                break
+            time.sleep(0.2)
+        assert m["offload"].get("requested") == 1 and m["offload"].get("installed") == 1, (m, (tmp_path / "fe.log").read_text())
+        assert m["offload"]["deleted"] == 1 and not any(m["connections"].values())
+        st = switch_stats()
+        assert st["installed"] == 0 and [x["name"] for x in st["members"] if x["state"] == "alive"] == ["fe1"], st
+        out = subprocess.run([sys.executable, "-m", "miresga.control.cli", "frontend", "--status", "--config",
+                              str(cfg_file), "--name", "fe1", "--netns", ns["fe"]], capture_output=True, text=True)
+        assert out.returncode == 0 and "big=1" in out.stdout, out.stdout + out.stderr
+        assert not agent.flows()
+    finally:
+        for p in (fe, ctl):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    # the front-end removed its kernel guard on the way out
+    assert "miresga_fe" not in run(ns["fe"], "nft", "list", "tables").stdout

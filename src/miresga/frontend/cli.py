@@ -4,6 +4,7 @@ status of a running one (`--status`, read from its metrics endpoint)."""
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import signal
@@ -49,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         return _status(args, cfg)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
+    faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>`: every thread's stack to stderr
     from miresga.bpf.netns import in_netns
     from miresga.frontend.server import FrontendServer, ServerOptions
     opts = ServerOptions(name=args.name, iface=args.iface, gateway_mac=args.gateway_mac,

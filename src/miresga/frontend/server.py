@@ -47,7 +47,7 @@ def install_kernel_guard(own_ip: str) -> None:
     rules = f"""
 table ip {GUARD_TABLE} {{
   chain pre {{ type filter hook prerouting priority raw; policy accept;
-    ip daddr != {own_ip} meta pkttype host counter drop comment "spliced traffic: the front-end's packet socket handles it"
+    iif != lo ip daddr != {own_ip} counter drop comment "spliced traffic: the front-end's packet socket handles it"
   }}
   chain out {{ type filter hook output priority raw; policy accept;
     ip saddr != {{ {own_ip}, 127.0.0.0/8 }} counter drop comment "never answer for the VIP or a client"
@@ -96,6 +96,12 @@ class OffloadWorker(threading.Thread):
 
     def run(self) -> None:
         next_idle = next_beat = 0.0
+        try:
+            self._connect()     # register at once: the first offload should not pay for it
+            log.info("registered with the switch controller")
+        except Exception as e:  # noqa: BLE001
+            log.warning("switch controller not reachable yet: %s", e)
+            self.client = None
         while not self.stop.is_set():
             batch: list[Any] = []
             try:
@@ -289,7 +295,7 @@ class FrontendServer:
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
-        except BlockingIOError:
+        except OSError:  # full (a wake-up is pending anyway) or closed (shutting down)
             pass
 
     def _do(self, actions: list) -> None:
