@@ -77,6 +77,9 @@ def test_switch_command_and_status_from_a_frontend(tmp_path, record_property):
             assert f"offload   {n - 1} / 143360" in st
             assert "fe1      alive" in st and "fe2      static" in st
             assert "1 unauthenticated" in st
+            root = subprocess.run([sys.executable, "-m", "miresga.control.cli", "status", "--netns", sw],
+                                  capture_output=True, text=True, timeout=30)
+            assert root.returncode == 0 and "fe1      alive" in root.stdout, root.stderr
             js = json.loads(tb.run(fe.name, sys.executable, "-m", "miresga.control.cli", "status", "--address", addr,
                                    "--json").stdout)
             assert js["installed"] == n - 1 and js["ops"]["ok"] == n + 1
