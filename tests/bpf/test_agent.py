@@ -13,6 +13,8 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
@@ -428,3 +430,41 @@ def test_non_tcp_and_broken_packets_untouched(agent, pkt, broken):
     untouched(agent, "ingress", pkt)
     untouched(agent, "egress", pkt)
     assert stat(agent, AgentStat.UNPARSED) == (2 if broken else 0)
+
+
+# --- properties: the programs against a Python model of the translation --------------------------
+
+u32 = st.integers(0, M32 - 1)
+
+
+def model_window(win: int, be_ws: int, promised: int) -> int:
+    if be_ws == AGENT_WSCALE_NONE or be_ws == promised:
+        return win
+    w = min((win << be_ws) >> promised, 0xFFFF)
+    return 1 if w == 0 and win else w
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(s=u32, b=u32, ack_off=st.integers(0, 1 << 31), edges=st.lists(st.tuples(u32, u32), max_size=4),
+       nops=st.integers(0, 2), load=st.binary(max_size=64))
+def test_ingress_matches_model(agent, s, b, ack_off, edges, nops, load):
+    diff = (b - s) % M32
+    put_flow(agent, s, diff=diff)
+    lead = (("NOP", None),) * nops if len(edges) < 4 else ()
+    opts = sack_opts(edges, lead) if edges else []
+    want_opts = sack_opts([(x + diff, y + diff) for x, y in edges], lead) if edges else []
+    run(agent, "ingress", PacketCase(
+        "model", to_backend("PA", seq=77, ack=s + ack_off, options=opts, load=load), TC_ACT_OK,
+        output=to_backend("PA", seq=77, ack=s + ack_off + diff, options=want_opts, load=load)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(s=u32, b=u32, seq_off=st.integers(0, 1 << 31), win=st.integers(0, 0xFFFF),
+       be_ws=st.sampled_from([0, 2, 7, 9, 10, 14, AGENT_WSCALE_NONE]), promised=st.integers(0, 14),
+       load=st.binary(max_size=64))
+def test_egress_matches_model(agent, s, b, seq_off, win, be_ws, promised, load):
+    diff = (b - s) % M32
+    put_flow(agent, s, diff=diff, backend_wscale=be_ws, promised_wscale=promised)
+    run(agent, "egress", PacketCase(
+        "model", from_backend("A", seq=b + seq_off, ack=9, window=win, load=load), TC_ACT_OK,
+        output=from_backend("A", seq=s + seq_off, ack=9, window=model_window(win, be_ws, promised), load=load)))
