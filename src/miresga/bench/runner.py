@@ -46,13 +46,14 @@ def mix_paths(workload: Workload, paths_by_size: Mapping[int, str]) -> list[str]
 def run_bench(cfg: Deployment | None, systems: Sequence[str | System] | Mapping[str, Any] | None,
               workloads: Sequence[Workload | str], duration: float, connections: int, out_dir: str | Path,
               testbed=None, *, threads: int = 1, timeout_s: float = 10.0, repeat: int = 1,
-              progress: Progress = _say, plot: bool = True) -> list[dict[str, Any]]:
+              progress: Progress = _say, plot: bool = True, lb: str | None = None) -> list[dict[str, Any]]:
     """Measure `workloads` x `systems`; write report.json, report.md, throughput.png into out_dir and
     return the records. `systems`: names from the testbed status (None: all it offers), System
     objects (with a probe for extra columns), or a mapping name -> (address, port).
     With `repeat` > 1 every point runs that many times (in rounds over the systems) and the run with
     the median requests/s is reported, all runs' requests/s in its `runs` field.
-    With `testbed=None` a testbed is brought up from `cfg` and always torn down."""
+    With `testbed=None` a testbed is brought up from `cfg` (with `lb="miresga"`: Miresga too, so
+    the `miresga` system appears on the VIP) and always torn down."""
     wls = [w if isinstance(w, Workload) else workload_by_name(w) for w in workloads]
     if not wls:
         raise BenchError("no workloads selected")
@@ -64,7 +65,7 @@ def run_bench(cfg: Deployment | None, systems: Sequence[str | System] | Mapping[
         return _run(testbed, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, repeat, progress, plot)
     from miresga.testbed import Testbed
     t0 = time.monotonic()
-    with Testbed(cfg) as tb:
+    with Testbed(cfg, **({"lb": lb} if lb else {})) as tb:
         progress(f"testbed {tb.instance} up in {time.monotonic() - t0:.1f} s")
         try:
             return _run(tb, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, repeat, progress, plot)
