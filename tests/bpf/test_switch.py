@@ -247,12 +247,28 @@ def test_syn_with_data_and_ip_options_still_answered(run):
     assert opts == cookie.ClientOptions(1440, None, False)
 
 
-def test_synack_per_packet_cost(sw, record_property):
-    obj, _ = sw
-    syn, _ = _synack_case([("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)])
-    ns = per_packet_ns(obj.program("switch_ingress"), syn, repeat=200000)
-    record_property("synack_ns_per_packet", ns)
-    print(f"SYN-ACK path: {ns} ns/packet")
+COST_CASES = {
+    "synack": lambda: _synack_case([("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None),
+                                    ("WScale", 7)])[0],
+    "to_client_1448B": lambda: from_be(0, 46000, "PA", payload=b"x" * 1448),
+    "to_backend_ack": lambda: to_vip(46000, "A"),
+    "to_frontend_1448B": lambda: to_vip(46001, "PA", payload=b"x" * 1448),
+    "routed_1448B": lambda: from_be(0, 46000, "PA", payload=b"x" * 1448, sport=8080),
+}
+
+
+@pytest.mark.parametrize("path", list(COST_CASES))
+def test_per_packet_cost(sw, path, record_property):
+    """BPF_PROG_TEST_RUN repeat: average run time per packet of each path (SYN-ACK included)."""
+    obj, m = sw
+    m.offload.clear()
+    m.offload_insert(CLIENT, 46000, 0)
+    pkt = COST_CASES[path]()
+    prog = obj.program("switch_ingress")
+    assert run_packet(prog, pkt).verdict == TC_ACT_REDIRECT
+    ns = per_packet_ns(prog, pkt, repeat=200000)
+    record_property(f"{path}_ns_per_packet", ns)
+    print(f"{path}: {ns} ns/packet")
     assert 0 < ns < 20000
 
 
