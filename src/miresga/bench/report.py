@@ -261,7 +261,7 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
             log_y(ax, "B/s")
             ax.legend(loc="lower right")
         else:
-            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            _empty(ax, "not measured")
 
     plotted = False
     for s in systems:
@@ -279,7 +279,7 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
         log_y(ax_rps)
         ax_rps.legend(fontsize=8, ncol=2, loc="lower left")
     else:
-        ax_rps.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax_rps.transAxes)
+        _empty(ax_rps, "not measured")
 
     mix_names = list(dict.fromkeys(r["workload"] for r in mixes))
     if mix_names:
@@ -305,13 +305,21 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
         ax_mix.legend(loc="upper left", fontsize=8)
         ax_mix.grid(True, axis="y", which="both", alpha=0.3)
     else:
-        ax_mix.text(0.5, 0.5, "no mixes measured", ha="center", va="center", transform=ax_mix.transAxes)
+        _empty(ax_mix, "no mixes measured")
     ax_mix.set_title("Mixes (keep-alive)")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777")
+    ax.tick_params(which="both", left=False, bottom=False, labelleft=False, labelbottom=False)
+    ax.set_ylabel("")
+    for side in ax.spines.values():
+        side.set_color("#cccccc")
 
 
 def _mix_label(r: dict[str, Any]) -> str:
