@@ -18,7 +18,34 @@ from typing import Iterator
 
 from miresga.bpf.drop_reasons import DropReason
 from miresga.bpf.layouts import ArpEntry, BackendEntry, FlowKey, Hop, OffloadEntry, RouteKey, SwConfig
-from miresga.bpf.libbpf import BPF_NOEXIST, BpfObject
+from miresga.bpf.libbpf import _lib as _libbpf
+from miresga.bpf.libbpf import BPF_NOEXIST, BpfObject, Map
+
+_libbpf.bpf_map_lookup_batch.restype = ctypes.c_int
+_libbpf.bpf_map_lookup_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
+
+
+def dump_batched(m: Map, key_type, value_type, chunk: int = 4096) -> Iterator[tuple]:
+    """All (key, value) of a hash map with BPF_MAP_LOOKUP_BATCH: ~20x fewer syscalls than
+    get_next_key + lookup per entry (the idle scan reads the whole offload table)."""
+    keys = (key_type * chunk)()
+    values = (value_type * chunk)()
+    token_in, token_out = ctypes.create_string_buffer(8), ctypes.create_string_buffer(8)
+    first = True
+    while True:
+        count = ctypes.c_uint32(chunk)
+        rc = _libbpf.bpf_map_lookup_batch(m.fd, None if first else token_in, token_out, keys, values,
+                                          ctypes.byref(count), None)
+        err = ctypes.get_errno() if rc else 0
+        if rc and err != errno.ENOENT:
+            raise OSError(err, f"lookup_batch {m.name}: {errno.errorcode.get(err, err)}")
+        for i in range(count.value):
+            yield key_type.from_buffer_copy(keys[i]), value_type.from_buffer_copy(values[i])  # buffers are reused
+        if rc:  # ENOENT: that was the last batch
+            return
+        first = False
+        ctypes.memmove(token_in, token_out, 8)
 
 SW_F_TRACE = 1
 HOP_VALID, HOP_LOCAL, HOP_INTERNAL = 1, 2, 4
@@ -159,8 +186,8 @@ class SwitchMaps:
         return OffloadEntry.from_buffer_copy(v) if v is not None else None
 
     def offload_items(self) -> Iterator[tuple[tuple[int, int], OffloadEntry]]:
-        for k, v in self.offload.items():
-            yield flow_of(k), OffloadEntry.from_buffer_copy(v)
+        for k, v in dump_batched(self.offload, FlowKey, OffloadEntry):
+            yield (int(_ip_from_be(k.ip)), socket.ntohs(k.port)), v
 
     # --- counters -------------------------------------------------------------------------
     def counter(self, index: int) -> int:
