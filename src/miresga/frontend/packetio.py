@@ -40,6 +40,11 @@ ETH_IP_TCP = struct.Struct("!6s6sH BBHHHBBH4s4s HHIIHHHH")  # eth + 20-byte IPv4
 IP_HDR = struct.Struct("!BBHHHBBH4s4s")
 TCP_HDR = struct.Struct("!HHIIHHHH")
 _VNET_PLAIN = VNET.pack(0, 0, 0, 0, 0, 0)
+# from the IP header on (offset 24 = vnet 10 + Ethernet 14): ver/ihl, total length, fragment
+# word, protocol, addresses; then a 20-byte TCP header when the IP header has no options
+_RX = struct.Struct("!B x H 2x H x B 2x I I HHIIHH")
+# IPv4 (no options, DF, ttl 64, tcp) + TCP header: the parts that vary are parameters
+_TX = struct.Struct("!BBHHHBBHIIHHIIHHHH")
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -111,27 +116,23 @@ class FrameCodec:
         if len(frame) < 10 + 54:
             return None
         gso_type = frame[1]
-        if gso_type & 0x7F not in (VNET_GSO_NONE, VNET_GSO_TCPV4):
+        if gso_type & 0x7F not in (VNET_GSO_NONE, VNET_GSO_TCPV4) or frame[22] != 0x08 or frame[23] != 0:
             return None
         if gso_type:
             self.stats.rx_gso += 1
-        f = frame[10:]
-        if f[12] != 0x08 or f[13] != 0x00 or f[14] >> 4 != 4 or f[23] != 6:
+        (vihl, tot, frag, proto, src, dst, sport, dport, seq, ack, off, win) = _RX.unpack_from(frame, 24)
+        if proto != 6 or vihl >> 4 != 4 or frag & 0x3FFF:    # not TCP, not IPv4, a fragment
             return None
-        ihl = (f[14] & 0x0F) * 4
-        tot = (f[16] << 8) | f[17]
-        if ((f[20] & 0x1F) << 8 | f[21]) or f[20] & 0x20:   # fragment offset or MF
-            return None
-        t = 14 + ihl
-        sport, dport, seq, ack, off, win, _csum, _urg = TCP_HDR.unpack_from(f, t)
+        ihl = (vihl & 0x0F) * 4
+        t = 24 + ihl
+        if ihl != 20:
+            sport, dport, seq, ack, off, win, _csum, _urg = TCP_HDR.unpack_from(frame, t)
         doff = (off >> 12) * 4
-        end = 14 + tot if tot else len(f)
-        if end > len(f) or t + doff > end:
+        end = 24 + tot if tot else len(frame)
+        if end > len(frame) or t + doff > end:
             return None
-        src = int.from_bytes(f[26:30], "big")
-        dst = int.from_bytes(f[30:34], "big")
         return Segment(src, sport, dst, dport, seq, ack, off & 0x3F, win,
-                       bytes(f[t + 20:t + doff]), bytes(f[t + doff:end]))
+                       bytes(frame[t + 20:t + doff]) if doff > 20 else b"", bytes(frame[t + doff:end]))
 
     def build(self, seg: Segment) -> tuple[bytes, bytes]:
         """(vnet header + Ethernet/IP/TCP headers, payload) for `seg`."""
@@ -141,28 +142,29 @@ class FrameCodec:
         thl = 20 + len(opts)
         plen = len(seg.payload)
         tcp_len = thl + plen
-        src = seg.src.to_bytes(4, "big")
-        dst = seg.dst.to_bytes(4, "big")
+        src, dst = seg.src, seg.dst
         tot = min(20 + tcp_len, 0xFFFF)
-        iph = IP_HDR.pack(0x45, 0, tot, 0, 0x4000, 64, 6, 0, src, dst)
-        iph = iph[:10] + ip_checksum(iph).to_bytes(2, "big") + iph[12:]
-        pseudo = (seg.src >> 16) + (seg.src & 0xFFFF) + (seg.dst >> 16) + (seg.dst & 0xFFFF) + 6 + tcp_len
+        addr_sum = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+        # IPv4 header words: 0x4500, tot, id 0, 0x4000 (DF), 0x4006 (ttl 64, tcp), addresses
+        ip_ck = ~csum_fold(0x4500 + tot + 0x4000 + 0x4006 + addr_sum) & 0xFFFF
+        pseudo = addr_sum + 6 + tcp_len
         mss = self.mtu - 20 - thl
         gso = plen > mss
+        off_flags = ((thl // 4) << 12) | seg.flags
         if self.checksum == "offload" or gso:
             check = csum_fold(pseudo)
             vnet = VNET.pack(VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4 if gso else VNET_GSO_NONE,
                              14 + 20 + thl, mss if gso else 0, 14 + 20, 16)
+            if gso:
+                self.stats.tx_gso += 1
         else:
-            hdr0 = TCP_HDR.pack(seg.sport, seg.dport, seg.seq, seg.ack, ((thl // 4) << 12) | seg.flags,
-                                seg.window, 0, 0) + opts
-            check = ~csum_fold(pseudo + ones_sum(hdr0) + ones_sum(seg.payload)) & 0xFFFF
+            words = (seg.sport + seg.dport + (seg.seq >> 16) + (seg.seq & 0xFFFF) + (seg.ack >> 16)
+                     + (seg.ack & 0xFFFF) + off_flags + seg.window)
+            check = ~csum_fold(pseudo + words + (ones_sum(opts) if opts else 0) + ones_sum(seg.payload)) & 0xFFFF
             vnet = _VNET_PLAIN
-        tcph = TCP_HDR.pack(seg.sport, seg.dport, seg.seq, seg.ack, ((thl // 4) << 12) | seg.flags,
-                            seg.window, check, 0) + opts
-        if gso:
-            self.stats.tx_gso += 1
-        return vnet + self._eth + iph + tcph, seg.payload
+        hdr = _TX.pack(0x45, 0, tot, 0, 0x4000, 64, 6, ip_ck, src, dst, seg.sport, seg.dport, seg.seq, seg.ack,
+                       off_flags, seg.window, check, 0)
+        return vnet + self._eth + hdr + opts, seg.payload
 
 
 class PacketIO:
