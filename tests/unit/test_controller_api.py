@@ -123,3 +123,46 @@ def test_insert_rate_software_profile_through_grpc(served, record_property):
     record_property("grpc_inserts_per_s", int(rate))
     print(f"software profile via gRPC (memory tables): {rate:.0f} inserts/s")
     assert len(tables.offload) == n and rate > 1000
+
+
+def test_frontend_offload_worker_against_the_real_service(served):
+    """The front-end's adapter (OffloadWorker) with the real SwitchClient and service under the
+    tofino profile: inserts beyond the rate come back queued, then installed; deletes land."""
+    import queue as q
+
+    from miresga.frontend.engine import OffloadDelete, OffloadInsert
+    from miresga.frontend.server import OffloadWorker
+
+    cfg = _cfg(profile="tofino", insert_rate=200, batch_latency_ms=1.0)
+    cp, tables, c, srv = served(cfg)
+    results = q.SimpleQueue()
+    w = OffloadWorker(lambda: SwitchClient(f"127.0.0.1:{srv.port}", cfg.switch.control.token), "fe1", "10.0.2.2",
+                      results, lambda: None, idle_interval=0.05, poll_interval=0.01)
+    for i in range(30):
+        w.submit(OffloadInsert(0x0A000102, 2000 + i, i % 3, i))
+    w.start()
+    try:
+        deadline = time.monotonic() + 5
+        final: dict[int, str] = {}
+        seen: set[str] = set()
+        while time.monotonic() < deadline and len([s for s in final.values() if s in ("ok", "installed")]) < 30:
+            try:
+                r = results.get(timeout=0.1)
+            except q.Empty:
+                continue
+            if r[0] == "offload":
+                final[r[2]] = r[4]
+                seen.add(r[4])
+        assert sorted(final) == list(range(2000, 2030))
+        assert set(final.values()) <= {"ok", "installed"}
+        assert "queued" in seen and "installed" in seen  # beyond the rate, then polled to the end
+        assert len(tables.offload) == 30
+        w.submit(OffloadDelete(0x0A000102, 2000))
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and (0x0A000102, 2000) in tables.offload:
+            time.sleep(0.02)
+        assert (0x0A000102, 2000) not in tables.offload
+        assert c.stats()["members"][0]["state"] == "alive"  # the worker registered and heartbeats
+    finally:
+        w.stop.set()
+        w.join(2)
