@@ -80,6 +80,11 @@ def test_switch_command_and_status_from_a_frontend(tmp_path, record_property):
             root = subprocess.run([sys.executable, "-m", "miresga.control.cli", "status", "--netns", sw],
                                   capture_output=True, text=True, timeout=30)
             assert root.returncode == 0 and "fe1      alive" in root.stdout, root.stderr
+            # not reachable from a client's side of the switch
+            c1 = cfg.hosts.clients[0]
+            refused = tb.run(c1.name, "python3", "-c", "import socket,sys; s=socket.socket(); s.settimeout(2); "
+                             f"sys.exit(s.connect_ex(('{c1.gateway}', {cfg.switch.control.port})))", check=False)
+            assert refused.returncode != 0
             js = json.loads(tb.run(fe.name, sys.executable, "-m", "miresga.control.cli", "status", "--address", addr,
                                    "--json").stdout)
             assert js["installed"] == n - 1 and js["ops"]["ok"] == n + 1

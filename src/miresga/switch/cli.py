@@ -45,7 +45,7 @@ def _switch(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _enter_netns(args.netns)
     from miresga.switch.dataplane import SwitchDataplane, default_pin_dir, frontend_hops, open_pinned, ports_for
-    from miresga.switch.server import ControlPlane, ControlServer, MapTables
+    from miresga.switch.server import ControlPlane, ControlServer, MapTables, internal_addresses
 
     pin_dir = default_pin_dir(args.netns)
     ports = ports_for(cfg, None)
@@ -62,7 +62,7 @@ def _switch(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         cp = ControlPlane(cfg, MapTables(maps, frontend_hops(cfg, ports)), dead_after_s=args.dead_after)
-        with ControlServer(cp, args.listen or f"0.0.0.0:{cfg.switch.control.port}") as srv:
+        with ControlServer(cp, args.listen or internal_addresses(cfg)) as srv:
             print(f"miresga switch: {how}; control API on port {srv.port}, profile {cp.profile.name}", flush=True)
             stop.wait()
     finally:
@@ -109,7 +109,7 @@ def register(sub) -> None:
     p = sub.add_parser("switch", help="run the switch controller (loads the eBPF data plane if needed)")
     p.add_argument("--config", help="deployment config (default: built-in)")
     p.add_argument("--netns", help="switch namespace (testbed: mg<inst>-sw)")
-    p.add_argument("--listen", help="gRPC listen address (default 0.0.0.0:<switch.control.port>)")
+    p.add_argument("--listen", help="gRPC listen address (default: 127.0.0.1 and the front-ends' gateways, <switch.control.port>)")
     p.add_argument("--dead-after", type=float, default=3.0, help="seconds without heartbeat before a front-end is out")
     p.set_defaults(func=_switch)
     s = sub.add_parser("status", help="switch table occupancy, queue, counters, front-ends")

@@ -268,10 +268,17 @@ class Servicer(pb_grpc.SwitchControlServicer):
             bucket_moves=s["bucket_moves"])
 
 
+def internal_addresses(cfg) -> list[str]:
+    """Where the control API listens by default: loopback and the switch's gateway address on
+    each front-end's network — never an address a client can reach."""
+    port = cfg.switch.control.port
+    return [f"127.0.0.1:{port}"] + [f"{h.gateway}:{port}" for h in cfg.hosts.frontends]
+
+
 class ControlServer:
     """gRPC server + ticker thread (queue, membership, key rotation, idle scan). Context manager."""
 
-    def __init__(self, cp: ControlPlane, address: str, workers: int = 8):
+    def __init__(self, cp: ControlPlane, address: str | list[str], workers: int = 8):
         self.cp = cp
 
         def refused() -> None:
@@ -280,9 +287,10 @@ class ControlServer:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                                   interceptors=[TokenAuth(cp.cfg.switch.control.token, refused)])
         pb_grpc.add_SwitchControlServicer_to_server(Servicer(cp), self.server)
-        self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+        for a in [address] if isinstance(address, str) else address:
+            self.port = self.server.add_insecure_port(a)
+            if self.port == 0:
+                raise OSError(f"cannot listen on {a}")
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._ticker, name="switch-ticker", daemon=True)
 
