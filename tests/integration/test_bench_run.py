@@ -4,9 +4,12 @@ the three files with every system and workload, sane numbers, no errors, and lea
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,26 @@ def test_bench_tears_down_its_testbed(tiny_run):
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"mg{inst}-" not in namespaces
     assert not Path(f"/run/miresga/{inst}").exists()
+
+
+def test_bench_killed_mid_run_tears_down(tmp_path):
+    """A plain `kill` (SIGTERM) of a running bench still removes the testbed it brought up."""
+    miresga = Path(sys.executable).with_name("miresga")
+    p = subprocess.Popen([str(miresga), "bench", "--duration", "30", "--sizes", "1k", "--modes", "keepalive",
+                          "--mixes", "none", "--out", str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        m = re.search(r"testbed (\w+) up", line)
+        assert m, line
+        time.sleep(1)  # wrk is running now
+        os.kill(p.pid, signal.SIGTERM)
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 143
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"mg{m.group(1)}-" not in namespaces
+    assert not Path(f"/run/miresga/{m.group(1)}").exists()
+    assert subprocess.run(["pgrep", "-f", f"mg{m.group(1)}-c1 wrk"]).returncode == 1  # no wrk left behind

@@ -278,3 +278,11 @@ def test_pick_median_keeps_every_run_and_every_error():
     md = render_markdown(add_ratios([m, pick_median([_rec("haproxy", "1k-keepalive", 400)])]), {})
     assert "runs ±" in md and "| 1k-keepalive | nginx | 200 | 50% |" in md
     assert "runs ±" not in render_markdown(add_ratios([a]), {})
+
+
+def test_no_completed_request_has_no_latency():
+    r = make_record("miresga", workload_by_name("1k-keepalive"),
+                    WrkResult(3.0, 0, 0, {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0},
+                              {"p50": 0.0, "p90": 0.0, "p99": 0.0, "mean": 0.0, "max": 0.0}),
+                    connections=32, threads=1, failure="no response completed in 3.0 s")
+    assert r["latency_p50_ms"] is None and r["errors"] == 1 and r["requests_per_s"] == 0

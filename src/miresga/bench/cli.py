@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from miresga.bench.runner import BenchError, run_bench
@@ -26,6 +27,9 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"miresga bench: {e}", file=sys.stderr)
         return 2
     duration = args.duration or (QUICK_DURATION if args.quick else DEFAULT_DURATION)
+    # A plain `kill` must still tear the testbed down: turn SIGTERM into an exception that unwinds
+    # through the testbed's context manager.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     systems = _csv(args.systems) if args.systems else None
     tb = None
     try:

@@ -31,7 +31,7 @@ def make_record(system: str, workload: Workload, result: WrkResult | None, *, co
                 failure: str | None = None, extra: Mapping[str, float] | None = None) -> dict[str, Any]:
     """A record for one point. `result` None (wrk failed) gives zeros and the failure text."""
     r = result or WrkResult(0.0, 0, 0, {k: 0 for k in ERROR_KINDS}, {})
-    lat = r.latency_ms
+    lat = r.latency_ms if r.requests else {}  # wrk reports 0 ms percentiles for no requests
     rec = {
         "system": system,
         "workload": workload.name,

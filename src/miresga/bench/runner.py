@@ -138,6 +138,9 @@ def run_point(tb, client: str, system: System, w: Workload, url: str, script: st
             failure = f"wrk exited {p.returncode}: {(p.stderr or p.stdout).strip()[-200:]}"
         else:
             result = parse_wrk_output(p.stdout)
+            if result.requests == 0:  # wrk counts no error for a request that never got an answer
+                failure = (f"no response completed in {result.duration_s:.1f} s "
+                           f"(wrk errors: {result.errors_total}, bytes read: {result.bytes})")
     except (WrkOutputError, subprocess.TimeoutExpired) as e:
         failure = str(e)
     extra = finish() if finish else {}
