@@ -134,7 +134,7 @@ def test_cli_attach_stats_detach(lab):
         assert st["capacity"] == 65536  # cfg.agent.capacity of the default config
     finally:
         subprocess.run([*cli, "detach", *ns], capture_output=True, timeout=30)
-    assert not pin_dir(lab.backend_ns).exists()
+    assert not pin_dir(lab.backend_ns).parent.exists()
     for direction in ("ingress", "egress"):
         assert "agent_" not in run(lab.backend_ns, "tc", "filter", "show", "dev", "eth0", direction).stdout
 
@@ -216,5 +216,5 @@ def test_background_sweeper_and_cli_run(lab):
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert json.loads(out.strip().splitlines()[-1])["flows"] == 0
-    assert not pin_dir(lab.backend_ns).exists()
+    assert not pin_dir(lab.backend_ns).parent.exists()
     assert "agent_" not in run(lab.backend_ns, "tc", "filter", "show", "dev", "eth0", "ingress").stdout

@@ -250,7 +250,12 @@ class AgentManager:
             self.obj.close()
             self.obj = None
         if self.pin:
-            shutil.rmtree(pin_dir(self.netns), ignore_errors=True)
+            d = pin_dir(self.netns)
+            shutil.rmtree(d, ignore_errors=True)
+            try:
+                d.parent.rmdir()  # the namespace's directory, unless others (the switch) pinned there too
+            except OSError:
+                pass
 
     def __enter__(self) -> "AgentManager":
         return self.attach()
