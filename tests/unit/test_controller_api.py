@@ -166,3 +166,16 @@ def test_frontend_offload_worker_against_the_real_service(served):
     finally:
         w.stop.set()
         w.join(2)
+
+
+def test_idle_report(served):
+    cfg = _cfg(idle_timeout_s=0.2)
+    cp, tables, c, _ = served(cfg)
+    assert c.write([(0x0A000102, 3000, 0), (0x0A000102, 3001, 1)], []) == ["ok", "ok"]
+    assert c.idle() == []
+    time.sleep(0.3)
+    tables.offload[(0x0A000102, 3001)] = (1, time.clock_gettime_ns(time.CLOCK_MONOTONIC))  # a hit
+    cp.scan_idle()
+    assert c.idle() == [(0x0A000102, 3000)]
+    c.write([], [(0x0A000102, 3000)])
+    assert c.idle() == []  # deleted since the scan: not reported again

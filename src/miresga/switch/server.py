@@ -199,6 +199,12 @@ class ControlPlane:
             self.idle_cache = self.ctl.idle(hits, monotonic_ns())
         return self.idle_cache
 
+    def idle(self) -> list[Key]:
+        """The last scan's idle entries that are still installed (a delete since then hides one)."""
+        with self.lock:
+            installed = self.ctl.table.installed
+            return [k for k in self.idle_cache if k in installed]
+
     def stats(self) -> dict:
         with self.lock:
             s = self.ctl.stats()
@@ -249,7 +255,7 @@ class Servicer(pb_grpc.SwitchControlServicer):
         return pb.ReadReply(states=[STATE_PB[states[k]] for k in keys])
 
     def Idle(self, request, context):
-        return pb.IdleReply(keys=[pb.FlowKey(client_ip=ip, client_port=port) for ip, port in self.cp.idle_cache])
+        return pb.IdleReply(keys=[pb.FlowKey(client_ip=ip, client_port=port) for ip, port in self.cp.idle()])
 
     def Register(self, request, context):
         b = self._guard(context, lambda: self.cp.register(request.name, request.address))
