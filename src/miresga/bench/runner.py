@@ -161,9 +161,13 @@ def point_line(r: Mapping[str, Any]) -> str:
 
 
 def ratio_line(workload: str, group: list[Mapping[str, Any]]) -> str:
-    best = group[0]["best_peer"] if group else None
-    parts = [f"{r['system']} {r['ratio_to_best_peer']:.2f}x" for r in group if r["ratio_to_best_peer"] is not None]
-    return f"{workload}: " + (f"vs best peer ({best}): " + ", ".join(parts) if best else "no peer measured")
+    parts = []
+    for key, label in (("ratio_to_best_peer", f"vs best peer ({group[0]['best_peer'] if group else None})"),
+                       ("ratio_to_direct", "vs direct")):
+        vals = [f"{r['system']} {r[key]:.2f}x" for r in group if r[key] is not None]
+        if vals:
+            parts.append(f"{label}: " + ", ".join(vals))
+    return f"{workload}: " + ("; ".join(parts) if parts else "no reference system measured")
 
 
 def _loadavg() -> str:
