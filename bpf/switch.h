@@ -14,10 +14,9 @@
 #define HOP_LOCAL 2    /* destination is the switch itself: hand to the kernel */
 #define HOP_INTERNAL 4 /* destination inside the fabric (front-ends, back-ends, peers): never "to client" */
 
-/* The one configuration slot, written by the controller (and on key rotation). */
+/* The one configuration slot, written by the controller. */
 struct sw_config {
-	__u64 key0;           /* current cookie key, SipHash k0 */
-	__u64 key1;           /* current cookie key, SipHash k1 */
+	__u32 key_slot;       /* which sw_keys slot signs (the controller fills the other, then flips) */
 	__u32 vip;            /* be */
 	__u16 vport;          /* be */
 	__u16 mss;            /* MSS announced in the SYN-ACK */
@@ -26,7 +25,12 @@ struct sw_config {
 	__u8 sack;            /* announce SACK-permitted (if the client offered it) */
 	__u32 bucket_seconds; /* cookie time bucket length */
 	__u32 flags;          /* SW_F_* */
-	__u32 _pad;
+};
+
+/* A SipHash key of the cookie (two slots: a rotation never tears the key being read). */
+struct sw_key {
+	__u64 k0;
+	__u64 k1;
 };
 
 /* Client ip:port (offload table) or back-end service ip:port (backend source table). */

@@ -33,6 +33,14 @@ struct {
 	__type(value, struct sw_config);
 } sw_config SEC(".maps");
 
+/* Cookie keys: slot sw_config.key_slot signs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct sw_key);
+} sw_keys SEC(".maps");
+
 /* ARP target ip (be) -> MAC to answer with. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -16,6 +16,7 @@
 #include "csum.h"
 #include "parse.h"
 #include "switch.h"
+#include "switch_maps.h"
 #include "tcp_opts.h"
 
 #define SYNACK_OPTLEN 12
@@ -55,7 +56,8 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 	__u32 saddr = p->ip->saddr, daddr = p->ip->daddr;
 	__u16 sport = p->tcp->source, dport = p->tcp->dest;
 	__u32 seq = bpf_ntohl(p->tcp->seq);
-	__u32 bucket, opts, isn, pseudo;
+	__u32 bucket, opts, isn, pseudo, slot;
+	struct sw_key *key;
 	__u16 before, after, check;
 	int rc;
 
@@ -69,7 +71,11 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 
 	bucket = (__u32)(bpf_ktime_get_tai_ns() / 1000000000ULL / (cfg->bucket_seconds ? cfg->bucket_seconds : 1));
 	opts = cookie_option_bits(o.mss, o.has_wscale, o.wscale, o.sack);
-	isn = cookie_make(cfg->key0, cfg->key1, bpf_ntohl(saddr), bpf_ntohs(sport), bpf_ntohl(daddr),
+	slot = cfg->key_slot & 1;
+	key = bpf_map_lookup_elem(&sw_keys, &slot);
+	if (!key)
+		return DROP_REWRITE_FAILED;
+	isn = cookie_make(key->k0, key->k1, bpf_ntohl(saddr), bpf_ntohs(sport), bpf_ntohl(daddr),
 			  bpf_ntohs(dport), bucket, opts);
 
 	ip.version = 4;

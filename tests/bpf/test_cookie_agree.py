@@ -93,6 +93,7 @@ def test_rotated_key_takes_effect_and_previous_still_verifies():
         cur1, prev1 = cookie.keys_at(secret, 1001 * rotate, rotate)
         assert prev1 == cur0
         m.set_key((cur1.k0, cur1.k1))
+        assert m.get_config().key_slot == 1 and m.get_key() == (cur1.k0, cur1.k1)  # the idle slot, then flipped
         isn1 = struct.unpack("!I", prog.test_run(_syn(0x0A000102, 40000, vip, 80, b"")).data[38:42])[0]
         assert isn1 != isn0
         for isn in (isn0, isn1):  # the verifier accepts the current and the previous generation

@@ -58,7 +58,7 @@ def _btf_structs(obj: Path) -> dict[str, dict]:
     return {t["name"]: t for t in json.loads(out)["types"] if t.get("kind") == "STRUCT"}
 
 
-@pytest.mark.parametrize("mirror", [layouts.SwConfig, layouts.FlowKey, layouts.OffloadEntry, layouts.Hop,
+@pytest.mark.parametrize("mirror", [layouts.SwConfig, layouts.SwKey, layouts.FlowKey, layouts.OffloadEntry, layouts.Hop,
                                     layouts.BackendEntry, layouts.RouteKey, layouts.ArpEntry],
                          ids=lambda c: c.__name__)
 def test_layout_matches_btf(mirror):

@@ -22,10 +22,17 @@ class SwConfig(ctypes.Structure):
     """bpf/switch.h: struct sw_config (addresses/ports network order, as bytes on the wire)."""
 
     _c_name = "sw_config"
-    _fields_ = [("key0", ctypes.c_uint64), ("key1", ctypes.c_uint64), ("vip", ctypes.c_uint32),
+    _fields_ = [("key_slot", ctypes.c_uint32), ("vip", ctypes.c_uint32),
                 ("vport", ctypes.c_uint16), ("mss", ctypes.c_uint16), ("syn_window", ctypes.c_uint16),
                 ("wscale", ctypes.c_uint8), ("sack", ctypes.c_uint8), ("bucket_seconds", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+                ("flags", ctypes.c_uint32)]
+
+
+class SwKey(ctypes.Structure):
+    """bpf/switch.h: struct sw_key (one cookie key slot)."""
+
+    _c_name = "sw_key"
+    _fields_ = [("k0", ctypes.c_uint64), ("k1", ctypes.c_uint64)]
 
 
 class FlowKey(ctypes.Structure):

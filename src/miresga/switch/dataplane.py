@@ -25,7 +25,7 @@ from miresga.switch.maps import HOP_INTERNAL, HOP_LOCAL, HOP_VALID, SW_F_TRACE, 
 from miresga.switch.profiles import profile_from_config
 
 PIN_BASE = Path("/sys/fs/bpf/miresga/switch")
-MAP_NAMES = ("sw_config", "sw_arp", "sw_backend_src", "sw_offload", "sw_buckets", "sw_backends", "sw_routes",
+MAP_NAMES = ("sw_config", "sw_keys", "sw_arp", "sw_backend_src", "sw_offload", "sw_buckets", "sw_backends", "sw_routes",
              "sw_counters", "sw_trace")
 SWITCH_PRIORITY = 10  # after anything at priority 1 that passes packets on (e.g. per-port counters)
 

@@ -17,7 +17,7 @@ from enum import IntEnum
 from typing import Iterator
 
 from miresga.bpf.drop_reasons import DropReason
-from miresga.bpf.layouts import ArpEntry, BackendEntry, FlowKey, Hop, OffloadEntry, RouteKey, SwConfig
+from miresga.bpf.layouts import ArpEntry, BackendEntry, FlowKey, Hop, OffloadEntry, RouteKey, SwConfig, SwKey
 from miresga.bpf.libbpf import _lib as _libbpf
 from miresga.bpf.libbpf import BPF_NOEXIST, BpfObject, Map
 
@@ -126,6 +126,7 @@ class SwitchMaps:
     def __init__(self, obj: BpfObject):
         self.obj = obj
         self.config = obj.map("sw_config")
+        self.keys = obj.map("sw_keys")
         self.arp = obj.map("sw_arp")
         self.backend_src = obj.map("sw_backend_src")
         self.offload = obj.map("sw_offload")
@@ -138,7 +139,8 @@ class SwitchMaps:
     # --- configuration tables -------------------------------------------------------------
     def set_config(self, *, vip: str, vport: int, key: tuple[int, int], mss: int, wscale: int, sack: bool,
                    bucket_seconds: int, syn_window: int = 65535, flags: int = 0) -> None:
-        c = SwConfig(key0=key[0], key1=key[1], vip=_ip_be(vip), vport=_port_be(vport), mss=mss,
+        self.keys.update(struct.pack("=I", 0), SwKey(k0=key[0], k1=key[1]))
+        c = SwConfig(key_slot=0, vip=_ip_be(vip), vport=_port_be(vport), mss=mss,
                      syn_window=syn_window, wscale=wscale, sack=int(sack), bucket_seconds=bucket_seconds,
                      flags=flags)
         self.config.update(struct.pack("=I", 0), c)
@@ -147,10 +149,17 @@ class SwitchMaps:
         return SwConfig.from_buffer_copy(self.config.lookup(struct.pack("=I", 0)))
 
     def set_key(self, key: tuple[int, int]) -> None:
-        """Rotate the cookie key (the rest of the configuration stays)."""
+        """Rotate the cookie key: fill the idle slot, then flip to it (a SYN being answered keeps
+        reading a whole key, old or new)."""
         c = self.get_config()
-        c.key0, c.key1 = key
+        slot = 1 - (c.key_slot & 1)
+        self.keys.update(struct.pack("=I", slot), SwKey(k0=key[0], k1=key[1]))
+        c.key_slot = slot
         self.config.update(struct.pack("=I", 0), c)
+
+    def get_key(self) -> tuple[int, int]:
+        k = SwKey.from_buffer_copy(self.keys.lookup(struct.pack("=I", self.get_config().key_slot & 1)))
+        return k.k0, k.k1
 
     def set_arp(self, ip: str, mac: str | bytes) -> None:
         e = ArpEntry()
