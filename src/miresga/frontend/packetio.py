@@ -30,6 +30,8 @@ PACKET_VNET_HDR = 15
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
 SO_ATTACH_FILTER = 26
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+PACKET_STATISTICS = 6
 ETH_P_IP = 0x0800
 ETH_P_ALL = 0x0003
 SIOCGIFMTU = 0x8921
@@ -98,6 +100,7 @@ class IoStats:
     rx_skipped: int = 0
     tx_errors: int = 0
     truncated: int = 0
+    kernel_drops: int = 0      # frames the kernel dropped because our receive queue was full
     by_errno: dict[int, int] = field(default_factory=dict)
 
 
@@ -187,8 +190,12 @@ class PacketIO:
                 self.sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
             except OSError:
                 pass
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+            # FORCE: beyond net.core.rmem_max (208 KB by default: three GSO super-frames), as root
+            for opt, force in ((socket.SO_RCVBUF, SO_RCVBUFFORCE), (socket.SO_SNDBUF, SO_SNDBUFFORCE)):
+                try:
+                    self.sock.setsockopt(socket.SOL_SOCKET, force, 32 << 20)
+                except OSError:
+                    self.sock.setsockopt(socket.SOL_SOCKET, opt, 32 << 20)
             if filter_spec is not None:
                 self._attach_filter(compile_filter(*filter_spec))
             self.sock.bind((ifname, ETH_P_IP))   # Python converts the protocol to network order
@@ -212,6 +219,11 @@ class PacketIO:
         fprog = struct.pack("HL", n, addr)
         self._filter_keep = buf   # the kernel copies it, but keep it alive until then
         self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+    def poll_kernel_stats(self) -> None:
+        """Add the kernel's packet-socket drop count (reading it resets it) to our stats."""
+        packets, drops = struct.unpack("II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        self.stats.kernel_drops += drops
 
     def fileno(self) -> int:
         return self.sock.fileno()

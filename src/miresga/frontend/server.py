@@ -359,6 +359,7 @@ class FrontendServer:
                     self._do(eng.tick(now))
                 if now >= next_pub:
                     next_pub = now + 1.0
+                    io.poll_kernel_stats()
                     self.metrics.publish()
         finally:
             self.close()
