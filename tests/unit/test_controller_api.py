@@ -179,3 +179,13 @@ def test_idle_report(served):
     assert c.idle() == [(0x0A000102, 3000)]
     c.write([], [(0x0A000102, 3000)])
     assert c.idle() == []  # deleted since the scan: not reported again
+
+
+def test_restarted_controller_adopts_installed_entries(served):
+    tables = MemoryTables()
+    tables.offload[(0x0A000102, 4000)] = (2, 0)
+    cp, _, c, _ = served(tables=tables)
+    assert c.read([(0x0A000102, 4000)]) == {(0x0A000102, 4000): "installed"}
+    assert c.write([(0x0A000102, 4000, 1)], []) == ["exists"]
+    assert c.stats()["installed"] == 1
+    assert c.write([], [(0x0A000102, 4000)]) == ["ok"] and tables.offload == {}

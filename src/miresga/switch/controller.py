@@ -189,6 +189,11 @@ class OffloadTable:
             t.append(self.last_refill + need)
         return min(t) if t else None
 
+    def adopt(self, entries: dict[Key, int]) -> None:
+        """Entries already in the data plane (a controller restarted over pinned maps)."""
+        self.installed.update(entries)
+        self.intended.update(entries)
+
     def apply_failed(self, op: Op) -> None:
         """The data plane refused an op (e.g. its map is smaller than the profile says)."""
         self.stats["apply_failed"] += 1

@@ -33,6 +33,7 @@ class Tables(Protocol):
 
     def apply(self, actions: Actions) -> list[Op]: ...          # returns the ops that failed
     def last_hits(self) -> dict[Key, int]: ...
+    def entries(self) -> dict[Key, int]: ...                     # offload key -> back-end index
     def counters(self) -> dict[str, int]: ...
     def set_cookie_key(self, key: cookie.CookieKey) -> None: ...
 
@@ -62,6 +63,9 @@ class MemoryTables:
 
     def last_hits(self) -> dict[Key, int]:
         return {k: t for k, (_, t) in self.offload.items()}
+
+    def entries(self) -> dict[Key, int]:
+        return {k: b for k, (b, _) in self.offload.items()}
 
     def counters(self) -> dict[str, int]:
         return {}
@@ -96,6 +100,9 @@ class MapTables:
     def last_hits(self) -> dict[Key, int]:
         return {k: e.last_hit_ns for k, e in self.maps.offload_items()}
 
+    def entries(self) -> dict[Key, int]:
+        return {k: e.backend for k, e in self.maps.offload_items()}
+
     def counters(self) -> dict[str, int]:
         return self.maps.read_counters()
 
@@ -123,9 +130,13 @@ class ControlPlane:
                 self.ctl.table.apply_failed(op)
 
     def start_tables(self) -> None:
-        """Write the initial bucket assignment and cookie key."""
+        """Adopt offload entries already installed, write the initial buckets and cookie key."""
+        existing = self.tables.entries()
         with self.lock:
+            self.ctl.table.adopt(existing)
             self._apply(self.initial_buckets)
+        if existing:
+            log.info("adopted %d offload entries already in the data plane", len(existing))
         self.rotate_key()
 
     def rotate_key(self) -> bool:
