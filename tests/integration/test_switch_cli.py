@@ -49,7 +49,7 @@ def test_switch_command_and_status_from_a_frontend(tmp_path, record_property):
     with Testbed() as tb:
         cfg = tb.cfg
         sw = tb.ns_switch
-        proc = subprocess.Popen([sys.executable, "-m", "miresga.control.cli", "switch", "--netns", sw],
+        proc = subprocess.Popen([sys.executable, "-m", "miresga.control.cli", "switch", "--netns", sw, "--dead-after", "120"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             line = proc.stdout.readline()
