@@ -404,3 +404,18 @@ def test_counters_accumulate_per_decision(sw):
     assert (c["to_frontend"], c["synack"], c["drop_fragment"]) == (3, 2, 1)
     assert c[f"drop_{DropReason.NO_ROUTE.name.lower()}"] == 0
     assert m.counter(drop_index(DropReason.FRAGMENT)) == 1 and m.counter(Counter.SYNACK) == 2
+
+
+def test_rewrite_with_ip_options(sw, run):
+    """The TCP header sits after IP options: the rewrite and both checksums must follow it."""
+    _, m = sw
+    port = 42100
+    ip, bport, hmac, pmac, _ = BE[0]
+    opts = b"\x01\x01\x01\x00"  # NOP NOP NOP EOL
+    pkt = Ether(src=hmac, dst=pmac) / IP(src=ip, dst=CLIENT, options=opts) / TCP(
+        sport=bport, dport=port, flags="A", seq=9, ack=10) / Raw(b"abc")
+    want = Ether(src=C_PORT_MAC, dst=CMAC) / IP(src=VIP, dst=CLIENT, options=opts) / TCP(
+        sport=VPORT, dport=port, flags="A", seq=9, ack=10) / Raw(b"abc")
+    r, counts, _ = run(PacketCase("ip options", pkt, TC_ACT_REDIRECT, want,
+                                  setup=lambda: m.offload_insert(CLIENT, port, 0)))
+    assert counts == {"to_client": 1}
