@@ -487,3 +487,56 @@ def test_not_ours_dropped(eng):
     s = cl.seg(get())
     s.dport = 81
     assert eng.segment(s, NOW) == [] and eng.stats.drops["not_ours"] == 1
+
+
+def test_orphan_flow_is_adopted_after_frontend_restart(eng):
+    """Another front-end spliced and offloaded this connection, then died; its buckets came here.
+    The back-end's FIN (FIN always goes to a front-end) must still reach the client, and the
+    client's side must still reach the back-end."""
+    cl = Client(eng)
+    cl.sent = len(get("/dl/x"))               # the request went through the dead front-end
+    be = Backend(eng, 2, cl)
+    be.sent = 5000                            # the response went through the switch's fast path
+    cl.acked = 5000
+    a = eng.segment(be.seg(b"", flags=ACK | FIN), NOW)
+    (fin,) = sends(a)
+    assert fin.flags & FIN and (fin.src, fin.sport, fin.dst) == (eng.vip, eng.vport, cl.ip)
+    conn = eng.conns[cl.key]
+    assert conn.state is State.SPLICED and conn.offload is Offload.INSTALLED and eng.active == [0, 0, 1]
+    cl.acked += 1
+    a = eng.segment(cl.seg(b"", flags=ACK | FIN), NOW)
+    (cfin,) = sends(a)
+    assert cfin.dst == be.ip and cfin.flags & FIN
+    assert len(deletes(a)) == 1 and conn.state is State.CLOSING   # its entry goes with it
+    eng.tick(NOW + 10)
+    assert not eng.conns and eng.active == [0, 0, 0]
+
+
+def test_adopted_connection_keeps_serving_its_backend_but_never_reroutes(eng):
+    cl = Client(eng)
+    cl.sent = 100
+    be = Backend(eng, 0, cl)
+    be.sent = 300
+    eng.segment(be.seg(b"tail of a response"), NOW)
+    cl.acked = be.sent
+    (fwd,) = sends(eng.segment(cl.seg(get("/x")), NOW))          # default rule: be1, same back-end
+    assert fwd.dst == be.ip and fwd.payload == get("/x")
+    keepalive_response(eng, cl, be)
+    a = eng.segment(cl.seg(get("/api/x")), NOW)                   # rule wants be2: cannot splice anew
+    assert {s.dst for s in sends(a) if s.flags & RST} == {cl.ip, be.ip}
+    assert eng.stats.drops["adopted_reroute"] == 1 and not eng.conns
+
+
+def test_adopted_mid_body_is_relayed_unparsed(eng):
+    cl = Client(eng)
+    be = Backend(eng, 0, cl)
+    eng.segment(be.seg(b"HTTP/1.1 100 Continue\r\n\r\n"), NOW)
+    (fwd,) = sends(eng.segment(cl.seg(b"\x00\x01 rest of an upload body"), NOW))
+    assert fwd.dst == be.ip and eng.conns[cl.key].parser.tunnel
+
+
+def test_orphan_backend_rst_relayed_without_state(eng):
+    cl = Client(eng)
+    be = Backend(eng, 0, cl)
+    (r,) = sends(eng.segment(be.seg(b"", flags=RST | ACK), NOW))
+    assert r.dst == cl.ip and r.src == eng.vip and r.flags & RST and not eng.conns

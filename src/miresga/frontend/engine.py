@@ -26,6 +26,7 @@ from miresga.frontend.selection import Selector
 from miresga.frontend.states import TRANSITIONS, Ev, Offload, State
 
 Key = tuple[int, int]  # client ip, client port
+_UNKNOWN_OPTS = cookie.ClientOptions(mss=536, wscale=None, sack=False)
 MAX_WINDOW_AHEAD = 1 << 22  # a client segment further ahead than this is not in any window we gave
 
 
@@ -83,7 +84,7 @@ class Conn:
                  "parser", "parser_idle", "req_ack", "req_start", "last_req_ack", "pipelined", "holding",
                  "backend", "rule", "deadline", "tries", "cli_fin", "srv_fin", "srv_end", "cli_ack",
                  "offload", "offload_gen", "watch", "watch_next", "slow_srv_bytes", "resp", "reset_after",
-                 "resp_acked", "s0", "ever_installed")
+                 "resp_acked", "s0", "ever_installed", "adopted")
 
     def __init__(self, key: Key, s: int, opts: cookie.ClientOptions, parser: RequestStream):
         self.key = key
@@ -92,6 +93,7 @@ class Conn:
         self.s = s                  # "switch ISN" of the current back-end connection
         self.s0 = s                 # the cookie: start of the client's view of the server stream
         self.ever_installed = False
+        self.adopted = 0            # 1: taken over without its start (see Engine._adopt); 2: checked
         self.opts = opts
         self.nxt: int | None = None  # next in-order client sequence number to parse
         self.ooo: dict[int, Segment] = {}
@@ -317,6 +319,13 @@ class Engine:
         if ev is Ev.C_ACK:
             st.events["handshake_ack"] += 1      # step 1: the switch's handshake; nothing to do
             return
+        if ev is Ev.B_SEG and (seg.payload or seg.flags & FIN):
+            self._adopt(seg, key, now, out)
+            return
+        if ev is Ev.B_RST:
+            self._to_client(seg, out)           # whoever held the flow is gone; the client must know
+            st.events["orphan_rst_relayed"] += 1
+            return
         if ev is not Ev.C_DATA:
             st.drops[f"no_flow:{ev.value}"] += 1
             return
@@ -343,6 +352,32 @@ class Engine:
         self.conns[key] = conn
         st.events["new_conn"] += 1
         self._client_stream(conn, seg, now, out)
+
+    def _adopt(self, seg: Segment, key: Key, now: float, out: list[Action]) -> None:
+        """A back-end sends data or FIN on a connection we hold no state for: the front-end that
+        spliced it died or restarted (its buckets moved here), or it was offloaded and we forgot
+        it. The flow is genuine (the switch steered it from a back-end's service port), so take it
+        over: relay it, treat its offload entry as present (deleted when it ends), relay the
+        client's side. What we cannot know — the client's SYN options — only forbids re-routing
+        it to another back-end."""
+        if len(self.conns) >= self.fe.max_connections:
+            self.stats.drops["conn_limit"] += 1
+            return
+        b = self.by_service[(seg.src, seg.sport)]
+        conn = Conn(key, seq_add(seg.seq, -1), _UNKNOWN_OPTS, RequestStream(self.fe.max_header_bytes))
+        conn.adopted = 1
+        conn.state = State.SPLICED
+        conn.nxt = conn.req_start = seg.ack        # what the back-end expects next from the client
+        conn.cli_ack = seg.seq
+        conn.req_ack = seg.seq
+        self._set_backend(conn, b)
+        self._gen += 1
+        conn.offload_gen = self._gen
+        conn.offload = Offload.INSTALLED
+        conn.deadline = now + self.fe.idle_timeout_s
+        self.conns[key] = conn
+        self.stats.events["adopted"] += 1
+        self._backend_segment(conn, seg, now, out)
 
     # ---------------------------------------------------------------- client stream
 
@@ -442,6 +477,11 @@ class Engine:
         if seg.flags & FIN:
             conn.cli_fin = True
         conn.cli_ack = seg.ack if seg.flags & ACK else conn.cli_ack
+        if new and conn.adopted == 1:
+            # Taken over mid-stream: parse only if this is where a request starts.
+            conn.adopted = 2
+            if not looks_like_request_start(new):
+                conn.parser.tunnel = True
         if new:
             was_idle = conn.parser_idle
             try:
@@ -498,6 +538,14 @@ class Engine:
             b: int | None = cur
         else:
             b = sel.pick(self.healthy, self.active, conn.key[0], head)
+        if conn.adopted and b != cur:
+            # No client options for a new back-end SYN: keep the back-end if the rule allows it.
+            if cur is not None and cur in rule.pool:
+                b = cur
+            else:
+                self.stats.drops["adopted_reroute"] += 1
+                self._abort_both(conn, out)
+                return False
         if b is None:
             self._refuse(conn, 503, "no healthy back-end", now, out)
             return False
