@@ -193,6 +193,22 @@ class Testbed:
                     str(self.run_dir / "config.yaml"), "--netns", self.ns_switch, "--json", timeout=20)
         return json.loads(p.stdout)
 
+    def frontend_metrics(self, name: str) -> dict[str, dict[str, float]]:
+        """A front-end's Prometheus metrics, scraped from inside its namespace."""
+        from miresga.frontend.metrics import scrape
+        f = next(h for h in self.cfg.hosts.frontends if h.name == name)
+        with nsx.in_netns(self.ns(name)):
+            return scrape(f"http://{f.ip}:{self.cfg.frontend.metrics_port}/metrics")
+
+    def agent_stats(self, backend: str) -> dict[str, Any]:
+        from miresga.agent.manager import AgentManager
+        m = AgentManager.from_pins(self.ns(backend))
+        try:
+            return m.stats()
+        finally:
+            for mp in m.maps.values():
+                mp.close()
+
     def _wait_frontends(self, timeout: float) -> None:
         """Until every front-end is registered with the switch controller and holds buckets."""
         want = {f.name for f in self.cfg.hosts.frontends}

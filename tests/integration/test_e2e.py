@@ -1,0 +1,289 @@
+"""Miresga end to end: real clients (curl, wrk, Python http.client) through VIP:port to nginx
+back-ends, with the eBPF switch, its controller, the front-ends and the agents all running."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import socket
+import subprocess
+import time
+
+import pytest
+
+from miresga.bpf.netns import in_netns
+from miresga.control.config import load_config
+
+pytestmark = pytest.mark.netns
+
+
+def e2e_config():
+    cfg = load_config()
+    # Offload inserts take 300 ms (a slow switch driver), so large downloads start on the slow path
+    # and move to the fast path part-way; silent clients are cut after 2 s.
+    sw = cfg.switch.model_copy(update={"profile": "tofino", "batch_latency_ms": 300.0})
+    fe = cfg.frontend.model_copy(update={"header_timeout_s": 2.0})
+    return cfg.model_copy(update={"switch": sw, "frontend": fe})
+
+
+@pytest.fixture(scope="module")
+def lb():
+    from miresga.testbed import Testbed
+    with Testbed(e2e_config(), lb="miresga") as tb:
+        yield tb
+
+
+def objects(tb):
+    return {o["size"]: o for o in tb.status()["objects"]}
+
+
+def vip(tb):
+    return tb.cfg.vip.address.exploded, tb.cfg.vip.port
+
+
+def curl(tb, *args, timeout=120):
+    return subprocess.run(["ip", "netns", "exec", tb.ns("c1"), "curl", "-s", "--max-time", str(timeout - 5), *args],
+                          capture_output=True, timeout=timeout)
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def name_of(size: int) -> str:
+    from miresga.testbed.objects import size_name
+    return size_name(size)
+
+
+def wait_for(pred, timeout: float, what: str, step: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what} "
+                         f"(last: {last!r})")
+
+
+def leftovers(tb) -> dict:
+    """Offload entries, agent flows and front-end connections still held anywhere."""
+    st = tb.switch_stats()
+    out = {"switch_entries": st["installed"] + st["queue"]}
+    for b in tb.cfg.hosts.backends:
+        out[f"agent_{b.name}"] = tb.agent_stats(b.name)["flows"]
+    for f in tb.cfg.hosts.frontends:
+        m = tb.frontend_metrics(f.name)
+        out[f"fe_{f.name}"] = int(sum(m.get("connections", {}).values()))
+    return out
+
+
+# ------------------------------------------------------------------ objects, byte-exact
+
+@pytest.mark.parametrize("size", [1024, 65536, 1 << 20, 8 << 20, 100 << 20])
+def test_object_new_connection_byte_exact(lb, size):
+    o = objects(lb)[size]
+    p = curl(lb, f"http://{vip(lb)[0]}/download/{name_of(size)}")
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout) == size and sha(p.stdout) == o["sha256"]
+
+
+def test_objects_keepalive_byte_exact(lb):
+    objs = objects(lb)
+    with in_netns(lb.ns("c1")):
+        c = http.client.HTTPConnection(*vip(lb), timeout=60)
+        try:
+            for size in [1024, 65536, 1 << 20, 8 << 20, 100 << 20, 1024, 1 << 20]:
+                c.request("GET", f"/download/{name_of(size)}")
+                r = c.getresponse()
+                body = r.read()
+                assert r.status == 200 and sha(body) == objs[size]["sha256"], size
+                assert not r.will_close
+        finally:
+            c.close()
+
+
+def test_curl_keepalive_reuses_connection(lb):
+    urls = [f"http://{vip(lb)[0]}/download/{n}" for n in ("64k", "1m", "1k")]
+    p = curl(lb, "-v", *[a for u in urls for a in (u, "-o", "/dev/null")], "-w", "%{num_connects} ")
+    assert p.returncode == 0
+    assert p.stdout.split() == [b"1", b"0", b"0"], p.stdout  # one TCP connection for all three
+    assert b"Re-using existing connection" in p.stderr
+
+
+def _backend_requests(tb) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for f in tb.cfg.hosts.frontends:
+        for k, v in tb.frontend_metrics(f.name).get("backend_requests", {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def test_keepalive_requests_routed_to_different_backends_by_rule(lb):
+    """Successive requests of one connection go where each one's rule says (DESIGN.md step 8):
+    static.example only lives on be3, /video/ only on be1 and be2, so every switch of rule is a
+    re-route to another back-end, on the same client connection."""
+    objs = objects(lb)
+    time.sleep(1.2)  # metrics are published once a second: let earlier tests' requests show
+    before = _backend_requests(lb)
+    with in_netns(lb.ns("c1")):
+        c = http.client.HTTPConnection(*vip(lb), timeout=30)
+        try:
+            for size in (1 << 20, 1024, 8 << 20):
+                c.request("GET", "/whoami", headers={"Host": "static.example"})
+                r = c.getresponse()
+                assert r.read() == b"be3\n"
+                c.request("GET", f"/video/{name_of(size)}")
+                r = c.getresponse()
+                assert r.status == 200 and sha(r.read()) == objs[size]["sha256"]
+                assert not r.will_close
+        finally:
+            c.close()
+
+    seen = {}
+
+    def delta():  # metrics are published once a second
+        after = _backend_requests(lb)
+        seen.update({k: after.get(k, 0) - before.get(k, 0) for k in after})
+        return seen.get("be3") == 3 and seen.get("be1", 0) + seen.get("be2", 0) == 3
+    wait_for(delta, 5, lambda: f"3 requests on be3 and 3 on be1/be2 (per back-end: {seen})")
+
+
+# ------------------------------------------------------------------ loss, reordering, late offload
+
+def test_100mb_with_loss_and_reordering(lb):
+    from miresga.testbed.impair import Impairment
+    o = objects(lb)[100 << 20]
+    # both directions of the client's link: its eth0 and the switch port facing it
+    with Impairment(lb.ns("c1"), "eth0") as up, Impairment(lb.ns_switch, "p-c1") as down:
+        p = curl(lb, f"http://{vip(lb)[0]}/download/100m", timeout=170)
+        hits = (up.counts(), down.counts())
+    assert p.returncode == 0, p.stderr
+    assert sha(p.stdout) == o["sha256"]
+    assert hits[1]["dropped"] > 0 and hits[1]["delayed"] > 0, hits  # the impairment really hit the transfer
+
+
+def test_100mb_offload_installed_part_way(lb):
+    """With a 300 ms insert latency the download starts on the slow path (bytes relayed by a
+    front-end) and finishes on the fast path (the switch's to_client counter)."""
+    o = objects(lb)[100 << 20]
+    before_sw = lb.switch_stats()["counters"]["to_client"]
+    before_fe = sum(lb.frontend_metrics(f.name).get("bytes", {}).get("slow_to_client", 0)
+                    for f in lb.cfg.hosts.frontends)
+    p = curl(lb, f"http://{vip(lb)[0]}/download/100m")
+    assert p.returncode == 0 and sha(p.stdout) == o["sha256"]
+    fast = lb.switch_stats()["counters"]["to_client"] - before_sw
+    slow = sum(lb.frontend_metrics(f.name).get("bytes", {}).get("slow_to_client", 0)
+               for f in lb.cfg.hosts.frontends) - before_fe
+    assert slow > 0, "nothing went over the slow path before the entry was installed"
+    assert slow < o["size"] and fast > 10, (slow, fast)  # and the switch carried the rest
+
+
+# ------------------------------------------------------------------ many connections
+
+async def _fetch(host, port, path, want):
+    r, w = await asyncio.open_connection(host, port)
+    try:
+        w.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        await w.drain()
+        data = await asyncio.wait_for(r.read(), 120)
+    finally:
+        w.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.startswith(b"HTTP/1.1 200") and sha(body) == want
+
+
+def test_1000_concurrent_connections_then_nothing_left(lb):
+    objs = objects(lb)
+    mix = [1024] * 700 + [65536] * 200 + [1 << 20] * 100
+
+    async def main():
+        sem = asyncio.Semaphore(1000)
+
+        async def one(i, size):
+            async with sem:
+                return await _fetch(*vip(lb), f"/download/{name_of(size)}?i={i}", objs[size]["sha256"])
+        return await asyncio.gather(*(one(i, s) for i, s in enumerate(mix)), return_exceptions=True)
+
+    with in_netns(lb.ns("c1")):
+        results = asyncio.run(main())
+    bad = [r for r in results if r is not True]
+    assert not bad, f"{len(bad)} of {len(results)} failed, e.g. {bad[:3]}"
+    wait_for(lambda: not any(leftovers(lb).values()), 30, "no switch entry, agent flow or front-end connection")
+
+
+# ------------------------------------------------------------------ requests the front-end must handle
+
+def _raw(tb, parts: list[bytes], pause: float = 0.05, read_timeout: float = 10) -> bytes:
+    with in_netns(tb.ns("c1")):
+        s = socket.create_connection(vip(tb), timeout=read_timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        for p in parts:
+            s.sendall(p)
+            time.sleep(pause)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\r\n\r\n" in out and b"Connection: close" not in parts[0] and out.count(b"HTTP/1.1") >= 1:
+                head = out.split(b"\r\n\r\n")[0]
+                cl = [l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+                if cl and len(out) - len(head) - 4 >= int(cl[0].split(b":")[1]):
+                    break
+        return out
+    finally:
+        s.close()
+
+
+def test_post_body_over_several_segments(lb):
+    body = b"x" * 300_000
+    with in_netns(lb.ns("c1")):
+        c = http.client.HTTPConnection(*vip(lb), timeout=30)
+        c.request("POST", "/echo", body=body)
+        r = c.getresponse()
+        text = r.read().decode()
+        c.close()
+    assert r.status == 200 and text.endswith(f"got {len(body)}\n"), text
+
+
+def test_request_header_split_over_segments(lb):
+    req = b"GET /whoami HTTP/1.1\r\nHost: static.example\r\nUser-Agent: split-test\r\n\r\n"
+    out = _raw(lb, [req[:5], req[5:23], req[23:40], req[40:]])
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"be3\n"), out[:200]
+
+
+def test_oversized_header_gets_431(lb):
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (lb.cfg.frontend.max_header_bytes + 100) + b"\r\n\r\n"
+    out = _raw(lb, [big[i:i + 1400] for i in range(0, len(big), 1400)], pause=0.0)
+    assert out.startswith(b"HTTP/1.1 431"), out[:100]
+
+
+def test_garbage_gets_400_or_reset(lb):
+    out = _raw(lb, [b"\x16\x03\x01\x02\x00garbage that is not http\r\n\r\n"])
+    assert out == b"" or out.startswith(b"HTTP/1.1 400"), out[:100]
+
+
+def test_silent_client_times_out_without_delaying_others(lb):
+    with in_netns(lb.ns("c1")):
+        silent = socket.create_connection(vip(lb), timeout=10)
+    silent.sendall(b"GET /whoami HTTP/1.1\r\nHost: static")  # ... and nothing more
+    t0 = time.monotonic()
+    p = curl(lb, "-H", "Host: static.example", f"http://{vip(lb)[0]}/whoami")
+    assert p.stdout == b"be3\n" and time.monotonic() - t0 < 2, "another client was delayed"
+    silent.settimeout(lb.cfg.frontend.header_timeout_s + 8)
+    try:
+        data = silent.recv(1000)  # the front-end gives up on it: 408 or a close/reset
+    except ConnectionResetError:
+        data = b""
+    finally:
+        silent.close()
+    assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:100]
+    assert time.monotonic() - t0 < lb.cfg.frontend.header_timeout_s + 6
