@@ -184,8 +184,15 @@ int switch_ingress(struct __sk_buff *skb)
 		struct flow_key src = { .ip = p.ip->saddr, .port = p.tcp->source };
 
 		backend = bpf_map_lookup_elem(&sw_backend_src, &src);
-		if (backend)
+		if (backend) {
+			struct backend_entry *be = bpf_map_lookup_elem(&sw_backends, backend);
+
+			/* Only the back-end's own port may speak as it: a client forging the source
+			 * must not reach another client's offloaded connection. */
+			if (!be || be->hop.ifindex != skb->ingress_ifindex)
+				return drop(DROP_SPOOFED_BACKEND);
 			return from_backend(skb, &p, cfg, *backend, rt);
+		}
 	}
 	return route(skb, cfg, rt);
 }

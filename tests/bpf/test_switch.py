@@ -78,6 +78,8 @@ def run(sw):
     prog = obj.program("switch_ingress")
 
     def go(case: PacketCase):
+        if not case.ingress_ifindex:
+            case.ingress_ifindex = arrival_port(case.input)
         m.reset_counters()
         m.clear_trace()
         m.offload.clear()
@@ -85,6 +87,18 @@ def run(sw):
         counts = {k: v for k, v in m.read_counters().items() if v}
         return r, counts, m.last_redirect()
     return go
+
+
+def arrival_port(pkt) -> int:
+    """The switch port a test packet comes in on: its sender's (a back-end's, else the client's)."""
+    src = pkt[IP].src if IP in pkt else None
+    for ip, fe_mac, pmac, ifx in FE.values():
+        if src == ip:
+            return ifx
+    for ip, port, hmac, pmac, ifx in BE:
+        if src == ip:
+            return ifx
+    return C_IF
 
 
 def eth_c():
@@ -265,8 +279,8 @@ def test_per_packet_cost(sw, path, record_property):
     m.offload_insert(CLIENT, 46000, 0)
     pkt = COST_CASES[path]()
     prog = obj.program("switch_ingress")
-    assert run_packet(prog, pkt).verdict == TC_ACT_REDIRECT
-    ns = per_packet_ns(prog, pkt, repeat=200000)
+    assert run_packet(prog, pkt, ingress_ifindex=arrival_port(pkt)).verdict == TC_ACT_REDIRECT
+    ns = per_packet_ns(prog, pkt, repeat=200000, ingress_ifindex=arrival_port(pkt))
     record_property(f"{path}_ns_per_packet", ns)
     print(f"{path}: {ns} ns/packet")
     assert 0 < ns < 20000
@@ -419,3 +433,13 @@ def test_rewrite_with_ip_options(sw, run):
     r, counts, _ = run(PacketCase("ip options", pkt, TC_ACT_REDIRECT, want,
                                   setup=lambda: m.offload_insert(CLIENT, port, 0)))
     assert counts == {"to_client": 1}
+
+
+@pytest.mark.parametrize("port", [C_IF, BE[1][4], 12], ids=["client port", "other backend's port", "front-end port"])
+def test_backend_source_from_another_port_dropped(sw, run, port):
+    """A forged back-end source must not reach a client's offloaded connection."""
+    _, m = sw
+    pkt = from_be(0, 42200, "PA", payload=b"forged")
+    r, counts, trace = run(PacketCase("spoof", pkt, TC_ACT_SHOT, ingress_ifindex=port,
+                                      setup=lambda: m.offload_insert(CLIENT, 42200, 0)))
+    assert counts == {"drop_spoofed_backend": 1} and trace == 0

@@ -20,3 +20,4 @@ class DropReason(IntEnum):
     TABLE_FULL = -14
     AGENT_TABLE_FULL = -15
     AGENT_NOT_SPLICED = -16
+    SPOOFED_BACKEND = -17

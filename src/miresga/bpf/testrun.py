@@ -28,16 +28,30 @@ class RunResult:
     duration_ns: int
 
 
-def run_packet(prog: Program, pkt: Packet | bytes, repeat: int = 1) -> RunResult:
+SKB_CTX_SIZE = 192          # sizeof(struct __sk_buff), enough for the fields test-run accepts
+SKB_INGRESS_IFINDEX_OFF = 36
+
+
+def skb_ctx(ingress_ifindex: int = 0) -> bytes | None:
+    """A __sk_buff context for TC test runs (None when nothing is set)."""
+    if not ingress_ifindex:
+        return None
+    b = bytearray(SKB_CTX_SIZE)
+    b[SKB_INGRESS_IFINDEX_OFF:SKB_INGRESS_IFINDEX_OFF + 4] = ingress_ifindex.to_bytes(4, "little")
+    return bytes(b)
+
+
+def run_packet(prog: Program, pkt: Packet | bytes, repeat: int = 1, ingress_ifindex: int = 0) -> RunResult:
+    """`ingress_ifindex`: the port the packet arrives on, as skb->ingress_ifindex sees it."""
     data = bytes(pkt)
-    r = prog.test_run(data, repeat=repeat)
+    r = prog.test_run(data, repeat=repeat, ctx=skb_ctx(ingress_ifindex))
     out = Ether(r.data) if r.data else None
     return RunResult(r.retval, out, r.data, r.duration_ns)
 
 
-def per_packet_ns(prog: Program, pkt: Packet | bytes, repeat: int = 100000) -> int:
+def per_packet_ns(prog: Program, pkt: Packet | bytes, repeat: int = 100000, ingress_ifindex: int = 0) -> int:
     """Average run time of the program on this packet (BPF_PROG_TEST_RUN repeat)."""
-    return prog.test_run(bytes(pkt), repeat=repeat).duration_ns
+    return prog.test_run(bytes(pkt), repeat=repeat, ctx=skb_ctx(ingress_ifindex)).duration_ns
 
 
 @dataclass
@@ -51,6 +65,7 @@ class PacketCase:
     dont_care: tuple[str, ...] = ()       # "Layer.field" names to ignore, e.g. "TCP.seq"
     setup: Callable[[], Any] | None = None  # map set-up before the run
     check: Callable[[RunResult], Any] | None = None  # extra assertions (e.g. map state)
+    ingress_ifindex: int = 0                # port the packet arrives on (skb->ingress_ifindex)
     extra: dict = field(default_factory=dict)
 
 
@@ -102,7 +117,7 @@ def diff_packets(got: Packet, want: Packet, dont_care: tuple[str, ...] = ()) -> 
 def check_case(prog: Program, case: PacketCase) -> RunResult:
     if case.setup:
         case.setup()
-    r = run_packet(prog, case.input)
+    r = run_packet(prog, case.input, ingress_ifindex=case.ingress_ifindex)
     assert r.verdict == case.verdict, f"{case.description}: verdict {r.verdict}, want {case.verdict}"
     if case.output is not None:
         assert r.packet is not None, f"{case.description}: no output packet"
