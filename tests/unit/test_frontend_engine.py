@@ -540,3 +540,19 @@ def test_orphan_backend_rst_relayed_without_state(eng):
     be = Backend(eng, 0, cl)
     (r,) = sends(eng.segment(be.seg(b"", flags=RST | ACK), NOW))
     assert r.dst == cl.ip and r.src == eng.vip and r.flags & RST and not eng.conns
+
+
+def test_header_over_limit_in_one_segment_431(eng):
+    """A whole oversized header in one (GSO) segment is refused as well as one that trickles in."""
+    cl = Client(eng)
+    (r,) = sends(eng.segment(cl.seg(get("/", extra="X-Big: " + "b" * 2000 + "\r\n")), NOW))
+    assert r.payload.startswith(b"HTTP/1.1 431 ")
+
+
+def test_garbage_400_acknowledges_nothing(eng):
+    cl = Client(eng)
+    g = cl.seg(b"GARBAGE\r\n\r\n")
+    eng.segment(g, NOW)
+    eng.segment(cl.seg(b"", flags=ACK | FIN), NOW)
+    (r,) = sends(eng.tick(NOW + eng.fe.reorder_grace_s + 0.1))
+    assert r.payload.startswith(b"HTTP/1.1 400 ") and r.ack == g.seq

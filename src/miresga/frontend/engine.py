@@ -669,7 +669,12 @@ class Engine:
             self._set_backend(conn, None)
         self._drop_offload(conn, out)
         body = local_response(status, reason)
-        conn.resp = Segment(self.vip, self.vport, conn.key[0], conn.key[1], conn.req_ack, conn.nxt or 0,
+        if conn.nxt is not None:
+            ack = conn.nxt
+        else:   # the stream's start was never found: acknowledge nothing of it
+            ref = next(iter(conn.ooo), 0)
+            ack = min(conn.ooo, key=lambda k: seq_diff(k, ref), default=seq_add(conn.c, 1))
+        conn.resp = Segment(self.vip, self.vport, conn.key[0], conn.key[1], conn.req_ack, ack,
                             ACK | PSH | FIN, 1024, b"", body)
         conn.reset_after = status == 431
         conn.state = State.RESPONDED

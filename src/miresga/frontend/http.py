@@ -55,6 +55,8 @@ class RequestStream:
 
     __slots__ = ("max_header_bytes", "_p", "_events", "_url", "_headers", "_hdr_bytes", "in_header",
                  "tunnel", "_size")
+    # _size: bytes of the header as parsed (request line and fields); a header that arrives whole
+    # in one chunk is measured by it, one that trickles in by _hdr_bytes
 
     def __init__(self, max_header_bytes: int):
         self.max_header_bytes = max_header_bytes
@@ -78,16 +80,22 @@ class RequestStream:
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self._headers) >= 128:
             raise HttpError(431, "too many header fields")
+        self._size += len(name) + len(value) + 4
+        if self._size > self.max_header_bytes:
+            raise HttpError(431, "request header too large")
         k = name.decode("latin-1").lower()
         v = value.decode("latin-1")
         self._headers[k] = f"{self._headers[k]}, {v}" if k in self._headers else v
 
     def on_headers_complete(self) -> None:
         self.in_header = False
+        if self._size + 16 > self.max_header_bytes:   # + method, version, separators
+            raise HttpError(431, "request header too large")
         try:
             u = httptools.parse_url(self._url) if self._url != b"*" else None
         except httptools.HttpParserInvalidURLError:
