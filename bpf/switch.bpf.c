@@ -177,6 +177,11 @@ int switch_ingress(struct __sk_buff *skb)
 	if (p.ip->daddr == cfg->vip) {
 		if (p.tcp->dest != cfg->vport)
 			return drop(DROP_NOT_TCP_TO_VIP);
+		/* Reverse-path check: a known client network must come in on its own port, so
+		 * nobody can speak for another client's connection (its offload entry). */
+		rt = route_lookup(p.ip->saddr);
+		if (rt && rt->ifindex != skb->ingress_ifindex)
+			return drop(DROP_SPOOFED_CLIENT);
 		return from_client(skb, &p, cfg);
 	}
 	rt = route_lookup(p.ip->daddr);

@@ -320,7 +320,7 @@ def test_client_ack_with_entry_rewritten_to_backend(sw, run):
     assert trace == ifx
     # Re-run to read the entry (run() clears the table first): last-hit moves forward.
     m.offload_insert(CLIENT, port, 1, now_ns=1)
-    run_packet(sw[0].program("switch_ingress"), pkt)
+    run_packet(sw[0].program("switch_ingress"), pkt, ingress_ifindex=C_IF)
     assert m.offload_get(CLIENT, port).last_hit_ns > 1
 
 
@@ -410,9 +410,9 @@ def test_counters_accumulate_per_decision(sw):
     prog = obj.program("switch_ingress")
     m.reset_counters()
     for _ in range(3):
-        run_packet(prog, to_vip(45000, "PA", payload=b"x"))
+        run_packet(prog, to_vip(45000, "PA", payload=b"x"), ingress_ifindex=C_IF)
     for _ in range(2):
-        run_packet(prog, to_vip(45001, "S", ack=0))
+        run_packet(prog, to_vip(45001, "S", ack=0), ingress_ifindex=C_IF)
     run_packet(prog, _raw(_ip_hdr(frag=0x2000) + _tcp_hdr()))
     c = m.read_counters()
     assert (c["to_frontend"], c["synack"], c["drop_fragment"]) == (3, 2, 1)
@@ -443,3 +443,21 @@ def test_backend_source_from_another_port_dropped(sw, run, port):
     r, counts, trace = run(PacketCase("spoof", pkt, TC_ACT_SHOT, ingress_ifindex=port,
                                       setup=lambda: m.offload_insert(CLIENT, 42200, 0)))
     assert counts == {"drop_spoofed_backend": 1} and trace == 0
+
+
+def test_client_source_from_another_port_dropped(sw, run):
+    """Reverse-path check: 10.0.1.2 lives behind the client port; the same source on a back-end's
+    port is forged."""
+    _, m = sw
+    pkt = to_vip(42300, "A")
+    r, counts, _ = run(PacketCase("spoof client", pkt, TC_ACT_SHOT, ingress_ifindex=BE[0][4],
+                                  setup=lambda: m.offload_insert(CLIENT, 42300, 0)))
+    assert counts == {"drop_spoofed_client": 1}
+
+
+def test_client_without_route_still_served(run):
+    """A source the switch has no route for (clients behind a default route elsewhere) is not
+    refused by the reverse-path check: it gets its SYN-ACK."""
+    syn = Ether(bytes(eth_c() / IP(src="198.51.100.7", dst=VIP) / TCP(sport=5555, dport=VPORT, flags="S")))
+    r, counts, _ = run(PacketCase("unknown source", syn, TC_ACT_REDIRECT))
+    assert counts == {"synack": 1}

@@ -21,3 +21,4 @@ class DropReason(IntEnum):
     AGENT_TABLE_FULL = -15
     AGENT_NOT_SPLICED = -16
     SPOOFED_BACKEND = -17
+    SPOOFED_CLIENT = -18
