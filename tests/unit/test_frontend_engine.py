@@ -556,3 +556,41 @@ def test_garbage_400_acknowledges_nothing(eng):
     eng.segment(cl.seg(b"", flags=ACK | FIN), NOW)
     (r,) = sends(eng.tick(NOW + eng.fe.reorder_grace_s + 0.1))
     assert r.payload.startswith(b"HTTP/1.1 400 ") and r.ack == g.seq
+
+
+def test_header_beyond_initial_window_431_on_retransmission():
+    """The client can send ~10 segments before anyone acknowledges; a header longer than that
+    stalls. Its retransmission (no gap, header incomplete) tells us: 431, not a silent timeout."""
+    eng = Engine(make_cfg(RULES_BIGHDR))
+    cl = Client(eng, mss=1460)
+    segs = [cl.seg(b"GET / HTTP/1.1\r\n" + b"X: " + b"h" * 1400 + b"\r\n")]
+    for _ in range(9):
+        segs.append(cl.seg(b"X: " + b"h" * 1440 + b"\r\n"))
+    for s in segs:
+        assert sends(eng.segment(s, NOW)) == []
+    (r,) = sends(eng.segment(segs[0], NOW + 0.3))     # the client's RTO fires
+    assert r.payload.startswith(b"HTTP/1.1 431 ")
+
+
+def test_slow_client_small_partial_header_is_not_refused(eng):
+    cl = Client(eng)
+    s1 = cl.seg(b"GET / HTTP/1.1\r\n")
+    eng.segment(s1, NOW)
+    assert sends(eng.segment(s1, NOW + 0.3)) == []     # retransmitted while the user types
+    (syn,) = sends(eng.segment(cl.seg(b"Host: a\r\n\r\n"), NOW + 1))
+    assert syn.flags == SYN
+
+
+def test_retransmitted_held_request_is_not_sent_to_the_old_backend(eng):
+    cl, be, _ = open_conn(eng, "/a")
+    keepalive_response(eng, cl, be)
+    s1 = cl.seg(b"GET /api/x HTTP/1.1\r\n")
+    assert sends(eng.segment(s1, NOW)) == []
+    assert sends(eng.segment(s1, NOW)) == []           # its duplicate is held too, not relayed
+
+
+RULES_BIGHDR = """
+rules:
+  - {name: default, pool: [be1]}
+frontend: {max_header_bytes: 65536}
+"""

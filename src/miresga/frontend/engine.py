@@ -400,7 +400,7 @@ class Engine:
             self._rebase(conn, seg, now, out)
             return
         if seq_diff(seg.end, conn.nxt) <= 0:  # type: ignore[arg-type]
-            self._duplicate(conn, seg, out)
+            self._duplicate(conn, seg, out, now)
             return
         self._in_order(conn, seg, -d, now, out)
         while conn.ooo and self.conns.get(conn.key) is conn and conn.state is not State.RESPONDED:
@@ -412,7 +412,7 @@ class Engine:
             s2 = conn.ooo.pop(k)
             conn.ooo_bytes -= len(s2.payload)
             if seq_diff(s2.end, nxt) <= 0:  # type: ignore[arg-type]
-                self._duplicate(conn, s2, out)
+                self._duplicate(conn, s2, out, now)
                 continue
             self._in_order(conn, s2, -seq_diff(s2.seq, nxt), now, out)  # type: ignore[arg-type]
 
@@ -427,13 +427,22 @@ class Engine:
         conn.ooo_bytes += len(seg.payload)
         self.stats.events["out_of_order"] += 1
 
-    def _duplicate(self, conn: Conn, seg: Segment, out: list[Action]) -> None:
+    def _duplicate(self, conn: Conn, seg: Segment, out: list[Action], now: float) -> None:
         """Data we have already seen: a retransmission. Once spliced, the back-end must see it
-        (its ACK may have been lost); before that we hold our own copy."""
-        if conn.state is State.SPLICED:
+        (its ACK may have been lost); data of a request we hold is ours to deliver."""
+        held = conn.state in (State.HEADER, State.SYN_SENT) or (
+            conn.holding and seq_diff(seg.end, conn.req_start) > 0)
+        if not held:
             self._to_backend(conn, seg, out)
-        else:
-            self.stats.drops["dup_held"] += 1
+            return
+        self.stats.drops["dup_held"] += 1
+        # Nothing acknowledges the client before the back-end does, so a header must fit in its
+        # first flight. A retransmission of held data with no gap before it, while the header is
+        # still incomplete and already several segments long, means the client's window is full:
+        # the header will never complete.
+        if (conn.parser.in_header and not conn.ooo and conn.state is not State.SYN_SENT
+                and conn.held_bytes >= 8 * conn.opts.mss):
+            self._refuse(conn, 431, "request header larger than the client's initial window", now, out)
 
     def _find_start(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
         """The stream's first byte is not known yet: wait for a segment that looks like the
