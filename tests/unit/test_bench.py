@@ -11,6 +11,7 @@ import pytest
 from miresga.bench.report import (RECORD_FIELDS, add_ratios, make_record, pick_median, render_markdown,
                                   validate_records,
                                   write_report)
+from miresga.bench.probes import fast_path_probe, fast_path_share, role_bytes
 from miresga.bench.runner import mix_paths, object_paths
 from miresga.bench.systems import System, SystemSpecError, resolve_systems, systems_from_status
 from miresga.bench.workloads import (MIXES, Workload, WorkloadError, build_workloads, mix_workload, parse_size,
@@ -286,3 +287,23 @@ def test_no_completed_request_has_no_latency():
                               {"p50": 0.0, "p90": 0.0, "p99": 0.0, "mean": 0.0, "max": 0.0}),
                     connections=32, threads=1, failure="no response completed in 3.0 s")
     assert r["latency_p50_ms"] is None and r["errors"] == 1 and r["requests_per_s"] == 0
+
+
+def test_fast_path_share_from_host_counters():
+    def status(fe_in, be_out, c_in=0):
+        hosts = [{"name": "fe1", "role": "frontend", "counters": {"ingress": {"bytes": fe_in // 2}, "egress": {"bytes": 7}}},
+                 {"name": "fe2", "role": "frontend", "counters": {"ingress": {"bytes": fe_in - fe_in // 2}}},
+                 {"name": "be1", "role": "backend", "counters": {"egress": {"bytes": be_out}}},
+                 {"name": "c1", "role": "client", "counters": None}]
+        return {"hosts": hosts}
+    before = role_bytes(status(1000, 5000))
+    assert before == {"frontend_ingress": 1000, "frontend_egress": 7, "backend_ingress": 0, "backend_egress": 5000,
+                      "client_ingress": 0, "client_egress": 0}
+    # 10 MB sent by back-ends, 200 KB of it seen by the front-ends: 98 % fast path
+    assert fast_path_share(before, role_bytes(status(1000 + 200_000, 5000 + 10_000_000))) == 0.98
+    assert fast_path_share(before, role_bytes(status(1000 + 50_000, 5000 + 40_000))) == 0.0  # slow path, clamped
+    assert fast_path_share(before, before) is None  # nothing sent: no share
+    # as a probe around a point
+    seq = iter([status(0, 0), status(100, 1000)])
+    finish = fast_path_probe(lambda: next(seq))()
+    assert finish() == {"fast_path_byte_share": 0.9}

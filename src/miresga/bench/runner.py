@@ -11,10 +11,12 @@ import os
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from miresga.bench.probes import fast_path_probe
 from miresga.bench.report import add_ratios, make_record, pick_median, write_report
 from miresga.bench.systems import System, resolve_systems, systems_from_status
 from miresga.bench.workloads import Workload, smooth_schedule, workload_by_name
@@ -79,6 +81,9 @@ def _run(tb, systems, wls: list[Workload], duration: float, connections: int, ou
     chosen = resolve_systems(systems, systems_from_status(status))
     if not chosen:
         raise BenchError("no systems selected")
+    # Miresga's own column: how much of the response bytes took the switch fast path.
+    chosen = [replace(s, probe=fast_path_probe(tb.status)) if s.name == "miresga" and s.probe is None else s
+              for s in chosen]
     paths = object_paths(status)
     missing = sorted({s for w in wls for s in w.sizes if s not in paths})
     if missing:
