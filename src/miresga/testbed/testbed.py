@@ -63,9 +63,9 @@ class Testbed:
         ns = self.ns_switch if host == self.cfg.switch.name else self.ns(host)
         return nsx.run(ns, *argv, **kw)
 
-    def run_bytes(self, host: str, *argv: str, timeout: float = 120) -> bytes:
+    def run_bytes(self, host: str, *argv: str, timeout: float = 120, input: bytes | None = None) -> bytes:
         """Run a command in a host and return its raw stdout (downloads)."""
-        p = subprocess.run(nsx.ns_cmd(self.ns(host), argv), capture_output=True, timeout=timeout)
+        p = subprocess.run(nsx.ns_cmd(self.ns(host), argv), capture_output=True, timeout=timeout, input=input)
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} in {host} failed rc={p.returncode}: {p.stderr.decode()[-300:]}")
         return p.stdout
