@@ -84,7 +84,8 @@ class Conn:
                  "parser", "parser_idle", "req_ack", "req_start", "last_req_ack", "pipelined", "holding",
                  "backend", "rule", "deadline", "tries", "cli_fin", "srv_fin", "srv_end", "cli_ack",
                  "offload", "offload_gen", "watch", "watch_next", "slow_srv_bytes", "resp", "reset_after",
-                 "resp_acked", "s0", "ever_installed", "adopted")
+                 "resp_acked", "s0", "ever_installed", "adopted", "fe_acked", "rtx", "rtx_at", "rtx_tries",
+                 "want_offload")
 
     def __init__(self, key: Key, s: int, opts: cookie.ClientOptions, parser: RequestStream):
         self.key = key
@@ -94,6 +95,11 @@ class Conn:
         self.s0 = s                 # the cookie: start of the client's view of the server stream
         self.ever_installed = False
         self.adopted = 0            # 1: taken over without its start (see Engine._adopt); 2: checked
+        self.fe_acked: int | None = None  # client bytes up to here acknowledged by us, not the back-end
+        self.rtx: list[Segment] | None = None  # released segments we acknowledged: resent until confirmed
+        self.rtx_at = 0.0
+        self.rtx_tries = 0
+        self.want_offload = False
         self.opts = opts
         self.nxt: int | None = None  # next in-order client sequence number to parse
         self.ooo: dict[int, Segment] = {}
@@ -189,6 +195,8 @@ class Engine:
         if conn.state is State.SPLICED:
             conn.deadline = now + self.fe.idle_timeout_s
         getattr(self, "_" + handler)(conn, seg, now, out)
+        if conn.rtx is not None and conn.state is State.SPLICED:
+            conn.deadline = min(conn.deadline, conn.rtx_at)
         return out
 
     def tick(self, now: float) -> list[Action]:
@@ -282,6 +290,9 @@ class Engine:
 
     def _insert(self, conn: Conn, out: list[Action]) -> None:
         if conn.offload is not Offload.NONE or conn.backend is None:
+            return
+        if conn.rtx is not None:     # the back-end's ACKs would bypass us: confirm first
+            conn.want_offload = True
             return
         self._gen += 1
         conn.offload_gen = self._gen
@@ -436,13 +447,8 @@ class Engine:
             self._to_backend(conn, seg, out)
             return
         self.stats.drops["dup_held"] += 1
-        # Nothing acknowledges the client before the back-end does, so a header must fit in its
-        # first flight. A retransmission of held data with no gap before it, while the header is
-        # still incomplete and already several segments long, means the client's window is full:
-        # the header will never complete.
-        if (conn.parser.in_header and not conn.ooo and conn.state is not State.SYN_SENT
-                and conn.held_bytes >= 8 * conn.opts.mss):
-            self._refuse(conn, 431, "request header larger than the client's initial window", now, out)
+        if conn.fe_acked is not None and conn.state is not State.SYN_SENT and conn.parser.in_header:
+            self._ack_client(conn, out)      # our ACK was lost
 
     def _find_start(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
         """The stream's first byte is not known yet: wait for a segment that looks like the
@@ -524,6 +530,8 @@ class Engine:
             conn.held_bytes += len(seg.payload)
             if conn.state is State.HEADER and conn.cli_fin:
                 self._refuse(conn, 400, "request incomplete at FIN", now, out)
+            elif conn.parser.in_header and conn.offload is Offload.NONE:
+                self._ack_client(conn, out)
         else:
             self._to_backend(conn, seg, out)
             self._maybe_closing(conn, now, out)
@@ -566,12 +574,14 @@ class Engine:
         else:
             conn.watch = None
         if b == cur:
-            self._release_held(conn, out)
+            self._release_held(conn, out, now)
             if rule.offload == "always":
                 self._insert(conn, out)
             return True
         if cur is not None:  # step 8: re-route to another back-end
             self.stats.events["reroute"] += 1
+            # The client asked again, so the old back-end got all we owed it.
+            conn.rtx, conn.want_offload = None, False
             self._rst_backend(conn, conn.req_start, out)
             self._drop_offload(conn, out)
         self._set_backend(conn, b)
@@ -584,10 +594,33 @@ class Engine:
         self._syn(conn, out)
         return True
 
-    def _release_held(self, conn: Conn, out: list[Action]) -> None:
+    def _ack_client(self, conn: Conn, out: list[Action]) -> None:
+        """Acknowledge a header still being collected. Nobody else can: without it a client that
+        writes its header in pieces (Nagle) or beyond its first flight would wait forever. What
+        we acknowledge, we must deliver: see `_release_held`."""
+        conn.fe_acked = conn.nxt
+        out.append(Send(Segment(self.vip, self.vport, conn.key[0], conn.key[1], conn.req_ack, conn.nxt,  # type: ignore
+                                ACK, 512), "client"))
+        self.stats.events["header_acked"] += 1
+
+    def _release_held(self, conn: Conn, out: list[Action], now: float) -> None:
         for s in conn.held:
             self._to_backend(conn, s, out)
+        if conn.fe_acked is not None and conn.held:
+            # The client will not retransmit what we acknowledged: keep it until the back-end does.
+            conn.rtx = conn.held
+            conn.rtx_tries = 0
+            conn.rtx_at = now + self.fe.response_rto_s
+            conn.deadline = min(conn.deadline, conn.rtx_at)
         conn.held, conn.held_bytes, conn.holding = [], 0, False
+
+    def _confirm(self, conn: Conn, seg: Segment, out: list[Action]) -> None:
+        """A back-end segment acknowledging everything we acknowledged for it ends our duty."""
+        if seg.flags & ACK and seq_diff(seg.ack, conn.fe_acked) >= 0:  # type: ignore[arg-type]
+            conn.rtx, conn.fe_acked = None, None
+            if conn.want_offload:
+                conn.want_offload = False
+                self._insert(conn, out)
 
     # ---------------------------------------------------------------- back-end side
 
@@ -597,12 +630,14 @@ class Engine:
             return
         conn.state = State.SPLICED
         conn.deadline = now + self.fe.idle_timeout_s
-        self._release_held(conn, out)
+        self._release_held(conn, out, now)
         if conn.rule is not None and conn.rule.offload == "always":
             self._insert(conn, out)
         self._maybe_closing(conn, now, out)
 
     def _backend_segment(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        if conn.rtx is not None:
+            self._confirm(conn, seg, out)
         if seq_diff(seg.end, conn.srv_end) > 0:
             conn.srv_end = seg.end
         if seg.payload:
@@ -733,6 +768,17 @@ class Engine:
             else:
                 st.drops["backend_timeout"] += 1
                 self._refuse(conn, 503, "back-end did not answer", now, out)
+        elif state is State.SPLICED and conn.rtx is not None and now >= conn.rtx_at:
+            if conn.rtx_tries < fe.syn_retries + 2:
+                conn.rtx_tries += 1
+                st.events["held_retransmit"] += 1
+                for s in conn.rtx:
+                    self._to_backend(conn, s, out)
+                conn.rtx_at = now + fe.response_rto_s * (1 << conn.rtx_tries)
+                conn.deadline = min(now + fe.idle_timeout_s, conn.rtx_at)
+            else:
+                st.drops["held_unconfirmed"] += 1
+                self._abort_both(conn, out)
         elif state is State.SPLICED:
             if conn.offload is Offload.INSTALLED:
                 # Only the switch can tell an offloaded connection is idle; make sure the entry
