@@ -8,6 +8,7 @@ stream, so bytes/s ratios are the same up to the cut-off at the end of the run).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -16,19 +17,22 @@ from miresga.bench.wrk import ERROR_KINDS, WrkResult
 from miresga.bench.workloads import Workload
 from miresga.testbed.objects import size_name
 
+BUSY_PCT = 30.0  # other processes' CPU above which a point is called contended
+
 # Fields every record has (README "report.json"); `extra` holds a system's own columns.
 RECORD_FIELDS = (
     "system", "workload", "size_bytes", "keepalive", "mix",
     "duration_s", "connections", "threads",
     "requests", "bytes", "requests_per_s", "bytes_per_s",
     "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "latency_max_ms",
-    "errors", "errors_by_kind", "failure", "runs",
+    "errors", "errors_by_kind", "failure", "runs", "other_cpu_pct",
     "best_peer", "ratio_to_best_peer", "ratio_to_direct", "extra",
 )
 
 
 def make_record(system: str, workload: Workload, result: WrkResult | None, *, connections: int, threads: int,
-                failure: str | None = None, extra: Mapping[str, float] | None = None) -> dict[str, Any]:
+                failure: str | None = None, extra: Mapping[str, float] | None = None,
+                other_cpu_pct: float | None = None) -> dict[str, Any]:
     """A record for one point. `result` None (wrk failed) gives zeros and the failure text."""
     r = result or WrkResult(0.0, 0, 0, {k: 0 for k in ERROR_KINDS}, {})
     lat = r.latency_ms if r.requests else {}  # wrk reports 0 ms percentiles for no requests
@@ -54,6 +58,7 @@ def make_record(system: str, workload: Workload, result: WrkResult | None, *, co
         "errors_by_kind": {k: r.errors.get(k, 0) for k in ERROR_KINDS},
         "failure": failure,
         "runs": [round(r.requests_per_s, 1)],
+        "other_cpu_pct": other_cpu_pct,
         "best_peer": None,
         "ratio_to_best_peer": None,
         "ratio_to_direct": None,
@@ -109,7 +114,7 @@ def validate_records(records: list[dict[str, Any]]) -> None:
         "latency_p50_ms": (int, float, type(None)), "latency_p90_ms": (int, float, type(None)),
         "latency_p99_ms": (int, float, type(None)), "extra": (dict,),
         "ratio_to_best_peer": (int, float, type(None)), "ratio_to_direct": (int, float, type(None)),
-        "runs": (list,),
+        "runs": (list,), "other_cpu_pct": (int, float, type(None)),
     }
     if not isinstance(records, list):
         raise ValueError("report.json must hold a list of records")
@@ -172,11 +177,17 @@ def render_markdown(records: list[dict[str, Any]], meta: Mapping[str, Any]) -> s
               "(socket errors + non-2xx/3xx), and requests/s relative to the best peer "
               f"({' or '.join(PEERS)}) and to `{DIRECT}` in the same workload.", ""]
     spread = any(len(r["runs"]) > 1 for r in records)
+    busy = any(r["other_cpu_pct"] is not None for r in records)
+    if busy:
+        n_busy = sum(1 for r in records if (r["other_cpu_pct"] or 0) > BUSY_PCT)
+        lines += [f"`other CPU %`: CPU time used during the point by processes outside this testbed "
+                  f"(100 = one core of {os.cpu_count()}). {n_busy} of {len(records)} points ran while others used "
+                  f"more than {BUSY_PCT:g} %: those numbers measure the neighbours too.", ""]
     if spread:
         lines += ["`runs ±`: half the range of the repeated runs' requests/s, relative to the median run "
                   "(the one reported).", ""]
     head = ["workload", "system", "req/s", *(["runs ±"] if spread else []), "MB/s", "p50 ms", "p90 ms", "p99 ms",
-            "errors", "× best peer", "× direct", *extras]
+            "errors", "× best peer", "× direct", *(["other CPU %"] if busy else []), *extras]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
     for w in workloads:
@@ -186,6 +197,7 @@ def render_markdown(records: list[dict[str, Any]], meta: Mapping[str, Any]) -> s
                      _fmt_mbs(r["bytes_per_s"]),
                      _fmt_opt(r["latency_p50_ms"]), _fmt_opt(r["latency_p90_ms"]), _fmt_opt(r["latency_p99_ms"]),
                      err, _fmt_opt(r["ratio_to_best_peer"], suffix="x"), _fmt_opt(r["ratio_to_direct"], suffix="x"),
+                     *([_fmt_opt(r["other_cpu_pct"], ".0f")] if busy else []),
                      *(_fmt_extra(k, r["extra"][k]) if k in r["extra"] else "" for k in extras)]
             lines.append("| " + " | ".join(cells) + " |")
     # compact view: the ratio matrix

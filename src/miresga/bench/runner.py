@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from miresga.bench.interference import Meter
 from miresga.bench.probes import fast_path_probe
 from miresga.bench.report import add_ratios, make_record, pick_median, write_report
 from miresga.bench.systems import System, resolve_systems, systems_from_status
@@ -89,6 +90,8 @@ def _run(tb, systems, wls: list[Workload], duration: float, connections: int, ou
     if missing:
         raise BenchError(f"the testbed serves no object of size(s) {missing}; it has {sorted(paths)}")
     client = tb.cfg.hosts.clients[0].name
+    meter = Meter([ns for names in status.get("namespaces", {}).values() for ns in names],
+                  [int(p) for p in getattr(tb, "state", {}).get("procs", {}).values()])
     meta = _meta(tb, chosen, duration, connections, threads, repeat)
     records: list[dict[str, Any]] = []
     total = len(wls) * len(chosen) * repeat
@@ -102,7 +105,7 @@ def _run(tb, systems, wls: list[Workload], duration: float, connections: int, ou
                     n += 1
                     path = paths[w.size_bytes] if w.size_bytes is not None else "/"
                     rec = run_point(tb, client, s, w, s.url(path), scripts[w.name], duration=duration,
-                                    connections=connections, threads=threads, timeout_s=timeout_s)
+                                    connections=connections, threads=threads, timeout_s=timeout_s, meter=meter)
                     tries[s.name].append(rec)
                     progress(f"{n:>3}/{total} " + point_line(rec) + (f"  (run {rnd + 1}/{repeat})" if repeat > 1 else ""))
             records.extend(pick_median(t) for t in tries.values())
@@ -130,11 +133,12 @@ def _write_scripts(tmp: Path, wls: list[Workload], paths: Mapping[int, str]) -> 
 
 
 def run_point(tb, client: str, system: System, w: Workload, url: str, script: str, *, duration: float,
-              connections: int, threads: int, timeout_s: float) -> dict[str, Any]:
+              connections: int, threads: int, timeout_s: float, meter: Meter | None = None) -> dict[str, Any]:
     """One wrk run; a wrk that fails or prints no result gives a record with `failure` set."""
     argv = wrk_argv(url, duration_s=duration, connections=connections, threads=threads, script=script,
                     keepalive=w.keepalive, timeout_s=timeout_s)
     finish = system.probe() if system.probe else None
+    others = meter.start() if meter else None
     failure = None
     result = None
     try:
@@ -148,9 +152,10 @@ def run_point(tb, client: str, system: System, w: Workload, url: str, script: st
                            f"(wrk errors: {result.errors_total}, bytes read: {result.bytes})")
     except (WrkOutputError, subprocess.TimeoutExpired) as e:
         failure = str(e)
+    other_cpu = others() if others else None
     extra = finish() if finish else {}
     return make_record(system.name, w, result, connections=connections, threads=threads, failure=failure,
-                       extra=extra)
+                       extra=extra, other_cpu_pct=other_cpu)
 
 
 def point_line(r: Mapping[str, Any]) -> str:
@@ -158,6 +163,8 @@ def point_line(r: Mapping[str, Any]) -> str:
            if r["latency_p50_ms"] is not None else "no latency")
     s = (f"{r['workload']:<15} {r['system']:<8} {r['requests_per_s']:>10,.0f} req/s {r['bytes_per_s'] / 1e6:>9,.1f} MB/s"
          f"  {lat}  errors {r['errors']}")
+    if r["other_cpu_pct"] is not None:
+        s += f"  other CPU {r['other_cpu_pct']:.0f}%"
     if r["failure"]:
         s += f"  FAILED: {r['failure']}"
     for k, v in r["extra"].items():
