@@ -29,7 +29,10 @@ class CompiledRule:
     predicates: tuple[Predicate, ...] = field(default=(), repr=False)
 
     def matches(self, head: RequestHead) -> bool:
-        return all(p(head) for p in self.predicates)
+        for p in self.predicates:   # a plain loop: all() over a generator costs 3x per request
+            if not p(head):
+                return False
+        return True
 
 
 def _host_predicate(pattern: str) -> Predicate:
