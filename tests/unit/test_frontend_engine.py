@@ -606,3 +606,14 @@ rules:
   - {name: default, pool: [be1]}
 frontend: {max_header_bytes: 65536}
 """
+
+
+def test_exists_replaces_a_stale_entry_once(eng):
+    cl, be, acts = open_conn(eng, "/dl/x", backend=2)
+    (ins,) = inserts(acts)
+    a = eng.offload_result(cl.ip, cl.port, ins.gen, "exists", NOW)
+    assert [type(x).__name__ for x in a] == ["OffloadDelete", "OffloadInsert"]
+    (ins2,) = inserts(a)
+    assert ins2.backend == 2 and ins2.gen != ins.gen
+    eng.offload_result(cl.ip, cl.port, ins2.gen, "exists", NOW)   # again: it is ours now
+    assert eng.conns[cl.key].offload is Offload.INSTALLED

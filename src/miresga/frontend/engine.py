@@ -85,7 +85,7 @@ class Conn:
                  "backend", "rule", "deadline", "tries", "cli_fin", "srv_fin", "srv_end", "cli_ack",
                  "offload", "offload_gen", "watch", "watch_next", "slow_srv_bytes", "resp", "reset_after",
                  "resp_acked", "s0", "ever_installed", "adopted", "fe_acked", "rtx", "rtx_at", "rtx_tries",
-                 "want_offload")
+                 "want_offload", "reinserted")
 
     def __init__(self, key: Key, s: int, opts: cookie.ClientOptions, parser: RequestStream):
         self.key = key
@@ -100,6 +100,7 @@ class Conn:
         self.rtx_at = 0.0
         self.rtx_tries = 0
         self.want_offload = False
+        self.reinserted = False
         self.opts = opts
         self.nxt: int | None = None  # next in-order client sequence number to parse
         self.ooo: dict[int, Segment] = {}
@@ -220,6 +221,16 @@ class Engine:
             if present and status == "installed" and (conn is None or conn.offload is Offload.NONE):
                 out.append(OffloadDelete(client_ip, client_port))
             self.stats.offload["stale_result"] += 1
+            return out
+        if status == "exists" and not conn.reinserted:
+            # Our connection is new, so the entry is a stale one of an earlier connection from
+            # this client ip:port — perhaps to another back-end. Replace it (delete first: the
+            # worker keeps the order), once.
+            conn.reinserted = True
+            out.append(OffloadDelete(client_ip, client_port))
+            conn.offload = Offload.NONE
+            self._insert(conn, out)
+            self.stats.offload["replaced_stale"] += 1
             return out
         if present:
             if conn.offload is not Offload.INSTALLED:
