@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 
+from miresga.bench.report import BUSY_PCT
 from miresga.bench.runner import BenchError, run_bench
 from miresga.bench.systems import SystemSpecError
 from miresga.bench.workloads import DEFAULT_SIZES, MIXES, MODES, WorkloadError, build_workloads, parse_size
@@ -40,7 +41,8 @@ def _bench(args: argparse.Namespace) -> int:
         else:
             cfg = load_config(args.config)
         records = run_bench(cfg, systems, workloads, duration, args.connections, args.out, testbed=tb,
-                            threads=args.threads, timeout_s=args.timeout, repeat=args.repeat, lb=args.lb)
+                            threads=args.threads, timeout_s=args.timeout, repeat=args.repeat, lb=args.lb,
+                            retries=args.retries, max_other_cpu=args.max_other_cpu)
     except ConfigError as e:
         print(f"invalid config:\n{e}", file=sys.stderr)
         return 2
@@ -75,5 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--timeout", type=float, default=10.0, help="wrk per-request timeout, s (default: %(default)s)")
     b.add_argument("--repeat", type=int, default=1,
                    help="runs per point, in rounds over the systems; the median is reported (default: %(default)s)")
+    b.add_argument("--retries", type=int, default=0,
+                   help="re-measure a point up to N times while processes outside the testbed use more than "
+                        "--max-other-cpu %% CPU; the least disturbed run counts (default: %(default)s)")
+    b.add_argument("--max-other-cpu", type=float, default=BUSY_PCT, help="see --retries (default: %(default)s)")
     b.add_argument("--quick", action="store_true", help=f"{QUICK_DURATION:g} s per point (all workloads, under 3 min)")
     b.set_defaults(func=_bench)
