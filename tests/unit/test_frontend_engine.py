@@ -617,3 +617,22 @@ def test_exists_replaces_a_stale_entry_once(eng):
     assert ins2.backend == 2 and ins2.gen != ins.gen
     eng.offload_result(cl.ip, cl.port, ins2.gen, "exists", NOW)   # again: it is ours now
     assert eng.conns[cl.key].offload is Offload.INSTALLED
+
+
+def test_client_port_reused_during_linger_starts_a_new_connection(eng):
+    """wrk reuses a client port within our close linger: the new request must start a new splice,
+    not be relayed to the old back-end (whose TIME_WAIT would answer with a stray ACK)."""
+    cl, be, _ = open_conn(eng, "/a")
+    keepalive_response(eng, cl, be)
+    eng.segment(be.seg(b"", flags=ACK | FIN), NOW)
+    cl.acked += 1
+    eng.segment(cl.seg(b"", flags=ACK | FIN), NOW)
+    assert eng.conns[cl.key].state is State.CLOSING
+    # a retransmitted FIN of the old connection is still relayed
+    cl.sent -= 1
+    (old,) = sends(eng.segment(cl.seg(b"", flags=ACK | FIN), NOW))
+    assert old.dst == be.ip and eng.conns[cl.key].state is State.CLOSING
+    new = Client(eng, c=0x12345678)                     # same ip:port, same bucket: same cookie
+    (syn,) = sends(eng.segment(new.seg(get("/b")), NOW + 0.5))
+    assert syn.flags == SYN and syn.seq == new.c
+    assert eng.conns[cl.key].state is State.SYN_SENT and eng.stats.events["port_reused"] == 1

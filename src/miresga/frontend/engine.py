@@ -683,6 +683,24 @@ class Engine:
             conn.cli_ack = seg.ack
         self._to_backend(conn, seg, out)
 
+    def _new_incarnation(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> bool:
+        """A client port is reused while we still linger on its previous connection: a segment
+        that is no retransmission of the old stream starts a new connection (the old one is done;
+        relaying the new request to the old back-end would meet its TIME_WAIT)."""
+        if conn.nxt is None:
+            return False
+        behind = seq_diff(conn.nxt, seg.seq)
+        if 0 < behind < (1 << 24) and seq_diff(seg.end, conn.nxt) <= 0:
+            return False
+        self.stats.events["port_reused"] += 1
+        self._forget(conn, out)
+        self._no_flow(seg, conn.key, Ev.C_DATA, now, out)
+        return True
+
+    def _closing_client_data(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        if not self._new_incarnation(conn, seg, now, out):
+            self._relay_to_backend(conn, seg, now, out)
+
     def _relay_to_client(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
         self._to_client(seg, out)
 
@@ -741,6 +759,8 @@ class Engine:
     def _responded_client(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
         resp = conn.resp
         assert resp is not None
+        if seg.payload and conn.resp_acked and self._new_incarnation(conn, seg, now, out):
+            return
         if seg.flags & ACK and seq_diff(seg.ack, resp.end) >= 0:
             conn.resp_acked = True
             if conn.reset_after:

@@ -64,7 +64,7 @@ TRANSITIONS: dict[tuple[State, Ev], str] = {
     (S.SPLICED, E.B_SYNACK): "ignore",          # retransmitted SYN-ACK: the client's retransmit heals it
     (S.SPLICED, E.B_RST): "backend_abort",
 
-    (S.CLOSING, E.C_DATA): "relay_to_backend",
+    (S.CLOSING, E.C_DATA): "closing_client_data",
     (S.CLOSING, E.C_ACK): "relay_to_backend",
     (S.CLOSING, E.C_RST): "client_abort",
     (S.CLOSING, E.B_SEG): "relay_to_client",
