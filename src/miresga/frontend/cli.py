@@ -16,7 +16,7 @@ from miresga.control.config import ConfigError, load_config
 
 def _status(args: argparse.Namespace, cfg) -> int:
     from miresga.bpf.netns import in_netns
-    from miresga.frontend.metrics import scrape
+    from miresga.frontend.metrics import format_summary, scrape
     host = next(h for h in cfg.hosts.frontends if h.name == args.name)
     url = f"http://{host.ip}:{cfg.frontend.metrics_port}/metrics"
     try:
@@ -29,11 +29,7 @@ def _status(args: argparse.Namespace, cfg) -> int:
         print(json.dumps(m, indent=2, sort_keys=True))
         return 0
     print(f"front-end {args.name} ({url})")
-    for name in ("connections", "offloaded_connections", "requests", "backend_requests", "backend_healthy",
-                 "offload", "bytes", "local_responses", "drops", "packets", "switch_rpc"):
-        vals = m.get(name, {})
-        shown = ", ".join(f"{k or 'value'}={int(v)}" for k, v in sorted(vals.items()) if v) or "-"
-        print(f"  {name:22s} {shown}")
+    print("\n".join(format_summary(m)))
     return 0
 
 

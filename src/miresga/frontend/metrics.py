@@ -102,3 +102,17 @@ def scrape(url: str, timeout: float = 2.0) -> dict[str, dict[str, float]]:
             label = next(iter(s.labels.values()), "")
             out.setdefault(fam.name[len(P):], {})[label] = s.value
     return out
+
+
+SUMMARY = ("connections", "offloaded_connections", "requests", "backend_requests", "backend_healthy",
+           "offload", "bytes", "local_responses", "drops", "packets", "switch_rpc")
+
+
+def format_summary(m: dict[str, dict[str, float]]) -> list[str]:
+    """Lines for a human (used by `miresga frontend --status`; `miresga status` may show them)."""
+    lines = []
+    for name in SUMMARY:
+        vals = m.get(name, {})
+        shown = ", ".join(f"{k or 'value'}={int(v)}" for k, v in sorted(vals.items()) if v) or "-"
+        lines.append(f"  {name:22s} {shown}")
+    return lines
