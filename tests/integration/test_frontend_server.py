@@ -379,3 +379,19 @@ def test_frontend_command_with_switch_controller(fabric, tmp_path):
                     p.kill()
     # the front-end removed its kernel guard on the way out
     assert "miresga_fe" not in run(ns["fe"], "nft", "list", "tables").stdout
+
+
+def test_failed_start_leaves_nothing_behind():
+    """A front-end that cannot open its interface removes the kernel guard it installed."""
+    import secrets
+    import subprocess
+    from miresga.control.config import load_config
+    ns = "mgt" + secrets.token_hex(2)
+    run(None, "ip", "netns", "add", ns)
+    try:
+        with in_netns(ns):
+            with pytest.raises(OSError):
+                FrontendServer(load_config(), ServerOptions(name="fe1", iface="nope0"))
+        assert run(ns, "nft", "list", "tables").stdout.strip() == ""
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

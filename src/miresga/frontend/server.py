@@ -264,12 +264,19 @@ class FrontendServer:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.stop = threading.Event()
-        if opts.guard:
-            install_kernel_guard(str(host.ip))
         backends = [(str(b.ip), b.port) for b in cfg.hosts.backends]
-        self.io = PacketIO(opts.iface, opts.gateway_mac or switch_port_mac(str(host.gateway)),
-                           filter_spec=(str(cfg.vip.address), cfg.vip.port, backends),
-                           checksum=cfg.frontend.checksum)
+        try:
+            if opts.guard:
+                install_kernel_guard(str(host.ip))
+            self.io = PacketIO(opts.iface, opts.gateway_mac or switch_port_mac(str(host.gateway)),
+                               filter_spec=(str(cfg.vip.address), cfg.vip.port, backends),
+                               checksum=cfg.frontend.checksum)
+        except BaseException:   # undo what we made so far
+            if opts.guard:
+                remove_kernel_guard()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
         self.health = HealthTracker(len(backends), cfg.frontend.health_rise, cfg.frontend.health_fall)
         addr = opts.switch_address
         if addr is None:
