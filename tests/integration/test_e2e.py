@@ -169,15 +169,16 @@ def test_100mb_offload_installed_part_way(lb):
     """With a 300 ms insert latency the download starts on the slow path (bytes relayed by a
     front-end) and finishes on the fast path (the switch's to_client counter)."""
     o = objects(lb)[100 << 20]
-    before_sw = lb.switch_stats()["counters"]["to_client"]
-    before_fe = sum(lb.frontend_metrics(f.name).get("bytes", {}).get("slow_to_client", 0)
-                    for f in lb.cfg.hosts.frontends)
+
+    def slow_bytes():
+        return sum(lb.frontend_metrics(f.name).get("bytes", {}).get("slow_to_client", 0)
+                   for f in lb.cfg.hosts.frontends)
+    time.sleep(1.2)  # front-end metrics are published once a second
+    before_sw, before_fe = lb.switch_stats()["counters"]["to_client"], slow_bytes()
     p = curl(lb, f"http://{vip(lb)[0]}/download/100m")
     assert p.returncode == 0 and sha(p.stdout) == o["sha256"]
     fast = lb.switch_stats()["counters"]["to_client"] - before_sw
-    slow = sum(lb.frontend_metrics(f.name).get("bytes", {}).get("slow_to_client", 0)
-               for f in lb.cfg.hosts.frontends) - before_fe
-    assert slow > 0, "nothing went over the slow path before the entry was installed"
+    slow = wait_for(lambda: slow_bytes() - before_fe, 4, "slow-path bytes in the front-end metrics")
     assert slow < o["size"] and fast > 10, (slow, fast)  # and the switch carried the rest
 
 
