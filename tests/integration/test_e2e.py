@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.client
+import json
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -81,6 +83,14 @@ def leftovers(tb) -> dict:
 
 
 # ------------------------------------------------------------------ objects, byte-exact
+
+def test_status_shows_vip_and_rules(lb):
+    st = json.loads(subprocess.run([sys.executable, "-m", "miresga.control.cli", "testbed", "status", "--name",
+                                    lb.instance, "--json"], capture_output=True, text=True, check=True).stdout)
+    assert st["vip"] == {"address": str(lb.cfg.vip.address), "port": lb.cfg.vip.port}
+    assert [r["name"] for r in st["rules"]] == [r.name for r in lb.cfg.rules]
+    assert st["rules"][0]["match"]["path_prefix"] == "/video/" and st["rules"][0]["offload"] == "auto"
+
 
 @pytest.mark.parametrize("size", [1024, 65536, 1 << 20, 8 << 20, 100 << 20])
 def test_object_new_connection_byte_exact(lb, size):

@@ -386,6 +386,7 @@ def describe(cfg: Deployment, topo: Topology, objects: list[CatalogObject], pin_
         "instance": topo.instance,
         "namespaces": roles,
         "vip": vip,
+        "rules": ([r.model_dump(mode="json", exclude_defaults=False) for r in cfg.rules] if vip else []),
         "peers": {
             "direct": {"address": str(b0.ip), "port": b0.direct_port},
             "nginx": {"address": str(lb.ip), "port": lb.nginx_port},
