@@ -192,7 +192,7 @@ def test_oversized_header_431_then_reset(eng):
 
 def test_local_response_retransmitted_then_reset(eng):
     cl = Client(eng)
-    (r,) = sends(eng.segment(cl.seg(b"NOT HTTP\r\n\r\n"), NOW))
+    (r,) = sends(eng.segment(cl.seg(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), NOW))
     t = NOW
     for i in range(eng.fe.response_retries):
         t += eng.fe.response_rto_s * (1 << i) + 0.01
@@ -636,3 +636,19 @@ def test_client_port_reused_during_linger_starts_a_new_connection(eng):
     (syn,) = sends(eng.segment(new.seg(get("/b")), NOW + 0.5))
     assert syn.flags == SYN and syn.seq == new.c
     assert eng.conns[cl.key].state is State.SYN_SENT and eng.stats.events["port_reused"] == 1
+
+
+def test_fragment_of_a_method_is_not_taken_for_the_start(eng):
+    """Found by the splice model: 'T', ' /a ...' arriving before 'G', 'E' must not be parsed as a
+    request starting with 'T' (then 400); the lower segments restart the parse."""
+    cl = Client(eng)
+    req = get("/a")
+    parts = [req[:1], req[1:2], req[2:3], req[3:]]
+    segs = [cl.seg(p) for p in parts]
+    acts = []
+    for i in (2, 3, 0, 1):
+        acts += eng.segment(segs[i], NOW)
+    (syn,) = sends(acts, "backend")
+    assert syn.flags == SYN and syn.seq == cl.c and not eng.stats.responses_local
+    fwd = sends(eng.segment(Backend(eng, 0, cl).synack(), NOW), "backend")
+    assert b"".join(s.payload for s in fwd) == req

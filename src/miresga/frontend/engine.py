@@ -19,7 +19,7 @@ from typing import Union
 from miresga import cookie
 from miresga.control.config import Deployment
 from miresga.frontend.http import (HttpError, RequestStream, ResponseWatcher, local_response,
-                                   looks_like_request_start)
+                                   looks_like_request_start, request_start_certain)
 from miresga.frontend.rules import CompiledRule, RuleSet
 from miresga.frontend.segment import ACK, FIN, PSH, RST, SYN, Segment, seq_add, seq_diff, syn_options
 from miresga.frontend.selection import Selector
@@ -85,7 +85,8 @@ class Conn:
                  "backend", "rule", "deadline", "tries", "cli_fin", "srv_fin", "srv_end", "cli_ack",
                  "offload", "offload_gen", "watch", "watch_next", "slow_srv_bytes", "resp", "reset_after",
                  "resp_acked", "s0", "ever_installed", "adopted", "fe_acked", "rtx", "rtx_at", "rtx_tries",
-                 "want_offload", "reinserted")
+                 "want_offload", "reinserted", "bad_request",
+                 "start_certain")
 
     def __init__(self, key: Key, s: int, opts: cookie.ClientOptions, parser: RequestStream):
         self.key = key
@@ -101,6 +102,8 @@ class Conn:
         self.rtx_tries = 0
         self.want_offload = False
         self.reinserted = False
+        self.bad_request: str | None = None  # HEADER: a parse error at a start that was a guess
+        self.start_certain = False  # the stream's first segment began with a whole method and SP
         self.opts = opts
         self.nxt: int | None = None  # next in-order client sequence number to parse
         self.ooo: dict[int, Segment] = {}
@@ -411,6 +414,7 @@ class Engine:
                 return
             conn.c = seq_add(seg.seq, -1)
             conn.nxt = conn.req_start = seg.seq
+            conn.start_certain = request_start_certain(seg.payload)
         d = seq_diff(seg.seq, conn.nxt)  # type: ignore[arg-type]
         if d > 0:  # a gap before it: hold until the gap fills
             if d > MAX_WINDOW_AHEAD:
@@ -471,6 +475,7 @@ class Engine:
             conn.ooo_bytes -= len(first.payload)
             conn.c = seq_add(first.seq, -1)
             conn.nxt = conn.req_start = first.seq
+            conn.start_certain = request_start_certain(first.payload)
             conn.deadline = now + self.fe.header_timeout_s
             self._client_stream(conn, first, now, out)
         else:
@@ -485,6 +490,7 @@ class Engine:
         conn.nxt = None
         conn.parser = RequestStream(self.fe.max_header_bytes)
         conn.parser_idle, conn.last_req_ack, conn.pipelined = True, None, False
+        conn.bad_request = None
         for s in sorted(segs, key=lambda x: seq_diff(x.seq, seg.seq)):
             if self.conns.get(conn.key) is not conn or conn.state is not State.HEADER:
                 break
@@ -503,6 +509,10 @@ class Engine:
         if seg.flags & FIN:
             conn.cli_fin = True
         conn.cli_ack = seg.ack if seg.flags & ACK else conn.cli_ack
+        if conn.bad_request is not None:        # waiting for a rebase or the 400
+            conn.held.append(seg)
+            conn.held_bytes += len(seg.payload)
+            return
         if new and conn.adopted == 1:
             # Taken over mid-stream: parse only if this is where a request starts.
             conn.adopted = 2
@@ -513,6 +523,14 @@ class Engine:
             try:
                 events = conn.parser.feed(new)
             except HttpError as e:
+                if e.status == 400 and conn.state is State.HEADER and not conn.start_certain:
+                    # The stream's start was only guessed (a short segment that may be the tail of
+                    # a method): a lower segment may still arrive and restart the parse.
+                    conn.bad_request = e.reason
+                    conn.deadline = min(conn.deadline, now + self.fe.reorder_grace_s)
+                    conn.held.append(seg)
+                    conn.held_bytes += len(seg.payload)
+                    return
                 self._refuse(conn, e.status, e.reason, now, out)
                 return
             for i, ev in enumerate(events):
@@ -784,8 +802,8 @@ class Engine:
         st, fe = self.stats, self.fe
         state = conn.state
         if state is State.HEADER:
-            if conn.nxt is None:
-                self._refuse(conn, 400, "no request start", now, out)
+            if conn.nxt is None or conn.bad_request is not None:
+                self._refuse(conn, 400, conn.bad_request or "no request start", now, out)
             else:
                 st.drops["header_timeout"] += 1
                 self._rst_client(conn, out)

@@ -8,18 +8,31 @@ request's body never needs to be held here.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import httptools
 
-_REQUEST_START = re.compile(rb"(?:\r\n)*[A-Z]{1,16}(?: |$)")
+# Methods a request may start with. No proper suffix of one is another (but LOCK/UNLOCK), so the
+# tail of a split method ("ET /" of "GET /") is never taken for a request start.
+METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
+           b"PROPFIND", b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK", b"UNLOCK", b"PURGE")
 
 
 def looks_like_request_start(data: bytes) -> bool:
-    """True if `data` may be the first bytes of an HTTP request (used to find where the client's
-    stream begins when its first segment went missing and a later one arrived first)."""
-    return bool(_REQUEST_START.match(data[:24]))
+    """True if `data` may be the first bytes of an HTTP request: a known method and a space, or
+    a prefix of one when the segment is that short. Used to find where the client's stream
+    begins when its first segment went missing and a later one arrived first."""
+    data = data[:24].lstrip(b"\r\n")
+    token, sp, _ = data.partition(b" ")
+    if sp:
+        return token in METHODS
+    return bool(token) and any(m.startswith(token) for m in METHODS)
+
+
+def request_start_certain(data: bytes) -> bool:
+    """A whole known method and a space: the start of a request, not a guess from a fragment."""
+    token, sp, _ = data[:24].lstrip(b"\r\n").partition(b" ")
+    return bool(sp) and token in METHODS
 
 
 class HttpError(Exception):
