@@ -652,3 +652,12 @@ def test_fragment_of_a_method_is_not_taken_for_the_start(eng):
     assert syn.flags == SYN and syn.seq == cl.c and not eng.stats.responses_local
     fwd = sends(eng.segment(Backend(eng, 0, cl).synack(), NOW), "backend")
     assert b"".join(s.payload for s in fwd) == req
+
+
+def test_stragglers_of_a_connection_we_ended_are_not_adopted(eng):
+    cl, be, _ = open_conn(eng, "/")
+    eng.segment(cl.seg(b"", flags=RST), NOW)
+    assert eng.segment(be.seg(b"late data"), NOW + 0.1) == [] and not eng.conns
+    assert eng.stats.drops["after_close"] == 1
+    eng.tick(NOW + 10)                                   # long after: an orphan again
+    assert sends(eng.segment(be.seg(b"x"), NOW + 10)) and eng.stats.events["adopted"] == 1

@@ -155,11 +155,15 @@ class Engine:
         self._keys_gen: int | None = None
         self._keys: tuple[cookie.CookieKey, ...] = ()
         self._gen = 0
+        self._now = 0.0
+        # Connections we ended ourselves, for a short while: their stragglers are not orphans.
+        self._recent: collections.OrderedDict[Key, float] = collections.OrderedDict()
 
     # ---------------------------------------------------------------- events in
 
     def segment(self, seg: Segment, now: float) -> list[Action]:
         out: list[Action] = []
+        self._now = now
         if seg.dst == self.vip and seg.dport == self.vport:
             key = (seg.src, seg.sport)
             f = seg.flags
@@ -205,6 +209,9 @@ class Engine:
 
     def tick(self, now: float) -> list[Action]:
         out: list[Action] = []
+        self._now = now
+        while self._recent and next(iter(self._recent.values())) <= now:
+            self._recent.popitem(last=False)
         for conn in [c for c in self.conns.values() if c.deadline <= now]:
             if self.conns.get(conn.key) is conn:
                 self._timeout(conn, now, out)
@@ -336,6 +343,10 @@ class Engine:
                 self.stats.bytes["offloaded_est"] += total - conn.slow_srv_bytes
         self._set_backend(conn, None)
         self.conns.pop(conn.key, None)
+        self._recent[conn.key] = self._now + self.fe.close_linger_s
+        self._recent.move_to_end(conn.key)
+        if len(self._recent) > 65536:
+            self._recent.popitem(last=False)
 
     # ---------------------------------------------------------------- no connection yet
 
@@ -343,6 +354,9 @@ class Engine:
         st = self.stats
         if ev is Ev.C_ACK:
             st.events["handshake_ack"] += 1      # step 1: the switch's handshake; nothing to do
+            return
+        if ev in (Ev.B_SEG, Ev.B_RST) and self._recent.get(key, 0.0) > now:
+            st.drops["after_close"] += 1        # a straggler of a connection we just ended
             return
         if ev is Ev.B_SEG and (seg.payload or seg.flags & FIN):
             self._adopt(seg, key, now, out)
