@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from frontend_helpers import (ACK, FIN, NOW, PSH, RST, SYN, Backend, Client, deletes, get, inserts,
+from frontend_helpers import (ACK, FIN, NOW, RST, SYN, Backend, Client, deletes, get, inserts,
                               make_cfg, sends, seq_add)
 from miresga import cookie
 from miresga.frontend.engine import Engine

@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from frontend_helpers import ACK, FIN, NOW, PSH, RST, SYN, Client, get, make_cfg, seq_add
+from frontend_helpers import ACK, NOW, PSH, RST, SYN, Client, get, make_cfg, seq_add
 from miresga.frontend.engine import Engine, OffloadInsert, Send
 from miresga.frontend.segment import Segment, seq_diff
 
