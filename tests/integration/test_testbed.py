@@ -31,6 +31,7 @@ def test_cli_up_status_objects_down():
         _miresga("testbed", "up", "--name", inst)
         st = json.loads(_miresga("testbed", "status", "--name", inst, "--json").stdout)
         assert set(st) >= {"namespaces", "vip", "peers", "backends", "objects"}
+        assert st["vip"] == {"address": "10.0.100.1", "port": 80}  # `up` starts Miresga by default
         assert set(st["namespaces"]) == {"client", "switch", "frontend", "backend", "lb"}
         assert len(st["namespaces"]["frontend"]) == 2 and len(st["backends"]) == 3
         assert set(st["peers"]) == {"direct", "nginx", "haproxy"}
@@ -40,8 +41,9 @@ def test_cli_up_status_objects_down():
             url = f"http://{be['address']}:{be['direct_port']}{big['path']}"
             p = subprocess.run(["ip", "netns", "exec", client, "curl", "-sf", url], capture_output=True, timeout=60)
             assert p.returncode == 0 and hashlib.sha256(p.stdout).hexdigest() == big["sha256"], url
-            who = subprocess.run(["ip", "netns", "exec", client, "curl", "-sf",
-                                  f"http://{be['address']}:{be['port']}/whoami"], capture_output=True, text=True)
+            # the service port belongs to Miresga (DESIGN.md §4): clients reach it through the VIP only
+            who = subprocess.run(["ip", "netns", "exec", client, "curl", "-sf", "-m", "10",
+                                  f"http://{be['address']}:{be['direct_port']}/whoami"], capture_output=True, text=True)
             assert who.stdout.strip() == be["name"]
         for name, peer in st["peers"].items():
             p = subprocess.run(["ip", "netns", "exec", client, "curl", "-sf",

@@ -29,7 +29,8 @@ def _up(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"invalid config:\n{e}", file=sys.stderr)
         return 1
-    tb = Testbed(cfg, instance=args.name, switch=args.switch, verbose=True)
+    tb = Testbed(cfg, instance=args.name, switch=args.switch, verbose=True,
+                 lb=None if args.lb == "none" else args.lb)
     tb.up()
     # The servers keep running after this command exits; `down` removes them.
     print(f"testbed {tb.instance} is up (namespaces mg{tb.instance}-*); `miresga testbed down --name {tb.instance}`")
@@ -74,7 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     up = ts.add_parser("up", help="bring a testbed instance up")
     up.add_argument("--config")
     up.add_argument("--name", help="instance id (default: random)")
-    up.add_argument("--switch", choices=["kernel", "ebpf"], default="kernel")
+    up.add_argument("--lb", choices=["miresga", "none"], default="miresga",
+                    help="miresga (default): the eBPF switch, its controller, front-ends and agents run too; "
+                         "none: only hosts, back-ends and peers")
+    up.add_argument("--switch", choices=["kernel", "ebpf"], default="kernel",
+                    help="with --lb none: how the switch host forwards")
     up.set_defaults(func=_up)
     down = ts.add_parser("down", help="remove a testbed instance")
     down.add_argument("--name")
