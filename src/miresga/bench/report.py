@@ -230,6 +230,7 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
     from matplotlib.ticker import EngFormatter, FixedLocator, LogLocator, NullLocator
 
     systems = list(dict.fromkeys(r["system"] for r in records))
@@ -258,6 +259,14 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
         ax.set_xlabel("object size")
         ax.grid(True, which="both", alpha=0.3)
 
+    def hollow(ax, s: str, keepalive: bool, key: str, size: float) -> None:
+        """Points measured while other processes were busy: drawn hollow over the line."""
+        pts = sorted((r["size_bytes"], r[key]) for r in singles if r["system"] == s and r["keepalive"] == keepalive
+                     and r[key] > 0 and _contended(r))
+        if pts:
+            ax.plot(*zip(*pts), linestyle="none", marker=marker[s], markersize=size, color=color[s],
+                    markerfacecolor="white", markeredgewidth=1.5)
+
     for ax, keepalive, name in ((ax_ka, True, "keep-alive"), (ax_nc, False, "new connection per request")):
         plotted = False
         for s in systems:
@@ -265,6 +274,7 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
                          if r["system"] == s and r["keepalive"] == keepalive and r["bytes_per_s"] > 0)
             if pts:
                 ax.plot(*zip(*pts), marker=marker[s], color=color[s], label=s, linewidth=2, markersize=7)
+                hollow(ax, s, keepalive, "bytes_per_s", 7)
                 plotted = True
         ax.set_title(f"Throughput, {name}")
         ax.set_ylabel("bytes/s (body + headers)")
@@ -283,6 +293,7 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
             if pts:
                 ax_rps.plot(*zip(*pts), style, marker=marker[s], color=color[s], linewidth=2, markersize=6,
                             label=f"{s}, {'keep-alive' if keepalive else 'new conn'}")
+                hollow(ax_rps, s, keepalive, "requests_per_s", 6)
                 plotted = True
     ax_rps.set_title("Requests/s (solid: keep-alive, dashed: new connection)")
     ax_rps.set_ylabel("requests/s")
@@ -303,7 +314,8 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
                 if not r or r["bytes_per_s"] <= 0:
                     continue
                 x = i - 0.4 + width * (j + 0.5)
-                ax_mix.bar(x, r["bytes_per_s"], width * 0.9, color=color[s], label=None if s in labelled else s)
+                ax_mix.bar(x, r["bytes_per_s"], width * 0.9, color=color[s],
+                           **({"hatch": "//", "edgecolor": "white"} if _contended(r) else {}))
                 labelled.add(s)
                 ax_mix.text(x, r["bytes_per_s"] * 1.08, f"{r['requests_per_s'] / 1000:.1f}k/s", ha="center",
                             va="bottom", fontsize=7, rotation=90)
@@ -314,16 +326,24 @@ def render_plot(records: list[dict[str, Any]], path: Path, title: str = "") -> N
         if measured:  # log bars: start well below the smallest so every bar shows its height
             ax_mix.set_ylim(min(measured) / 4, max(measured) * 6)
         ax_mix.set_ylabel("bytes/s (labels: requests/s)")
-        ax_mix.legend(loc="upper left", fontsize=8)
+        ax_mix.legend(handles=[Patch(color=color[s], label=s) for s in systems if s in labelled],
+                      loc="upper left", fontsize=8)
         ax_mix.grid(True, axis="y", which="both", alpha=0.3)
     else:
         _empty(ax_mix, "no mixes measured")
     ax_mix.set_title("Mixes (keep-alive)")
+    if any(_contended(r) for r in records):
+        title = (title + "\n" if title else "") + (f"hollow markers / hatched bars: other processes used > "
+                                                    f"{BUSY_PCT:g} % CPU during that point")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _contended(r: Mapping[str, Any]) -> bool:
+    return (r.get("other_cpu_pct") or 0) > BUSY_PCT
 
 
 def _empty(ax, text: str) -> None:
