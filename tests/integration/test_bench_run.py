@@ -106,3 +106,20 @@ def test_bench_killed_mid_run_tears_down(tmp_path):
     assert f"mg{m.group(1)}-" not in namespaces
     assert not Path(f"/run/miresga/{m.group(1)}").exists()
     assert subprocess.run(["pgrep", "-f", f"mg{m.group(1)}-c1 wrk"]).returncode == 1  # no wrk left behind
+
+
+def test_run_bench_api_on_a_running_testbed(testbed, tmp_path):
+    """The Python API the demo and the end-to-end work call: on a given testbed, which stays up."""
+    from miresga.bench import System, run_bench
+    lines: list[str] = []
+    direct = testbed.status()["peers"]["direct"]
+    records = run_bench(None, ["nginx", System("be1-direct", direct["address"], direct["port"])],
+                        ["64k-keepalive"], 1, 8, tmp_path, testbed=testbed, progress=lines.append, plot=False)
+    assert [(r["system"], r["workload"]) for r in records] == [("nginx", "64k-keepalive"),
+                                                               ("be1-direct", "64k-keepalive")]
+    assert all(r["requests"] > 0 and r["errors"] == 0 and r["connections"] == 8 for r in records)
+    assert records[0]["ratio_to_best_peer"] == 1.0 and records[1]["best_peer"] == "nginx"
+    assert len([ln for ln in lines if "/2 " in ln]) == 2
+    assert (tmp_path / "report.json").exists() and not (tmp_path / "throughput.png").exists()
+    # the testbed we were given is still serving
+    assert testbed.run("c1", "curl", "-sf", "-o", "/dev/null", f"http://{direct['address']}:{direct['port']}/health")

@@ -51,7 +51,8 @@ def _bench(args: argparse.Namespace) -> int:
         return 1
     failed = [r for r in records if r["failure"]]
     with_errors = [r for r in records if r["errors"]]
-    print(f"[bench] {len(records)} points, {len(failed)} failed, {len(with_errors)} with errors; see {args.out}/report.md")
+    print(f"[bench] {len(records)} points, {len(failed)} failed, {len(with_errors)} with errors; "
+          f"see {args.out}/report.md")
     return 1 if failed else 0
 
 

@@ -86,7 +86,8 @@ def pick_median(tries: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
-def add_ratios(records: list[dict[str, Any]], peers: Iterable[str] = PEERS, direct: str = DIRECT) -> list[dict[str, Any]]:
+def add_ratios(records: list[dict[str, Any]], peers: Iterable[str] = PEERS,
+               direct: str = DIRECT) -> list[dict[str, Any]]:
     """Fill best_peer / ratio_to_best_peer / ratio_to_direct per workload (requests/s), in place.
 
     The best peer is the peer with the most requests/s in that workload; ratios are left None when
@@ -173,7 +174,8 @@ def render_markdown(records: list[dict[str, Any]], meta: Mapping[str, Any]) -> s
     lines = ["# Miresga benchmark", ""]
     for k, v in meta.items():
         lines.append(f"- {k}: {v}")
-    lines += ["", "Throughput (requests/s; MB/s = 10^6 bytes/s read by wrk, headers included), latency percentiles (ms), errors "
+    lines += ["", "Throughput (requests/s; MB/s = 10^6 bytes/s read by wrk, headers included), "
+              "latency percentiles (ms), errors "
               "(socket errors + non-2xx/3xx), and requests/s relative to the best peer "
               f"({' or '.join(PEERS)}) and to `{DIRECT}` in the same workload.", ""]
     spread = any(len(r["runs"]) > 1 for r in records)
@@ -362,7 +364,8 @@ def _mix_label(r: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- files
 
-def write_report(records: list[dict[str, Any]], out_dir: Path, meta: Mapping[str, Any], plot: bool = True) -> dict[str, Path]:
+def write_report(records: list[dict[str, Any]], out_dir: Path, meta: Mapping[str, Any],
+                 plot: bool = True) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     validate_records(records)

@@ -68,8 +68,8 @@ def run_bench(cfg: Deployment | None, systems: Sequence[str | System] | Mapping[
     if repeat < 1:
         raise BenchError(f"repeat must be at least 1 (got {repeat})")
     if testbed is not None:
-        return _run(testbed, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, repeat, progress, plot,
-                    retries, max_other_cpu)
+        return _run(testbed, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, repeat,
+                    progress, plot, retries, max_other_cpu)
     from miresga.testbed import Testbed
     t0 = time.monotonic()
     with Testbed(cfg, **({"lb": lb} if lb else {})) as tb:
@@ -100,7 +100,8 @@ def _run(tb, systems, wls: list[Workload], duration: float, connections: int, ou
                   [int(p) for p in getattr(tb, "state", {}).get("procs", {}).values()])
     meta = _meta(tb, chosen, duration, connections, threads, repeat)
     if retries:
-        meta["contended points"] = f"re-measured up to {retries} times while other processes used > {max_other_cpu:g} % CPU"
+        meta["contended points"] = (f"re-measured up to {retries} times while other processes used "
+                                    f"> {max_other_cpu:g} % CPU")
     records: list[dict[str, Any]] = []
     total = len(wls) * len(chosen) * repeat
     n = 0
@@ -117,7 +118,8 @@ def _run(tb, systems, wls: list[Workload], duration: float, connections: int, ou
                     for attempt in range(retries + 1):
                         new = run_point(tb, client, s, w, s.url(path), scripts[w.name], duration=duration,
                                         connections=connections, threads=threads, timeout_s=timeout_s, meter=meter)
-                        progress(f"{n:>3}/{total} " + point_line(new) + tag + (f"  (retry {attempt})" if attempt else ""))
+                        progress(f"{n:>3}/{total} " + point_line(new) + tag
+                                 + (f"  (retry {attempt})" if attempt else ""))
                         if rec is None or (new["other_cpu_pct"] or 0) < (rec["other_cpu_pct"] or 0):
                             rec = new  # keep the least disturbed attempt
                         if (rec["other_cpu_pct"] or 0) <= max_other_cpu:
@@ -178,8 +180,8 @@ def run_point(tb, client: str, system: System, w: Workload, url: str, script: st
 def point_line(r: Mapping[str, Any]) -> str:
     lat = (f"p50 {r['latency_p50_ms']:.2f} p90 {r['latency_p90_ms']:.2f} p99 {r['latency_p99_ms']:.2f} ms"
            if r["latency_p50_ms"] is not None else "no latency")
-    s = (f"{r['workload']:<15} {r['system']:<8} {r['requests_per_s']:>10,.0f} req/s {r['bytes_per_s'] / 1e6:>9,.1f} MB/s"
-         f"  {lat}  errors {r['errors']}")
+    s = (f"{r['workload']:<15} {r['system']:<8} {r['requests_per_s']:>10,.0f} req/s "
+         f"{r['bytes_per_s'] / 1e6:>9,.1f} MB/s  {lat}  errors {r['errors']}")
     if r["other_cpu_pct"] is not None:
         s += f"  other CPU {r['other_cpu_pct']:.0f}%"
     if r["failure"]:

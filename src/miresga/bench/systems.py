@@ -43,8 +43,6 @@ def systems_from_status(status: Mapping[str, Any]) -> dict[str, System]:
     return dict(sorted(found.items(), key=lambda kv: (ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER), kv[0])))
 
 
-SystemSpec = str | System | tuple[str, int]
-
 
 def resolve_systems(wanted: Sequence[str | System] | Mapping[str, System | tuple[str, int]] | None,
                     available: Mapping[str, System]) -> list[System]:
