@@ -29,7 +29,7 @@ def _attach(args: argparse.Namespace) -> int:
     s = _settings(args)
     if s is None:
         return 1
-    m = AgentManager(s, args.netns, args.iface, pin=True).attach()
+    AgentManager(s, args.netns, args.iface, pin=True).attach()
     print(f"agent attached on {args.iface} in {args.netns or 'host'}: service ports {list(s.service_ports)}, "
           f"window scale {s.window_scale}, capacity {s.capacity}; pinned at {pin_dir(args.netns)}")
     return 0  # exit without detaching: the filters and the pins keep the agent alive

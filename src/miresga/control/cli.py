@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from miresga.control.config import DEFAULT_CONFIG, ConfigError, load_config
+from miresga.control.config import DEFAULT_CONFIG, load_config_or_exit
 
 # Modules that contribute subcommands; a part not built yet is simply absent.
 PARTS = ["miresga.testbed.cli", "miresga.switch.cli", "miresga.agent.cli", "miresga.frontend.cli",
@@ -20,14 +20,7 @@ def _config_default(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.file)
-    except ConfigError as e:
-        print(f"invalid config:\n{e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"cannot read config: {e}", file=sys.stderr)
-        return 1
+    cfg = load_config_or_exit(args.file, status=1)
     print(f"{args.file}: ok ({len(cfg.hosts.frontends)} front-ends, {len(cfg.hosts.backends)} back-ends, "
           f"{len(cfg.rules)} rules, profile {cfg.switch.profile})")
     return 0

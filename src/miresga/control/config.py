@@ -8,11 +8,12 @@ line in the file where known), so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Strict(BaseModel):
@@ -124,6 +125,9 @@ class Rule(Strict):
     hash_header: str | None = None
     offload: Literal["always", "never", "auto"] = "auto"
     offload_threshold: int = Field(default=65536, ge=0, description="auto: min Content-Length to offload")
+    offload_after_requests: int = Field(
+        default=2, ge=0, description="auto: also offload a keep-alive connection from its Nth request on "
+        "(its responses and the client's ACKs then bypass the front-end); 0 = never by count")
 
     @model_validator(mode="after")
     def _hash_header(self) -> "Rule":
@@ -246,3 +250,14 @@ def parse_config(text: str, source: str = "<config>") -> Deployment:
 def load_config(path: str | Path | None = None) -> Deployment:
     p = Path(path) if path else DEFAULT_CONFIG
     return parse_config(p.read_text(), str(p))
+
+
+def load_config_or_exit(path: str | Path | None = None, status: int = 2) -> Deployment:
+    """For commands: the config, or a message naming what is wrong and exit `status`."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"invalid config:\n{e}", file=sys.stderr)
+    except OSError as e:
+        print(f"cannot read config: {e}", file=sys.stderr)
+    raise SystemExit(status)

@@ -51,7 +51,6 @@ def _scripted(tb, objs: dict[str, dict]) -> bool:
             args += ["-H", f"Host: {host}"]
         if method == "POST":
             args += ["--data-binary", "@-"]
-        t0 = time.monotonic()
         out = tb.run_bytes("c1", *args, f"{vip}{path}", input=b"x" * 200_000 if method == "POST" else None)
         body, _, tail = out.rpartition(b"\n")
         code, size, secs = tail.decode().split()

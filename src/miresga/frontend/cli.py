@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-from miresga.control.config import ConfigError, load_config
+from miresga.control.config import load_config_or_exit
 
 
 def _status(args: argparse.Namespace, cfg) -> int:
@@ -34,11 +34,7 @@ def _status(args: argparse.Namespace, cfg) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"invalid config:\n{e}", file=sys.stderr)
-        return 2
+    cfg = load_config_or_exit(args.config)
     if not any(h.name == args.name for h in cfg.hosts.frontends):
         print(f"no front-end named {args.name!r} in the config", file=sys.stderr)
         return 2

@@ -13,6 +13,8 @@ import signal
 import sys
 import threading
 
+from miresga.control.config import load_config_or_exit
+
 CLONE_NEWNET = 0x40000000
 
 
@@ -31,17 +33,9 @@ def _enter_netns(name: str | None) -> None:
         os.close(fd)
 
 
-def _load(path):
-    from miresga.control.config import ConfigError, load_config
-    try:
-        return load_config(path)
-    except (ConfigError, OSError) as e:
-        print(f"config: {e}", file=sys.stderr)
-        raise SystemExit(2)
-
 
 def _switch(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = load_config_or_exit(args.config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _enter_netns(args.netns)
     from miresga.switch.dataplane import SwitchDataplane, default_pin_dir, frontend_hops, open_pinned, ports_for
@@ -78,7 +72,7 @@ def format_status(s: dict) -> str:
     lines = [f"profile   {s['profile']} ({rate})",
              f"offload   {s['installed']} / {s['capacity']} entries ({100.0 * s['installed'] / max(1, s['capacity']):.2f}%)",
              f"queue     {s['queue']} operations waiting",
-             f"writes    " + ", ".join(f"{k}={v}" for k, v in sorted(s["ops"].items())),
+             "writes    " + ", ".join(f"{k}={v}" for k, v in sorted(s["ops"].items())),
              f"auth      {s['unauthenticated']} unauthenticated calls refused",
              "front-ends:"]
     for m in s["members"]:
@@ -90,7 +84,7 @@ def format_status(s: dict) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = load_config_or_exit(args.config)
     _enter_netns(args.netns)
     import grpc
     from miresga.switch.client import SwitchClient

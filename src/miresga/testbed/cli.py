@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from miresga.control.config import ConfigError, load_config
+from miresga.control.config import load_config_or_exit
 from miresga.testbed.testbed import Testbed, load_instance, running_instances, teardown_instance
 
 
@@ -24,11 +24,7 @@ def _pick_instance(name: str | None) -> str | None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"invalid config:\n{e}", file=sys.stderr)
-        return 1
+    cfg = load_config_or_exit(args.config, status=1)
     tb = Testbed(cfg, instance=args.name, switch=args.switch, verbose=True,
                  lb=None if args.lb == "none" else args.lb)
     tb.up()
