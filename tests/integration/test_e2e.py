@@ -161,6 +161,52 @@ def test_keepalive_requests_routed_to_different_backends_by_rule(lb):
     wait_for(delta, 5, lambda: f"3 requests on be3 and 3 on be1/be2 (per back-end: {seen})")
 
 
+def _slow_to_client(tb) -> float:
+    return sum(tb.frontend_metrics(f.name).get("bytes", {}).get("slow_to_client", 0)
+               for f in tb.cfg.hosts.frontends)
+
+
+def test_keepalive_small_requests_offloaded_after_n_requests(lb):
+    """`auto` offloads a keep-alive connection from its 2nd request on, even for 1 KB responses:
+    the responses then take the switch (to_client grows), the front-end relays none of them,
+    every response stays byte-exact, and re-routes by rule still work on it."""
+    objs = objects(lb)
+    k1 = objs[1024]["sha256"]
+    time.sleep(1.2)  # front-end metrics are published once a second
+    slow0 = _slow_to_client(lb)
+    with in_netns(lb.ns("c1")):
+        c = http.client.HTTPConnection(*vip(lb), timeout=30)
+
+        def get(path, host=None):
+            c.request("GET", path, headers={"Host": host} if host else {})
+            r = c.getresponse()
+            body = r.read()
+            assert r.status == 200 and not r.will_close, path
+            return body
+        try:
+            for _ in range(20):
+                assert sha(get("/download/1k")) == k1
+            time.sleep(0.6)  # the e2e switch installs entries 300 ms after the insert
+            sw0 = lb.switch_stats()["counters"]["to_client"]
+            for _ in range(200):
+                assert sha(get("/download/1k")) == k1
+            fast = lb.switch_stats()["counters"]["to_client"] - sw0
+            # re-routes by rule on the same connection, each one offloaded again
+            for _ in range(3):
+                assert get("/whoami", host="static.example") == b"be3\n"
+                for _ in range(5):
+                    assert sha(get("/video/1k")) == k1
+        finally:
+            c.close()
+    assert fast >= 200, fast
+    time.sleep(1.2)
+    slow = _slow_to_client(lb) - slow0
+    # 20 slow responses (~21 KB) before the entry and a few around the re-routes; 200 KB if the
+    # 200 requests had been relayed
+    assert slow < 100_000, slow
+    wait_for(lambda: not any(leftovers(lb).values()), 10, "no switch entry, agent flow or front-end connection")
+
+
 # ------------------------------------------------------------------ loss, reordering, late offload
 
 def test_100mb_with_loss_and_reordering(lb):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from frontend_helpers import (ACK, FIN, NOW, RST, SYN, Backend, Client, deletes, get, inserts,
+from frontend_helpers import (ACK, FIN, NOW, RST, RULES, SYN, Backend, Client, deletes, get, inserts,
                               make_cfg, sends, seq_add)
 from miresga import cookie
 from miresga.frontend.engine import Engine
@@ -379,6 +379,53 @@ def test_offload_auto_large_response(eng):
 def test_offload_auto_small_response_stays_slow(eng):
     cl, be, _ = open_conn(eng, "/big/small")
     assert inserts(keepalive_response(eng, cl, be, b"x" * 100)) == []
+
+
+def test_offload_auto_keepalive_after_n_requests_small_responses(eng):
+    """`auto` also offloads a keep-alive connection from its Nth request (default 2), whatever the
+    response size; a re-route drops the entry and the new back-end connection gets one again."""
+    cl, be, acts = open_conn(eng, "/a")
+    assert inserts(acts) == [] and inserts(keepalive_response(eng, cl, be)) == []
+    a = eng.segment(cl.seg(get("/b")), NOW)            # request 2: relayed, then offloaded
+    (fwd,) = sends(a)
+    assert fwd.dst == be.ip and fwd.payload == get("/b")
+    (ins,) = inserts(a)
+    assert (ins.client_ip, ins.client_port, ins.backend) == (cl.ip, cl.port, 0)
+    eng.offload_result(cl.ip, cl.port, ins.gen, "ok", NOW)
+    conn = eng.conns[cl.key]
+    assert conn.offload is Offload.INSTALLED and conn.watch is None
+    keepalive_response(eng, cl, be, b"x" * 100)
+    a = eng.segment(cl.seg(get("/c")), NOW)            # request 3: relayed, nothing new to insert
+    assert [s.payload for s in sends(a)] == [get("/c")] and inserts(a) == []
+    keepalive_response(eng, cl, be)
+    # re-route to the `never` rule's back-end: entry deleted, no insert after the new splice
+    req = get("/api/x")
+    s = cl.seg(req)
+    a = eng.segment(s, NOW)
+    assert len(deletes(a)) == 1 and conn.offload is Offload.NONE
+    nb = Backend(eng, 1, cl, s=seq_add(s.ack, -1), c=seq_add(s.seq, -1))
+    a = eng.segment(nb.synack(), NOW)
+    assert [x.payload for x in sends(a)] == [req] and inserts(a) == []
+    keepalive_response(eng, cl, nb)
+    # and back to the default rule: a keep-alive connection again, offloaded once spliced
+    req = get("/d")
+    s = cl.seg(req)
+    a = eng.segment(s, NOW)
+    assert inserts(a) == []                             # not before the SYN-ACK
+    b1 = Backend(eng, 0, cl, s=seq_add(s.ack, -1), c=seq_add(s.seq, -1))
+    a = eng.segment(b1.synack(), NOW)
+    (ins,) = inserts(a)
+    assert ins.backend == 0 and [x.payload for x in sends(a)] == [req]
+
+
+def test_offload_after_requests_zero_disables_count():
+    eng = Engine(make_cfg(RULES.replace("offload: auto}", "offload: auto, offload_after_requests: 0}")))
+    cl, be, acts = open_conn(eng, "/a")
+    for path in ("/b", "/c", "/d"):
+        keepalive_response(eng, cl, be)
+        assert inserts(eng.segment(cl.seg(get(path)), NOW)) == []
+    # the Content-Length threshold still works
+    assert len(inserts(keepalive_response(eng, cl, be, b"x" * 10, cl_hdr=1 << 20))) == 1
 
 
 def test_offload_never_rule(eng):

@@ -86,7 +86,7 @@ class Conn:
                  "offload", "offload_gen", "watch", "watch_next", "slow_srv_bytes", "resp", "reset_after",
                  "resp_acked", "s0", "ever_installed", "adopted", "fe_acked", "rtx", "rtx_at", "rtx_tries",
                  "want_offload", "reinserted", "bad_request",
-                 "start_certain")
+                 "start_certain", "requests")
 
     def __init__(self, key: Key, s: int, opts: cookie.ClientOptions, parser: RequestStream):
         self.key = key
@@ -104,6 +104,7 @@ class Conn:
         self.reinserted = False
         self.bad_request: str | None = None  # HEADER: a parse error at a start that was a guess
         self.start_certain = False  # the stream's first segment began with a whole method and SP
+        self.requests = 0           # request headers routed on this client connection
         self.opts = opts
         self.nxt: int | None = None  # next in-order client sequence number to parse
         self.ooo: dict[int, Segment] = {}
@@ -584,6 +585,7 @@ class Engine:
         rule = self.rules.match(head)
         sel = self.selectors[rule.index]
         self.stats.requests_rule[rule.name] += 1
+        conn.requests += 1
         cur = conn.backend
         if conn.pipelined and cur is not None:
             if cur in rule.pool and self.healthy[cur]:
@@ -611,14 +613,14 @@ class Engine:
             return False
         self.stats.requests_backend[b] += 1
         conn.rule = rule
-        if rule.offload == "auto" and conn.offload is Offload.NONE:
+        if rule.offload == "auto" and conn.offload is Offload.NONE and not self._offload_now(conn):
             conn.watch = ResponseWatcher(self.fe.max_header_bytes)
             conn.watch_next = conn.req_ack
         else:
             conn.watch = None
         if b == cur:
             self._release_held(conn, out, now)
-            if rule.offload == "always":
+            if self._offload_now(conn):
                 self._insert(conn, out)
             return True
         if cur is not None:  # step 8: re-route to another back-end
@@ -636,6 +638,20 @@ class Engine:
         conn.deadline = now + self.fe.syn_retransmit_s
         self._syn(conn, out)
         return True
+
+    @staticmethod
+    def _offload_now(conn: Conn) -> bool:
+        """Offload as soon as the back-end connection is up: `always`, or `auto` on a keep-alive
+        connection that has carried `offload_after_requests` requests. Such a connection is worth
+        an entry whatever its response sizes: its responses and the client's bare ACKs then take
+        the switch, and only requests (with payload, step 8) still cross the front-end."""
+        rule = conn.rule
+        if rule is None:
+            return False
+        if rule.offload == "always":
+            return True
+        n = rule.offload_after_requests
+        return rule.offload == "auto" and n > 0 and conn.requests >= n
 
     def _ack_client(self, conn: Conn, out: list[Action]) -> None:
         """Acknowledge a header still being collected. Nobody else can: without it a client that
@@ -674,7 +690,7 @@ class Engine:
         conn.state = State.SPLICED
         conn.deadline = now + self.fe.idle_timeout_s
         self._release_held(conn, out, now)
-        if conn.rule is not None and conn.rule.offload == "always":
+        if self._offload_now(conn):
             self._insert(conn, out)
         self._maybe_closing(conn, now, out)
 

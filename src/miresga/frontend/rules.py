@@ -26,6 +26,7 @@ class CompiledRule:
     hash_header: str | None
     offload: str
     offload_threshold: int
+    offload_after_requests: int = 0
     predicates: tuple[Predicate, ...] = field(default=(), repr=False)
 
     def matches(self, head: RequestHead) -> bool:
@@ -72,10 +73,11 @@ class RuleSet:
         index = {b.name: i for i, b in enumerate(cfg.hosts.backends)}
         self.rules: list[CompiledRule] = [
             CompiledRule(r.name, i, tuple(index[n] for n in r.pool), r.policy, r.hash_header, r.offload,
-                         r.offload_threshold, _predicates(r))
+                         r.offload_threshold, r.offload_after_requests, _predicates(r))
             for i, r in enumerate(cfg.rules)]
         self.default = CompiledRule("default", len(cfg.rules), tuple(range(len(cfg.hosts.backends))),
-                                    "round_robin", None, "auto", 65536, ())
+                                    "round_robin", None, "auto", 65536,
+                                    Rule.model_fields["offload_after_requests"].default, ())
         if self.rules and not self.rules[-1].predicates:
             self.default = self.rules[-1]
 
