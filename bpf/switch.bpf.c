@@ -1,5 +1,6 @@
 /* The switch of DESIGN.md §4 as one TC ingress program on every port of the switch host.
  * Per packet: ARP for listed targets -> reply; SYN to VIP:port -> SYN-ACK (stateless, cookie);
+ * the handshake's final ACK (pure, ack-1 a valid cookie, no entry) -> absorbed;
  * FIN/RST/payload to the VIP or no offload entry -> bucket's front-end; client ACK with an entry ->
  * back-end; back-end segment with an entry -> client as VIP:port; without -> front-end; anything
  * else -> routed by destination (LPM); the switch's own addresses and non-IPv4 -> the kernel.
@@ -105,8 +106,14 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, con
 	if (th->syn || th->fin || th->rst || p->payload_len)
 		return to_frontend(skb, cfg, k.ip, k.port);
 	e = bpf_map_lookup_elem(&sw_offload, &k);
-	if (!e)
+	if (!e) {
+		/* Step 1's last packet: a front-end has nothing to do with it; one crossing less. */
+		if (th->ack && is_handshake_ack(p, cfg)) {
+			sw_count(SW_CNT_HANDSHAKE_ACK);
+			return TC_ACT_SHOT;
+		}
 		return to_frontend(skb, cfg, k.ip, k.port);
+	}
 	be = bpf_map_lookup_elem(&sw_backends, &e->backend);
 	if (!be || !(be->hop.flags & HOP_VALID))
 		return drop(DROP_NO_BACKEND);

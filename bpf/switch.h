@@ -81,7 +81,8 @@ enum sw_counter {
 	SW_CNT_ROUTED = 5,
 	SW_CNT_TO_KERNEL = 6,   /* for the switch itself, or not IPv4 */
 	SW_CNT_OFFLOAD_MISMATCH = 7, /* back-end segment whose entry names another back-end */
-	SW_CNT_DECISIONS = 8,
+	SW_CNT_HANDSHAKE_ACK = 8, /* client's final handshake ACK (valid cookie): absorbed here */
+	SW_CNT_DECISIONS = 9,
 };
 #define SW_CNT_DROP(reason) (SW_CNT_DECISIONS - 1 - (reason)) /* reason < 0 */
 

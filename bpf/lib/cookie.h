@@ -62,4 +62,19 @@ static __always_inline __u32 cookie_make(__u64 k0, __u64 k1, __u32 cip, __u16 cp
 	return (h << 9) | ((bucket & 3) << 7) | (opts & 0x7F);
 }
 
+/* Whether `cookie` was made with this key for this 4-tuple in bucket `now_bucket` or the one
+ * before (its 2 time bits say which), as check_cookie in cookie.py. Host byte order. */
+static __always_inline int cookie_check(__u64 k0, __u64 k1, __u32 cip, __u16 cport, __u32 vip, __u16 vport,
+					__u32 now_bucket, __u32 cookie)
+{
+	__u32 bucket = now_bucket;
+
+	if ((bucket & 3) != ((cookie >> 7) & 3)) {
+		bucket = now_bucket - 1;
+		if ((bucket & 3) != ((cookie >> 7) & 3))
+			return 0;
+	}
+	return cookie_make(k0, k1, cip, cport, vip, vport, bucket, cookie & 0x7F) == cookie;
+}
+
 #endif

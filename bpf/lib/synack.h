@@ -1,7 +1,9 @@
-/* Turn a client's SYN to VIP:port into the switch's SYN-ACK, in place, keeping no state.
+/* The switch's half of the handshake, keeping no state.
+ * build_synack: turn a client's SYN to VIP:port into the switch's SYN-ACK, in place.
  * ISN = keyed cookie (cookie.h) over the 4-tuple, the time bucket and the client's options;
  * fixed 12-byte option block: MSS, window scale and SACK-permitted (the last two only when the
- * client offered them, RFC 7323/2018; NOPs otherwise), no timestamps. */
+ * client offered them, RFC 7323/2018; NOPs otherwise), no timestamps.
+ * is_handshake_ack: recognize the client's final ACK of that handshake, which nobody needs. */
 #ifndef MIRESGA_SYNACK_H
 #define MIRESGA_SYNACK_H
 
@@ -46,6 +48,37 @@ static __always_inline __u16 csum_fold32(__u32 sum)
 	return (__u16)sum;
 }
 
+/* The cookie's time bucket now (TAI clock, as cookie.bucket_of). */
+static __always_inline __u32 cookie_bucket_now(const struct sw_config *cfg)
+{
+	return (__u32)(bpf_ktime_get_tai_ns() / 1000000000ULL / (cfg->bucket_seconds ? cfg->bucket_seconds : 1));
+}
+
+/* A pure ACK to VIP:port with no options (the caller checked flags, payload and that no offload
+ * entry exists) whose ack - 1 is a cookie of ours for its 4-tuple, under either key slot (the
+ * current and the previous generation) in the current or previous bucket: the final ACK of
+ * the switch's handshake. A front-end would only ignore it. An established slow-path connection
+ * sends such an ACK only as a duplicate ACK before any response byte: with SACK it carries
+ * options (kept); without, the back-end's retransmission timer covers it. */
+static __always_inline int is_handshake_ack(const struct pkt *p, const struct sw_config *cfg)
+{
+	__u32 isn = bpf_ntohl(p->tcp->ack_seq) - 1, bucket, slot;
+	__u32 cip = bpf_ntohl(p->ip->saddr), vip = bpf_ntohl(p->ip->daddr);
+	__u16 cport = bpf_ntohs(p->tcp->source), vport = bpf_ntohs(p->tcp->dest);
+	struct sw_key *key;
+
+	if (p->tcp_hlen != sizeof(struct tcphdr))
+		return 0;
+	bucket = cookie_bucket_now(cfg);
+	slot = cfg->key_slot & 1;
+	key = bpf_map_lookup_elem(&sw_keys, &slot);
+	if (key && cookie_check(key->k0, key->k1, cip, cport, vip, vport, bucket, isn))
+		return 1;
+	slot ^= 1;
+	key = bpf_map_lookup_elem(&sw_keys, &slot);
+	return key && (key->k0 | key->k1) && cookie_check(key->k0, key->k1, cip, cport, vip, vport, bucket, isn);
+}
+
 /* Returns 0 (skb now holds the SYN-ACK, to be sent back out its ingress port) or a drop reason. */
 static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, const struct sw_config *cfg)
 {
@@ -69,7 +102,7 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 	if (rc)
 		return rc;
 
-	bucket = (__u32)(bpf_ktime_get_tai_ns() / 1000000000ULL / (cfg->bucket_seconds ? cfg->bucket_seconds : 1));
+	bucket = cookie_bucket_now(cfg);
 	opts = cookie_option_bits(o.mss, o.has_wscale, o.wscale, o.sack);
 	slot = cfg->key_slot & 1;
 	key = bpf_map_lookup_elem(&sw_keys, &slot);

@@ -14,6 +14,7 @@ from scapy.packet import Raw
 
 from miresga import cookie
 from miresga.bpf.drop_reasons import DropReason
+from miresga.bpf.layouts import SwKey
 from miresga.bpf.libbpf import BpfObject, object_path
 from miresga.bpf.testrun import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, PacketCase, check_case, per_packet_ns, run_packet
 from miresga.switch.hashing import hash8
@@ -306,6 +307,67 @@ def test_client_segment_to_bucket_frontend(sw, run, fe, flags, payload, with_ent
     r, counts, trace = run(PacketCase("to fe", pkt, TC_ACT_REDIRECT, with_macs(pkt, smac, dmac), setup=setup))
     assert counts == {"to_frontend": 1}
     assert trace == ifx
+
+
+def _cookie_ack(port, bucket_age=0, key=KEY, cookie_port=None, **kw):
+    """The client's final handshake ACK: ack = cookie + 1 for its 4-tuple (or `cookie_port`'s)."""
+    b = cookie.bucket_of(cookie.tai_seconds(), 64) - bucket_age
+    s = cookie.make_cookie(key, int(ipaddress.IPv4Address(CLIENT)), cookie_port or port,
+                           int(ipaddress.IPv4Address(VIP)), VPORT, b, 1460, 7, True)
+    return to_vip(port, ack=(s + 1) & 0xFFFFFFFF, **kw)
+
+
+def test_handshake_ack_absorbed(run):
+    """Step 1's last packet: pure ACK, no options, no entry, ack-1 a valid cookie (this or the
+    previous bucket) -> dropped here and counted, instead of crossing a front-end."""
+    for age in (0, 1):
+        r, counts, trace = run(PacketCase("handshake ack", _cookie_ack(40500 + age, age), TC_ACT_SHOT))
+        assert counts == {"handshake_ack": 1}, age
+
+
+HANDSHAKE_LOOKALIKES = {
+    # an expired cookie, another generation's key, another port's cookie: front-end decides
+    "expired bucket": lambda: _cookie_ack(40600, bucket_age=2),
+    "other key": lambda: _cookie_ack(40601, key=cookie.CookieKey.derive(SECRET, 8)),
+    "other port": lambda: _cookie_ack(40602, cookie_port=40603),
+    # a SACK duplicate ACK before any response byte carries options: the back-end needs it
+    "with sack option": lambda: _with_opts(_cookie_ack(40604), [("NOP", None), ("NOP", None),
+                                                                ("SAck", (5000, 6000))]),
+    "with payload": lambda: _cookie_ack(40605, flags="PA", payload=b"GET / HTTP/1.1\r\n\r\n"),
+    "with fin": lambda: _cookie_ack(40606, flags="FA"),
+}
+
+
+@pytest.mark.parametrize("desc", list(HANDSHAKE_LOOKALIKES))
+def test_handshake_ack_lookalikes_go_to_frontend(run, desc):
+    pkt = Ether(bytes(HANDSHAKE_LOOKALIKES[desc]()))
+    smac, dmac, ifx = fe_macs(fe_for(CLIENT, pkt[TCP].sport))
+    r, counts, trace = run(PacketCase(desc, pkt, TC_ACT_REDIRECT, with_macs(pkt, smac, dmac)))
+    assert counts == {"to_frontend": 1} and trace == ifx
+
+
+def test_handshake_ack_with_entry_goes_to_backend(sw, run):
+    """An offloaded connection's ACK is the back-end's even if it happens to look like a cookie."""
+    _, m = sw
+    pkt = _cookie_ack(40700)
+    r, counts, _ = run(PacketCase("ack with entry", pkt, TC_ACT_REDIRECT,
+                                  setup=lambda: m.offload_insert(CLIENT, 40700, 0)))
+    assert counts == {"to_backend": 1}
+
+
+def test_handshake_ack_after_key_rotation(sw, run):
+    """The previous generation's cookie still counts (the idle key slot holds it)."""
+    _, m = sw
+    new = cookie.CookieKey.derive(SECRET, 8)
+    m.set_key((new.k0, new.k1))
+    try:
+        for port, key in ((40800, KEY), (40801, new)):
+            r, counts, _ = run(PacketCase("rotated", _cookie_ack(port, key=key), TC_ACT_SHOT))
+            assert counts == {"handshake_ack": 1}
+    finally:
+        m.set_key((KEY.k0, KEY.k1))
+        idle = 1 - (m.get_config().key_slot & 1)
+        m.keys.update(struct.pack("=I", idle), SwKey())   # the other tests know one key only
 
 
 def test_client_ack_with_entry_rewritten_to_backend(sw, run):

@@ -161,6 +161,23 @@ def test_keepalive_requests_routed_to_different_backends_by_rule(lb):
     wait_for(delta, 5, lambda: f"3 requests on be3 and 3 on be1/be2 (per back-end: {seen})")
 
 
+def test_handshake_ack_absorbed_by_the_switch(lb):
+    """The client's final handshake ACK stops at the switch (valid cookie, no entry): new
+    connections still work byte-exact and no front-end sees that ACK."""
+    def fe_handshake_acks():
+        return sum(lb.frontend_metrics(f.name).get("events", {}).get("handshake_ack", 0)
+                   for f in lb.cfg.hosts.frontends)
+    o = objects(lb)[1024]
+    time.sleep(1.2)  # front-end metrics are published once a second
+    sw0, fe0 = lb.switch_stats()["counters"]["handshake_ack"], fe_handshake_acks()
+    for _ in range(5):                               # a new connection each
+        p = curl(lb, f"http://{vip(lb)[0]}/download/1k")
+        assert p.returncode == 0 and sha(p.stdout) == o["sha256"], p.stderr
+    assert lb.switch_stats()["counters"]["handshake_ack"] - sw0 >= 5
+    time.sleep(1.2)
+    assert fe_handshake_acks() - fe0 == 0
+
+
 def _slow_to_client(tb) -> float:
     return sum(tb.frontend_metrics(f.name).get("bytes", {}).get("slow_to_client", 0)
                for f in tb.cfg.hosts.frontends)

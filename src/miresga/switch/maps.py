@@ -64,9 +64,10 @@ class Counter(IntEnum):
     ROUTED = 5
     TO_KERNEL = 6
     OFFLOAD_MISMATCH = 7
+    HANDSHAKE_ACK = 8
 
 
-DECISIONS = 8  # SW_CNT_DECISIONS
+DECISIONS = 9  # SW_CNT_DECISIONS
 
 
 def drop_index(reason: DropReason) -> int:
