@@ -3,8 +3,8 @@
 `fast_path_byte_share`: of the bytes the back-ends sent during the point, the share that did not
 pass through a front-end, i.e. took the switch fast path. It is read from the testbed's per-host
 eBPF counters (`testbed status`, `hosts[].counters`) as 1 - (bytes the front-ends received) /
-(bytes the back-ends sent). Front-end ingress also holds the clients' requests and ACKs on the slow
-path, so the share is a slight underestimate; it is clamped to [0, 1]. Only meaningful while one
+(bytes the back-ends sent). Front-end ingress also holds the clients' requests and ACKs, so this
+is a lower bound (1 KB keep-alive: ~8 % low); it is clamped to [0, 1]. Only meaningful while one
 system runs through the front-ends (the peers never touch them).
 """
 
