@@ -19,7 +19,7 @@ from miresga.bench.workloads import mix_workload
 
 pytestmark = pytest.mark.netns
 
-SYSTEMS = ["direct", "nginx", "haproxy"]
+SYSTEMS = ["direct", "nginx", "haproxy", "miresga"]  # Miresga comes up with the bench by default
 WORKLOADS = ["1k-keepalive", "1k-newconn", "1m-keepalive", "1m-newconn", "T2"]
 
 
@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     miresga = Path(sys.executable).with_name("miresga")
     p = subprocess.run([str(miresga), "bench", "--duration", "1", "--sizes", "1k,1m", "--mixes", "T2",
-                        "--connections", "16", "--out", str(out)], capture_output=True, text=True, timeout=120)
+                        "--connections", "16", "--out", str(out)], capture_output=True, text=True, timeout=180)
     return p, out
 
 
@@ -36,7 +36,8 @@ def test_bench_writes_every_point(tiny_run):
     p, out = tiny_run
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     # progress: one line per point, and a ratio line per workload
-    assert len(re.findall(r"^\[bench\]\s+\d+/15 ", p.stdout, re.M)) == 15
+    n = len(SYSTEMS) * len(WORKLOADS)
+    assert len(re.findall(rf"^\[bench\]\s+\d+/{n} ", p.stdout, re.M)) == n
     assert len(re.findall(r"vs best peer", p.stdout)) == len(WORKLOADS)
     records = json.loads((out / "report.json").read_text())
     validate_records(records)
@@ -48,6 +49,8 @@ def test_bench_writes_every_point(tiny_run):
         assert r["errors"] == 0 and r["failure"] is None, (where, r["errors_by_kind"])
         assert 0 < r["latency_p50_ms"] <= r["latency_p90_ms"] <= r["latency_p99_ms"], where
         assert r["best_peer"] in ("nginx", "haproxy") and r["ratio_to_direct"] is not None, where
+        if r["system"] == "miresga":
+            assert "fast_path_byte_share" in r["extra"], where
         if r["size_bytes"]:
             # bytes per response: the object, a few hundred bytes of headers, and (wrk counts every byte
             # read) at most one partial response per connection still in flight at the deadline

@@ -41,7 +41,7 @@ def _bench(args: argparse.Namespace) -> int:
         else:
             cfg = load_config(args.config)
         records = run_bench(cfg, systems, workloads, duration, args.connections, args.out, testbed=tb,
-                            threads=args.threads, timeout_s=args.timeout, repeat=args.repeat, lb=args.lb,
+                            threads=args.threads, timeout_s=args.timeout, repeat=args.repeat, lb=None if args.lb == "none" else args.lb,
                             retries=args.retries, max_other_cpu=args.max_other_cpu)
     except ConfigError as e:
         print(f"invalid config:\n{e}", file=sys.stderr)
@@ -62,8 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "writes report.json, report.md and throughput.png into --out.")
     b.add_argument("--config", help="deployment YAML (default: built-in)")
     b.add_argument("--instance", help="use this running testbed instance instead of bringing one up")
-    b.add_argument("--lb", choices=["miresga"],
-                   help="also bring up Miresga (eBPF switch, front-ends, agents) and bench it on the VIP")
+    b.add_argument("--lb", choices=["miresga", "none"], default="miresga",
+                   help="miresga (default): bring up Miresga (eBPF switch, front-ends, agents) with the testbed "
+                        "and bench it on the VIP; none: only the peers")
     b.add_argument("--out", default="bench-report", help="output directory (default: %(default)s)")
     b.add_argument("--systems", help="comma list (default: all the testbed offers: direct,nginx,haproxy[,miresga])")
     b.add_argument("--sizes", default=",".join(size_name(s) for s in DEFAULT_SIZES),
