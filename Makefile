@@ -1,5 +1,5 @@
 # Two entry points for users: `make demo` and `make test`. Both install what they need first.
-PY        ?= python3.11
+PY        ?= $(shell command -v python3.11 || command -v python3)
 VENV      := .venv
 VPY       := $(VENV)/bin/python
 BUILD     := build
@@ -21,7 +21,7 @@ sysdeps:
 	@bash scripts/install-deps.sh
 
 $(VENV)/.installed: pyproject.toml
-	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
+	@test -n "$(PY)" || { echo "need Python 3.11 (python3.11 or python3 on PATH)"; exit 1; }
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
