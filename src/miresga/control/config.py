@@ -159,6 +159,9 @@ class Frontend(Strict):
     response_retries: int = Field(default=3, ge=0)
     checksum: Literal["offload", "software"] = Field(
         default="offload", description="offload: frames leave with a partial checksum the kernel completes")
+    ack_coalesce_ms: float = Field(
+        default=5.0, ge=0, le=100, description="hold a pure ACK that acknowledges everything the other side "
+        "sent this long: a segment that follows with the same ack makes it redundant (0 = relay at once)")
 
 
 class Agent(Strict):

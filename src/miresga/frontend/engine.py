@@ -86,7 +86,7 @@ class Conn:
                  "offload", "offload_gen", "watch", "watch_next", "slow_srv_bytes", "resp", "reset_after",
                  "resp_acked", "s0", "ever_installed", "adopted", "fe_acked", "rtx", "rtx_at", "rtx_tries",
                  "want_offload", "reinserted", "bad_request",
-                 "start_certain", "requests")
+                 "start_certain", "requests", "ack_held")
 
     def __init__(self, key: Key, s: int, opts: cookie.ClientOptions, parser: RequestStream):
         self.key = key
@@ -105,6 +105,7 @@ class Conn:
         self.bad_request: str | None = None  # HEADER: a parse error at a start that was a guess
         self.start_certain = False  # the stream's first segment began with a whole method and SP
         self.requests = 0           # request headers routed on this client connection
+        self.ack_held: list[Segment | None] | None = None  # [to back-end, to client]: see Engine._hold
         self.opts = opts
         self.nxt: int | None = None  # next in-order client sequence number to parse
         self.ooo: dict[int, Segment] = {}
@@ -159,6 +160,8 @@ class Engine:
         self._now = 0.0
         # Connections we ended ourselves, for a short while: their stragglers are not orphans.
         self._recent: collections.OrderedDict[Key, float] = collections.OrderedDict()
+        self._coalesce_s = self.fe.ack_coalesce_ms / 1000.0
+        self._held: dict[Key, tuple[float, Conn]] = {}   # connections holding an ACK: (deadline, conn)
 
     # ---------------------------------------------------------------- events in
 
@@ -207,6 +210,22 @@ class Engine:
         if conn.rtx is not None and conn.state is State.SPLICED:
             conn.deadline = min(conn.deadline, conn.rtx_at)
         return out
+
+    def flush(self, now: float) -> list[Action]:
+        """Release the held ACKs whose time is up (call often: `next_flush()` says when)."""
+        out: list[Action] = []
+        held = self._held
+        while held:
+            key, (t, conn) = next(iter(held.items()))
+            if t > now:
+                break
+            del held[key]
+            self._release_acks(conn, out)
+        return out
+
+    def next_flush(self) -> float | None:
+        """When `flush` has something to do (None: nothing held)."""
+        return next(iter(self._held.values()))[0] if self._held else None
 
     def tick(self, now: float) -> list[Action]:
         out: list[Action] = []
@@ -284,16 +303,71 @@ class Engine:
             self._keys_gen = g
         return self._keys
 
-    def _to_backend(self, conn: Conn, seg: Segment, out: list[Action]) -> None:
+    def _to_backend(self, conn: Conn, seg: Segment, out: list[Action], hold: bool = False) -> None:
         ip, port = self.backends[conn.backend]  # type: ignore[index]
-        out.append(Send(Segment(seg.src, seg.sport, ip, port, seg.seq, seg.ack, seg.flags, seg.window,
-                                seg.options, seg.payload), "backend"))
+        new = Segment(seg.src, seg.sport, ip, port, seg.seq, seg.ack, seg.flags, seg.window, seg.options,
+                      seg.payload)
+        if conn.ack_held is not None:
+            self._supersede(conn, 0, new, out)
+        if hold:
+            self._hold(conn, 0, new)
+            return
+        out.append(Send(new, "backend"))
         self.stats.bytes["slow_to_backend"] += len(seg.payload)
 
-    def _to_client(self, seg: Segment, out: list[Action]) -> None:
-        out.append(Send(Segment(self.vip, self.vport, seg.dst, seg.dport, seg.seq, seg.ack, seg.flags,
-                                seg.window, seg.options, seg.payload), "client"))
+    def _to_client(self, seg: Segment, out: list[Action], conn: Conn | None = None, hold: bool = False) -> None:
+        new = Segment(self.vip, self.vport, seg.dst, seg.dport, seg.seq, seg.ack, seg.flags, seg.window,
+                      seg.options, seg.payload)
+        if conn is not None and conn.ack_held is not None:
+            self._supersede(conn, 1, new, out)
+        if hold:
+            self._hold(conn, 1, new)  # type: ignore[arg-type]
+            return
+        out.append(Send(new, "client"))
         self.stats.bytes["slow_to_client"] += len(seg.payload)
+
+    # ACK coalescing. A pure ACK that acknowledges everything the other side has sent (as far as
+    # we relayed it) cannot hold that side back: it has nothing in flight. So it may wait a few
+    # ms: the segment that usually follows in the same direction (the back-end's response after
+    # its ACK of the request; the client's FIN after its ACK of the back-end's FIN) carries the
+    # same ack and makes it redundant — one front-end crossing less. Held at most
+    # `ack_coalesce_ms`, far below any retransmission timeout (200 ms at least).
+
+    def _hold(self, conn: Conn, d: int, seg: Segment) -> None:
+        if conn.ack_held is None:
+            conn.ack_held = [None, None]
+        if conn.ack_held[d] is not None:
+            self.stats.events["ack_coalesced"] += 1   # replaced by a newer one
+        conn.ack_held[d] = seg
+        if conn.key not in self._held:
+            self._held[conn.key] = (self._now + self._coalesce_s, conn)
+
+    def _supersede(self, conn: Conn, d: int, new: Segment, out: list[Action]) -> None:
+        """`new` goes the way of a held ACK: the held one is redundant if `new` acknowledges as
+        much, else it goes first."""
+        held = conn.ack_held[d]  # type: ignore[index]
+        if held is None:
+            return
+        conn.ack_held[d] = None  # type: ignore[index]
+        if conn.ack_held[1 - d] is None:  # type: ignore[index]
+            self._discard_acks(conn)
+        if new.flags & ACK and seq_diff(new.ack, held.ack) >= 0:
+            self.stats.events["ack_coalesced"] += 1
+        else:
+            out.append(Send(held, "backend" if d == 0 else "client"))
+
+    def _discard_acks(self, conn: Conn) -> None:
+        """The connection ends or answers itself: its held ACKs are no use any more."""
+        if conn.ack_held is not None:
+            conn.ack_held = None
+            self._held.pop(conn.key, None)
+
+    def _release_acks(self, conn: Conn, out: list[Action]) -> None:
+        held, conn.ack_held = conn.ack_held, None
+        if held is not None:
+            for d, seg in enumerate(held):
+                if seg is not None:
+                    out.append(Send(seg, "backend" if d == 0 else "client"))
 
     def _rst_backend(self, conn: Conn, seq: int, out: list[Action]) -> None:
         ip, port = self.backends[conn.backend]  # type: ignore[index]
@@ -337,6 +411,7 @@ class Engine:
 
     def _forget(self, conn: Conn, out: list[Action]) -> None:
         self._drop_offload(conn, out)
+        self._discard_acks(conn)
         if conn.ever_installed:
             # Server bytes the client acknowledged minus those we relayed: what took the fast path.
             total = seq_diff(conn.cli_ack, seq_add(conn.s0, 1))
@@ -712,7 +787,12 @@ class Engine:
                         self._insert(conn, out)
         if seg.flags & FIN:
             conn.srv_fin = True
-        self._to_client(seg, out)
+        # the back-end acknowledges a whole request (nothing more to come from the client for it)
+        # before its response: that response will carry the same ack
+        hold = (self._coalesce_s > 0 and seg.flags == ACK and not seg.payload and not seg.options
+                and seg.ack == conn.nxt and conn.parser_idle and not conn.cli_fin and not conn.srv_fin
+                and not conn.ooo)
+        self._to_client(seg, out, conn, hold)
         self._maybe_closing(conn, now, out)
 
     def _backend_refused(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
@@ -720,7 +800,7 @@ class Engine:
         self._refuse(conn, 503, "back-end refused the connection", now, out, rst_backend=False)
 
     def _backend_abort(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
-        self._to_client(seg, out)
+        self._to_client(seg, out, conn)
         self.stats.events["backend_rst"] += 1
         self._forget(conn, out)
 
@@ -729,7 +809,10 @@ class Engine:
     def _relay_to_backend(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
         if seg.flags & ACK:
             conn.cli_ack = seg.ack
-        self._to_backend(conn, seg, out)
+        # the client acknowledges all the back-end sent and may still send (its next request, its FIN)
+        hold = (self._coalesce_s > 0 and seg.flags == ACK and not seg.options and conn.state is State.SPLICED
+                and not conn.cli_fin and seg.ack == conn.srv_end)
+        self._to_backend(conn, seg, out, hold)
 
     def _new_incarnation(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> bool:
         """A client port is reused while we still linger on its previous connection: a segment
@@ -750,7 +833,7 @@ class Engine:
             self._relay_to_backend(conn, seg, now, out)
 
     def _relay_to_client(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
-        self._to_client(seg, out)
+        self._to_client(seg, out, conn)
 
     def _maybe_closing(self, conn: Conn, now: float, out: list[Action]) -> None:
         if conn.state is State.SPLICED and conn.cli_fin and conn.srv_fin:
@@ -783,6 +866,7 @@ class Engine:
         """Send `status` to the client from VIP:port at the start of the current response slot,
         with FIN; the back-end connection of this request (if any) is reset."""
         self.stats.responses_local[status] += 1
+        self._discard_acks(conn)
         if conn.backend is not None:
             if rst_backend and conn.state in (State.SPLICED, State.SYN_SENT):
                 seq = seq_add(conn.c, 1) if conn.state is State.SYN_SENT else conn.req_start

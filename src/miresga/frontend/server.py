@@ -346,8 +346,9 @@ class FrontendServer:
         next_tick = next_pub = 0.0
         log.info("front-end %s up on %s (mtu %d)", opts.name, opts.iface, io.codec.mtu)
         try:
+            timeout = opts.tick_s
             while not self.stop.is_set():
-                for key, _ in sel.select(timeout=opts.tick_s):
+                for key, _ in sel.select(timeout=timeout):
                     if key.data == "wake":
                         try:
                             os.read(self._wake_r, 4096)
@@ -361,6 +362,11 @@ class FrontendServer:
                     if len(segs) < opts.batch:
                         break
                 self._drain_results(now)
+                held = eng.next_flush()
+                if held is not None and held <= now:
+                    self._do(eng.flush(now))
+                    held = eng.next_flush()
+                timeout = opts.tick_s if held is None else min(opts.tick_s, max(0.0, held - now))
                 if now >= next_tick:
                     next_tick = now + opts.tick_s
                     self._do(eng.tick(now))
