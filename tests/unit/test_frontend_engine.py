@@ -380,6 +380,16 @@ def test_offload_auto_large_response(eng):
     assert {s.dst for s in sends(a) if s.flags & RST} == {cl.ip, be.ip} and not eng.conns
 
 
+@pytest.mark.parametrize("cl,first,offloaded", [(65536, 14480, False), (65536 + 14480, 14480, True),
+                                                 (1 << 20, 14480, True), (1 << 20, 1 << 20, False)])
+def test_offload_auto_counts_only_the_bytes_still_to_come(eng, cl, first, offloaded):
+    """A new connection's first flight (~14 KB) is through before an entry could help: `auto`
+    offloads when Content-Length minus the body already seen reaches the threshold."""
+    cl_, be, _ = open_conn(eng, "/big/x")
+    a = keepalive_response(eng, cl_, be, b"x" * first, cl_hdr=cl)
+    assert len(inserts(a)) == (1 if offloaded else 0)
+
+
 def test_offload_auto_small_response_stays_slow(eng):
     cl, be, _ = open_conn(eng, "/big/small")
     assert inserts(keepalive_response(eng, cl, be, b"x" * 100)) == []

@@ -124,7 +124,8 @@ class Rule(Strict):
     policy: Literal["round_robin", "weighted", "least_conn", "hash_client", "hash_header"] = "round_robin"
     hash_header: str | None = None
     offload: Literal["always", "never", "auto"] = "auto"
-    offload_threshold: int = Field(default=65536, ge=0, description="auto: min Content-Length to offload")
+    offload_threshold: int = Field(default=65536, ge=0, description="auto: offload when the response's bytes "
+                                   "still to come (Content-Length minus the body already seen) are at least this")
     offload_after_requests: int = Field(
         default=2, ge=0, description="auto: also offload a keep-alive connection from its Nth request on "
         "(its responses and the client's ACKs then bypass the front-end); 0 = never by count")

@@ -783,7 +783,9 @@ class Engine:
                 if w.done:
                     conn.watch = None
                     rule = conn.rule
-                    if cl is not None and rule is not None and cl >= rule.offload_threshold:
+                    # Only the bytes still to come can take the switch: a new connection's first
+                    # flight already carries ~14 KB, so a 64 KB response is nearly through.
+                    if cl is not None and rule is not None and cl - w.body_seen >= rule.offload_threshold:
                         self._insert(conn, out)
         if seg.flags & FIN:
             conn.srv_fin = True

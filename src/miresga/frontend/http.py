@@ -160,7 +160,7 @@ class ResponseWatcher:
     """Reads the start of a back-end's response until its header is complete, to learn
     Content-Length (the `auto` offload policy). Bounded: gives up after `limit` bytes."""
 
-    __slots__ = ("_p", "_cl", "done", "_seen", "limit", "status")
+    __slots__ = ("_p", "_cl", "done", "_seen", "limit", "status", "body_seen")
 
     def __init__(self, limit: int = 16384):
         self._p = httptools.HttpResponseParser(self)
@@ -169,6 +169,10 @@ class ResponseWatcher:
         self._seen = 0
         self.limit = limit
         self.status: int | None = None
+        self.body_seen = 0      # body bytes in what was fed (those after the header)
+
+    def on_body(self, body: bytes) -> None:
+        self.body_seen += len(body)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() == b"content-length":
