@@ -804,3 +804,9 @@ def test_ack_coalescing_off():
     eng = Engine(make_cfg(RULES.replace("frontend: {", "frontend: {ack_coalesce_ms: 0, ")))
     cl, be, _ = open_conn(eng, "/a")
     assert len(sends(eng.segment(be.seg(b"", flags=ACK), NOW))) == 1 and eng.next_flush() is None
+
+
+def test_no_ack_held_once_offload_is_asked_for(eng):
+    cl, be, acts = open_conn(eng, "/dl/x", backend=2)    # `always`: insert requested at the splice
+    assert inserts(acts)
+    assert len(sends(eng.segment(be.seg(b"", flags=ACK), NOW))) == 1 and eng.next_flush() is None

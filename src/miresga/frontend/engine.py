@@ -331,7 +331,9 @@ class Engine:
     # ms: the segment that usually follows in the same direction (the back-end's response after
     # its ACK of the request; the client's FIN after its ACK of the back-end's FIN) carries the
     # same ack and makes it redundant — one front-end crossing less. Held at most
-    # `ack_coalesce_ms`, far below any retransmission timeout (200 ms at least).
+    # `ack_coalesce_ms`, far below any retransmission timeout (200 ms at least). Not while an
+    # offload entry is asked for or in place: the segment that would supersede it may then pass
+    # the switch instead of us, and the held ACK would arrive late and stale.
 
     def _hold(self, conn: Conn, d: int, seg: Segment) -> None:
         if conn.ack_held is None:
@@ -793,7 +795,7 @@ class Engine:
         # before its response: that response will carry the same ack
         hold = (self._coalesce_s > 0 and seg.flags == ACK and not seg.payload and not seg.options
                 and seg.ack == conn.nxt and conn.parser_idle and not conn.cli_fin and not conn.srv_fin
-                and not conn.ooo)
+                and not conn.ooo and conn.offload is Offload.NONE)
         self._to_client(seg, out, conn, hold)
         self._maybe_closing(conn, now, out)
 
@@ -813,7 +815,7 @@ class Engine:
             conn.cli_ack = seg.ack
         # the client acknowledges all the back-end sent and may still send (its next request, its FIN)
         hold = (self._coalesce_s > 0 and seg.flags == ACK and not seg.options and conn.state is State.SPLICED
-                and not conn.cli_fin and seg.ack == conn.srv_end)
+                and not conn.cli_fin and seg.ack == conn.srv_end and conn.offload is Offload.NONE)
         self._to_backend(conn, seg, out, hold)
 
     def _new_incarnation(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> bool:
