@@ -315,6 +315,11 @@ def teardown_instance(instance: str, state: dict[str, Any] | None = None) -> Non
     for ns in namespaces:  # pins made by the switch and agents, named after their namespace
         for base in (PIN_ROOT / ns, PIN_ROOT / "switch" / ns):
             shutil.rmtree(base, ignore_errors=True)
+    for d in (PIN_ROOT / "switch", PIN_ROOT):  # shared parents, removed once nothing else lives there
+        try:
+            d.rmdir()
+        except OSError:
+            pass
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
