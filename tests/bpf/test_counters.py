@@ -53,7 +53,7 @@ def test_counts_attached_in_namespace(tmp_path):
         for ns, addr in ((a, "10.9.0.1/24"), (b, "10.9.0.2/24")):
             subprocess.run(["ip", "-n", ns, "addr", "add", addr, "dev", "eth0"], check=True)
             subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
-        att = attach_counters(a, "eth0", Path("/sys/fs/bpf/miresga-test") / tmp_path.name)
+        att = attach_counters(a, "eth0", Path("/sys/fs/bpf") / f"mgtcnt-{tmp_path.name}")
         try:
             subprocess.run(["ip", "netns", "exec", a, "ping", "-c", "5", "-i", "0.01", "-q", "10.9.0.2"], check=True,
                            capture_output=True)
