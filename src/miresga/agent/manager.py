@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import ipaddress
-import os
 import shutil
 import socket
 import threading
@@ -23,9 +22,9 @@ from pathlib import Path
 
 from miresga.bpf.drop_reasons import DropReason
 from miresga.bpf.layouts import AgentConfig, AgentFlow, AgentFlowKey
-from miresga.bpf.libbpf import (BPF_FS, BPF_TC_EGRESS, BPF_TC_INGRESS, BpfError, BpfObject, Map, Program,
-                                TcAttachment, _err, _lib, _TcHook, _TcOpts, ensure_bpffs, object_path)
-from miresga.bpf.netns import ifindex, in_netns
+from miresga.bpf.libbpf import (BPF_FS, BpfError, BpfObject, Map, TcAttachment, ensure_bpffs, num_possible_cpus,
+                                object_path, pinned_prog_id, tc_detach_if)
+from miresga.bpf.netns import ifindex
 
 PIN_ROOT = BPF_FS / "miresga"
 # After the per-host counters (priority 1, which pass packets on); the agent's verdict is final.
@@ -86,33 +85,12 @@ def pin_dir(netns: str | None) -> Path:
 
 
 def _num_cpus() -> int:
-    _lib.libbpf_num_possible_cpus.restype = ctypes.c_int
-    n = _lib.libbpf_num_possible_cpus()
-    if n <= 0:
-        raise _err("libbpf_num_possible_cpus", n)
-    return n
+    return num_possible_cpus()
 
 
 def percpu_sum(m: Map, key: int) -> int:
-    """Sum over CPUs of a per-CPU array slot of u64 (Map.lookup sizes for one CPU only)."""
-    n = _num_cpus()
-    k = ctypes.c_uint32(key)
-    v = (ctypes.c_uint64 * n)()
-    if _lib.bpf_map_lookup_elem(m.fd, ctypes.byref(k), v) != 0:
-        raise _err(f"lookup {m.name}[{key}]")
-    return sum(v)
-
-
-def _prog_id(fd: int) -> int:
-    info = (ctypes.c_uint32 * 2)()  # struct bpf_prog_info starts {type, id}; the kernel fills what fits
-    n = ctypes.c_uint32(ctypes.sizeof(info))
-    if _lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(n)) != 0:
-        raise _err("bpf_obj_get_info_by_fd")
-    return info[1]
-
-
-_lib.bpf_tc_query.restype = ctypes.c_int
-_lib.bpf_tc_query.argtypes = [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]
+    """Sum over CPUs of a per-CPU array slot of u64."""
+    return m.percpu_u64_sum(ctypes.c_uint32(key))
 
 
 def _tc_detach_if(netns: str | None, iface: str, direction: str, prog_id: int) -> bool:
@@ -121,17 +99,7 @@ def _tc_detach_if(netns: str | None, iface: str, direction: str, prog_id: int) -
         idx = ifindex(netns, iface)
     except OSError:
         return False  # interface or namespace gone: nothing attached any more
-    point = BPF_TC_INGRESS if direction == "ingress" else BPF_TC_EGRESS
-    hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=idx, attach_point=point)
-    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=TC_HANDLE, priority=AGENT_PRIORITY)
-    with in_netns(netns):
-        if _lib.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts)) != 0 or opts.prog_id != prog_id:
-            return False
-        opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=TC_HANDLE, priority=AGENT_PRIORITY)
-        rc = _lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
-        if rc != 0:
-            raise _err(f"tc detach {direction} {iface}", rc)
-    return True
+    return tc_detach_if(netns, idx, direction, TC_HANDLE, AGENT_PRIORITY, prog_id)
 
 
 def flow_key(addr: str, port: int) -> AgentFlowKey:
@@ -177,7 +145,7 @@ class AgentManager:
                 for n, m in self.maps.items():
                     m.pin(d / n)
                 for direction, prog in PROGS.items():
-                    self._pin_prog(self.obj.program(prog), d / prog)
+                    self.obj.program(prog).pin(d / prog)
         except BaseException:
             self.detach()
             raise
@@ -193,11 +161,6 @@ class AgentManager:
                 self.swept += self.sweep()
             except (BpfError, KeyError):
                 return  # detached under us
-
-    @staticmethod
-    def _pin_prog(p: Program, path: Path) -> None:
-        if _lib.bpf_obj_pin(p.fd, str(path).encode()) != 0:
-            raise _err(f"bpf_obj_pin {path}")
 
     def configure(self, settings: AgentSettings | None = None) -> None:
         """Write service ports and promised window scale into the agent (also while attached)."""
@@ -223,12 +186,9 @@ class AgentManager:
         m.settings = AgentSettings(service_ports=ports or (80,), window_scale=c.window_scale,
                                    capacity=m.maps["agent_flows"].max_entries)
         for direction, prog in PROGS.items():
-            fd = _lib.bpf_obj_get(str(d / prog).encode())
-            if fd >= 0:
-                try:
-                    m._pinned_prog_ids[direction] = _prog_id(fd)
-                finally:
-                    os.close(fd)
+            pid = pinned_prog_id(d / prog)
+            if pid is not None:
+                m._pinned_prog_ids[direction] = pid
         return m
 
     def detach(self) -> None:

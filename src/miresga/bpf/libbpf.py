@@ -88,6 +88,8 @@ for name, res, args in [
     ("bpf_tc_hook_destroy", ctypes.c_int, [ctypes.POINTER(_TcHook)]),
     ("bpf_tc_attach", ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
     ("bpf_tc_detach", ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
+    ("bpf_tc_query", ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
+    ("libbpf_num_possible_cpus", ctypes.c_int, []),
 ]:
     f = getattr(_lib, name)
     f.restype, f.argtypes = res, args
@@ -168,6 +170,14 @@ class Map:
             raise _err(f"lookup {self.name}")
         return v.raw
 
+    def percpu_u64_sum(self, key: Buffer) -> int:
+        """Sum over CPUs of a per-CPU map's u64 value (`lookup` sizes for one CPU only)."""
+        k = _buf(key, self.key_size)
+        v = (ctypes.c_uint64 * num_possible_cpus())()
+        if _lib.bpf_map_lookup_elem(self.fd, k, v) != 0:
+            raise _err(f"lookup {self.name}")
+        return sum(v)
+
     def delete(self, key: Buffer) -> bool:
         k = _buf(key, self.key_size)
         if _lib.bpf_map_delete_elem(self.fd, k) != 0:
@@ -211,6 +221,15 @@ class TestRunResult:
 class Program:
     def __init__(self, fd: int, name: str):
         self.fd, self.name = fd, name
+
+    def pin(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if _lib.bpf_obj_pin(self.fd, str(path).encode()) != 0:
+            raise _err(f"bpf_obj_pin {path}")
+
+    @property
+    def id(self) -> int:
+        return prog_id(self.fd)
 
     def test_run(self, data: bytes, repeat: int = 1, ctx: bytes | None = None) -> TestRunResult:
         """Run the program on one packet with BPF_PROG_TEST_RUN; returns verdict and output packet."""
@@ -317,6 +336,49 @@ class XdpAttachment:
                 _lib.bpf_xdp_detach(self.ifindex, self.mode, None)
         except OSError:
             pass
+
+
+def num_possible_cpus() -> int:
+    n = _lib.libbpf_num_possible_cpus()
+    if n <= 0:
+        raise _err("libbpf_num_possible_cpus", n)
+    return n
+
+
+def prog_id(fd: int) -> int:
+    """Kernel id of the program behind `fd` (struct bpf_prog_info starts with {type, id})."""
+    info = (ctypes.c_uint32 * 2)()
+    n = ctypes.c_uint32(ctypes.sizeof(info))
+    if _lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(n)) != 0:
+        raise _err("bpf_obj_get_info_by_fd")
+    return info[1]
+
+
+def pinned_prog_id(path: str | Path) -> int | None:
+    """Id of a pinned program, None if nothing is pinned there."""
+    fd = _lib.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        return None
+    try:
+        return prog_id(fd)
+    finally:
+        os.close(fd)
+
+
+def tc_detach_if(netns: str | None, ifindex: int, direction: str, handle: int, priority: int, prog: int) -> bool:
+    """Detach the TC filter at (handle, priority) only if it still runs program id `prog`: a
+    process that did not attach it (CLI `detach`) removes exactly what its peer put there."""
+    point = BPF_TC_INGRESS if direction == "ingress" else BPF_TC_EGRESS
+    hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=point)
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=handle, priority=priority)
+    with in_netns(netns):
+        if _lib.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts)) != 0 or opts.prog_id != prog:
+            return False
+        opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=handle, priority=priority)
+        rc = _lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+        if rc != 0:
+            raise _err(f"tc detach {direction} ifindex {ifindex}", rc)
+    return True
 
 
 def ensure_bpffs() -> None:
