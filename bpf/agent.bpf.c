@@ -71,6 +71,28 @@ static __always_inline int is_service_port(struct agent_config *cfg, __u16 port_
 	return 0;
 }
 
+/* Parse a segment and, if it belongs to the back-end's service port, fill the flow key (the
+ * client's ip:port: the source on ingress, the destination on egress) and return the config;
+ * NULL means "not ours: pass untouched". */
+static __always_inline struct agent_config *service_segment(struct __sk_buff *skb, struct pkt *p,
+							    struct agent_flow_key *key, int egress)
+{
+	struct agent_config *cfg;
+	int rc = agent_parse(skb, p);
+
+	if (rc != PARSE_TCP) {
+		if (rc < 0) /* broken, not merely another protocol: the kernel will judge it */
+			agent_count(AGENT_STAT_UNPARSED);
+		return NULL;
+	}
+	cfg = agent_cfg();
+	if (!cfg || !is_service_port(cfg, egress ? p->tcp->source : p->tcp->dest))
+		return NULL;
+	key->addr = egress ? p->ip->daddr : p->ip->saddr;
+	key->port = egress ? p->tcp->dest : p->tcp->source;
+	return cfg;
+}
+
 static __always_inline int all_closed(struct agent_flow *f)
 {
 	return f->fin_in && f->fin_out && f->fin_in_acked && f->fin_out_acked;
@@ -121,18 +143,10 @@ int agent_ingress(struct __sk_buff *skb)
 	struct pkt p = {};
 	__u32 l4, seq, ack, diff, payload, hlen;
 	__u8 flags;
-	int rc = agent_parse(skb, &p);
 
-	if (rc != PARSE_TCP) {
-		if (rc < 0) /* broken, not merely another protocol: the kernel will judge it */
-			agent_count(AGENT_STAT_UNPARSED);
+	cfg = service_segment(skb, &p, &key, 0);
+	if (!cfg)
 		return TC_ACT_OK;
-	}
-	cfg = agent_cfg();
-	if (!cfg || !is_service_port(cfg, p.tcp->dest))
-		return TC_ACT_OK;
-	key.addr = p.ip->saddr;
-	key.port = p.tcp->source;
 	flags = TCP_FLAG_BITS(p.tcp);
 	if ((flags & (F_SYN | F_ACK | F_RST)) == F_SYN)
 		return ingress_syn(skb, &p, &key);
@@ -224,18 +238,10 @@ int agent_egress(struct __sk_buff *skb)
 	__u32 l4, seq, ack, payload;
 	__u16 win_be;
 	__u8 flags;
-	int rc = agent_parse(skb, &p);
 
-	if (rc != PARSE_TCP) {
-		if (rc < 0) /* broken, not merely another protocol: the kernel will judge it */
-			agent_count(AGENT_STAT_UNPARSED);
+	cfg = service_segment(skb, &p, &key, 1);
+	if (!cfg)
 		return TC_ACT_OK;
-	}
-	cfg = agent_cfg();
-	if (!cfg || !is_service_port(cfg, p.tcp->source))
-		return TC_ACT_OK;
-	key.addr = p.ip->daddr;
-	key.port = p.tcp->dest;
 	f = bpf_map_lookup_elem(&agent_flows, &key);
 	if (!f) {
 		agent_count(AGENT_STAT_UNKNOWN);
