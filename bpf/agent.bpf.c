@@ -12,7 +12,7 @@
 #include "tcp_seq.h"
 #include "agent.h"
 #include "agent_maps.h"
-#include "agent_opts.h"
+#include "tcp_opts.h"
 
 #define TCP_FLAG_BITS(tcp) (((__u8 *)(tcp))[13])
 #define F_FIN 0x01
@@ -139,7 +139,7 @@ int agent_ingress(struct __sk_buff *skb)
 	struct agent_flow_key key = {};
 	struct agent_config *cfg;
 	struct agent_flow *f;
-	struct agent_opts o;
+	struct tcp_opts o;
 	struct pkt p = {};
 	__u32 l4, seq, ack, diff, payload, hlen;
 	__u8 flags;
@@ -178,14 +178,14 @@ int agent_ingress(struct __sk_buff *skb)
 		if (tcp_store4_acc(skb, l4, TCP_ACK_OFF, p.tcp->ack_seq, bpf_htonl(ack), &acc))
 			return agent_drop(DROP_REWRITE_FAILED);
 		if (hlen > 20) {
-			if (agent_opts_parse(skb, l4, hlen, &o))
+			if (tcp_opts_parse(skb, l4, hlen, &o))
 				return agent_drop(DROP_REWRITE_FAILED);
-			if (o.malformed)
+			if (o.malformed || o.bad_sack)
 				agent_count(AGENT_STAT_BAD_OPTIONS);
-			for (__u32 i = 0; i < AGENT_SACK_MAX; i++) {
+			for (__u32 i = 0; i < TCP_SACK_MAX; i++) {
 				if (i >= o.sack_blocks)
 					break;
-				if (tcp_sack_block_shift(skb, l4, o.sack_off[i & (AGENT_SACK_MAX - 1)], diff, &acc))
+				if (tcp_sack_block_shift(skb, l4, o.sack_off[i & (TCP_SACK_MAX - 1)], diff, &acc))
 					return agent_drop(DROP_REWRITE_FAILED);
 			}
 			if (o.sack_blocks)
@@ -233,7 +233,7 @@ int agent_egress(struct __sk_buff *skb)
 	struct agent_flow_key key = {};
 	struct agent_config *cfg;
 	struct agent_flow *f;
-	struct agent_opts o;
+	struct tcp_opts o;
 	struct pkt p = {};
 	__u32 l4, seq, ack, payload;
 	__u16 win_be;
@@ -255,10 +255,10 @@ int agent_egress(struct __sk_buff *skb)
 	payload = p.payload_len;
 
 	if ((flags & (F_SYN | F_ACK)) == (F_SYN | F_ACK)) {
-		if (agent_opts_parse(skb, l4, p.tcp_hlen, &o))
+		if (tcp_opts_parse(skb, l4, p.tcp_hlen, &o))
 			return agent_drop(DROP_REWRITE_FAILED);
 		f->diff = seq - f->switch_isn;
-		f->backend_wscale = o.wscale;
+		f->backend_wscale = o.wscale == TCP_WSCALE_NONE ? AGENT_WSCALE_NONE : o.wscale;
 		f->promised_wscale = cfg->window_scale;
 		f->state = AGENT_FLOW_ESTABLISHED;
 		agent_count(AGENT_STAT_SYNACK);

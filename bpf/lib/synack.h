@@ -21,6 +21,8 @@
 #include "switch_maps.h"
 #include "tcp_opts.h"
 
+#define TCP_DEFAULT_MSS 536 /* RFC 879: a SYN without an MSS option */
+
 #define SYNACK_OPTLEN 12
 #define SYNACK_TCPLEN (sizeof(struct tcphdr) + SYNACK_OPTLEN)
 #define SYNACK_LEN (sizeof(struct ethhdr) + sizeof(struct iphdr) + SYNACK_TCPLEN)
@@ -85,25 +87,23 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 	struct ethhdr eth;
 	struct iphdr ip = {};
 	struct synack_tcp t = {};
-	struct syn_opts o;
+	struct tcp_opts o;
 	__u32 saddr = p->ip->saddr, daddr = p->ip->daddr;
 	__u16 sport = p->tcp->source, dport = p->tcp->dest;
 	__u32 seq = bpf_ntohl(p->tcp->seq);
 	__u32 bucket, opts, isn, pseudo, slot;
 	struct sw_key *key;
 	__u16 before, after, check;
-	int rc;
 
 	__builtin_memcpy(eth.h_dest, p->eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth.h_source, p->eth->h_dest, ETH_ALEN);
 	eth.h_proto = bpf_htons(ETH_P_IP);
 
-	rc = parse_syn_opts(skb, p->l4_off + sizeof(struct tcphdr), p->tcp_hlen - sizeof(struct tcphdr), &o);
-	if (rc)
-		return rc;
+	if (tcp_opts_parse(skb, p->l4_off, p->tcp_hlen, &o) || o.malformed)
+		return DROP_BAD_TCP_OPTIONS;
 
 	bucket = cookie_bucket_now(cfg);
-	opts = cookie_option_bits(o.mss, o.has_wscale, o.wscale, o.sack);
+	opts = cookie_option_bits(o.mss ? o.mss : TCP_DEFAULT_MSS, o.wscale != TCP_WSCALE_NONE, o.wscale, o.sack_perm);
 	slot = cfg->key_slot & 1;
 	key = bpf_map_lookup_elem(&sw_keys, &slot);
 	if (!key)
@@ -134,7 +134,7 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 	t.opts[2] = cfg->mss >> 8;
 	t.opts[3] = cfg->mss & 0xFF;
 	t.opts[4] = TCPOPT_NOP;
-	if (o.has_wscale) {
+	if (o.wscale != TCP_WSCALE_NONE) {
 		t.opts[5] = TCPOPT_WSCALE;
 		t.opts[6] = 3;
 		t.opts[7] = cfg->wscale;
@@ -143,7 +143,7 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 	}
 	t.opts[8] = TCPOPT_NOP;
 	t.opts[9] = TCPOPT_NOP;
-	if (o.sack && cfg->sack) {
+	if (o.sack_perm && cfg->sack) {
 		t.opts[10] = TCPOPT_SACK_PERM;
 		t.opts[11] = 2;
 	} else {
