@@ -10,7 +10,6 @@ gracefully. Every wait is bounded by one deadline.
 
 from __future__ import annotations
 
-import array
 import errno
 import random
 import socket
@@ -22,6 +21,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from miresga.bpf.netns import in_netns
+from miresga.frontend.packetio import csum_fold, ones_sum  # the one checksum of the project
 
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
@@ -56,16 +56,6 @@ class FetchResult:
     closed: bool = False  # both FINs exchanged and acknowledged
     next_seq: int = 0     # the client's next sequence number after the request
     next_ack: int = 0     # the client's acknowledgement after the response (switch space)
-
-
-def _csum(b: bytes) -> int:
-    """One's-complement sum of 16-bit words, folded (0xFFFF over a segment with a right checksum)."""
-    if len(b) % 2:
-        b += b"\x00"
-    s = sum(array.array("H", b))  # host order: a valid sum folds to 0xFFFF either way
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 def parse_options(opts: bytes) -> dict[int, bytes]:
@@ -139,7 +129,7 @@ class SplicePeer:
         doff = (off_flags >> 12) * 4
         if self.verify_checksums:
             seg = data[t:14 + tot]
-            if _csum(data[26:34] + b"\x00\x06" + len(seg).to_bytes(2, "big") + seg) == 0xFFFF:
+            if csum_fold(ones_sum(data[26:34] + b"\x00\x06" + len(seg).to_bytes(2, "big") + seg)) == 0xFFFF:
                 self.csum_good += 1
             else:
                 self.csum_bad += 1
