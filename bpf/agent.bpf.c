@@ -133,6 +133,21 @@ static __always_inline int ingress_syn(struct __sk_buff *skb, struct pkt *p, str
 }
 
 /* Client -> back-end: ack and SACK blocks from the switch's space into the back-end's (+diff). */
+/* After a segment of a flow was translated: count it, and remove the flow on RST or once both
+ * FINs are acknowledged. */
+static __always_inline int translated(struct agent_flow *f, struct agent_flow_key *key, __u8 flags, __u32 stat)
+{
+	agent_count(stat);
+	if (flags & F_RST) {
+		bpf_map_delete_elem(&agent_flows, key);
+		agent_count(AGENT_STAT_REMOVED_RST);
+	} else if (all_closed(f)) {
+		bpf_map_delete_elem(&agent_flows, key);
+		agent_count(AGENT_STAT_REMOVED_FIN);
+	}
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int agent_ingress(struct __sk_buff *skb)
 {
@@ -200,15 +215,7 @@ int agent_ingress(struct __sk_buff *skb)
 		f->fin_in_end = seq + payload + 1;
 		f->fin_in = 1;
 	}
-	agent_count(AGENT_STAT_XLATE_IN);
-	if (flags & F_RST) {
-		bpf_map_delete_elem(&agent_flows, &key);
-		agent_count(AGENT_STAT_REMOVED_RST);
-	} else if (all_closed(f)) {
-		bpf_map_delete_elem(&agent_flows, &key);
-		agent_count(AGENT_STAT_REMOVED_FIN);
-	}
-	return TC_ACT_OK;
+	return translated(f, &key, flags, AGENT_STAT_XLATE_IN);
 }
 
 /* The back-end's window field, in its own scale, re-expressed in the scale the switch promised
@@ -289,15 +296,7 @@ int agent_egress(struct __sk_buff *skb)
 	}
 	if ((flags & F_ACK) && f->fin_in && !f->fin_in_acked && seq_after_eq(ack, f->fin_in_end))
 		f->fin_in_acked = 1;
-	agent_count(AGENT_STAT_XLATE_OUT);
-	if (flags & F_RST) {
-		bpf_map_delete_elem(&agent_flows, &key);
-		agent_count(AGENT_STAT_REMOVED_RST);
-	} else if (all_closed(f)) {
-		bpf_map_delete_elem(&agent_flows, &key);
-		agent_count(AGENT_STAT_REMOVED_FIN);
-	}
-	return TC_ACT_OK;
+	return translated(f, &key, flags, AGENT_STAT_XLATE_OUT);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
