@@ -81,4 +81,28 @@ static __always_inline int parse_tcp_ipv4(void *data, void *data_end, struct pkt
 	return PARSE_TCP;
 }
 
+/* Headers we may need in the linear area: Ethernet + IPv4 with options + TCP with options. */
+#define PARSE_PULL_LEN (14 + 60 + 60)
+
+/* parse_tcp_ipv4 on an skb, pulling the headers into the linear area once if they are not there
+ * yet (GSO frames may carry them in fragments). One parse call site in a real (not unrolled)
+ * loop: two inlined copies made clang merge their paths into reads of registers the verifier
+ * sees as uninitialised. */
+static __always_inline int parse_tcp_ipv4_skb(struct __sk_buff *skb, struct pkt *p)
+{
+	int rc = 0;
+
+#pragma clang loop unroll(disable)
+	for (int attempt = 0; attempt < 2; attempt++) {
+		__u32 want = skb->len < PARSE_PULL_LEN ? skb->len : PARSE_PULL_LEN;
+
+		rc = parse_tcp_ipv4((void *)(long)skb->data, (void *)(long)skb->data_end, p);
+		if (rc != DROP_TRUNCATED_IP && rc != DROP_TRUNCATED_TCP)
+			break;
+		if (attempt || skb->data_end - skb->data >= want || bpf_skb_pull_data(skb, want))
+			break;
+	}
+	return rc;
+}
+
 #endif

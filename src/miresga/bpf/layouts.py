@@ -102,3 +102,40 @@ class AgentConfig(ctypes.Structure):
     _c_name = "agent_config"
     _fields_ = [("service_ports", ctypes.c_uint16 * 4), ("window_scale", ctypes.c_uint8),
                 ("_pad", ctypes.c_uint8 * 7)]
+
+
+# --- bpf/frontend.h (the front-end's kernel path) --------------------------------------------
+
+class FeKey(ctypes.Structure):
+    """bpf/frontend.h: struct fe_key (client ip:port, network byte order)."""
+
+    _c_name = "fe_key"
+    _fields_ = [("addr", ctypes.c_uint32), ("port", ctypes.c_uint16), ("_pad", ctypes.c_uint16)]
+
+
+class FeConn(ctypes.Structure):
+    """bpf/frontend.h: struct fe_conn (addresses network order, sequence numbers host order)."""
+
+    _c_name = "fe_conn"
+    _fields_ = [("last_seen_ns", ctypes.c_uint64), ("to_client_bytes", ctypes.c_uint64),
+                ("backend_ip", ctypes.c_uint32), ("backend_port", ctypes.c_uint16),
+                ("cli_fin", ctypes.c_uint8), ("srv_fin", ctypes.c_uint8), ("cli_nxt", ctypes.c_uint32),
+                ("cli_ack", ctypes.c_uint32), ("srv_end", ctypes.c_uint32), ("watch_next", ctypes.c_uint32),
+                ("watch_segs", ctypes.c_uint32), ("_pad", ctypes.c_uint32), ("closing", ctypes.c_uint64)]
+
+
+class FeConfig(ctypes.Structure):
+    """bpf/frontend.h: struct fe_config (network byte order)."""
+
+    _c_name = "fe_config"
+    _fields_ = [("vip", ctypes.c_uint32), ("vport", ctypes.c_uint16), ("_pad", ctypes.c_uint16)]
+
+
+class FeEvent(ctypes.Structure):
+    """bpf/frontend.h: struct fe_event (a FE_EV_COPY record carries copy_len bytes after it)."""
+
+    _c_name = "fe_event"
+    _fields_ = [("kind", ctypes.c_uint32), ("addr", ctypes.c_uint32), ("port", ctypes.c_uint16),
+                ("copy_len", ctypes.c_uint16), ("seq", ctypes.c_uint32), ("payload_len", ctypes.c_uint32),
+                ("cli_ack", ctypes.c_uint32), ("srv_end", ctypes.c_uint32), ("cli_nxt", ctypes.c_uint32),
+                ("to_client_bytes", ctypes.c_uint64)]

@@ -77,6 +77,12 @@ for name, res, args in [
     ("bpf_map_update_elem", ctypes.c_int, [ctypes.c_int, _P, _P, ctypes.c_uint64]),
     ("bpf_map_lookup_elem", ctypes.c_int, [ctypes.c_int, _P, _P]),
     ("bpf_map_delete_elem", ctypes.c_int, [ctypes.c_int, _P]),
+    ("bpf_map_lookup_and_delete_elem", ctypes.c_int, [ctypes.c_int, _P, _P]),
+    ("ring_buffer__new", _P, [ctypes.c_int, _P, _P, _P]),
+    ("ring_buffer__consume", ctypes.c_int, [_P]),
+    ("ring_buffer__poll", ctypes.c_int, [_P, ctypes.c_int]),
+    ("ring_buffer__epoll_fd", ctypes.c_int, [_P]),
+    ("ring_buffer__free", None, [_P]),
     ("bpf_map_get_next_key", ctypes.c_int, [ctypes.c_int, _P, _P]),
     ("bpf_obj_pin", ctypes.c_int, [ctypes.c_int, ctypes.c_char_p]),
     ("bpf_obj_get", ctypes.c_int, [ctypes.c_char_p]),
@@ -170,6 +176,15 @@ class Map:
             raise _err(f"lookup {self.name}")
         return v.raw
 
+    def lookup_and_delete(self, key: Buffer) -> bytes | None:
+        """Read and remove in one step (hash maps): nothing written between the two is lost."""
+        k, v = _buf(key, self.key_size), ctypes.create_string_buffer(self.value_size)
+        if _lib.bpf_map_lookup_and_delete_elem(self.fd, k, v) != 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                return None
+            raise _err(f"lookup_and_delete {self.name}")
+        return v.raw
+
     def percpu_u64_sum(self, key: Buffer) -> int:
         """Sum over CPUs of a per-CPU map's u64 value (`lookup` sizes for one CPU only)."""
         k = _buf(key, self.key_size)
@@ -209,6 +224,41 @@ class Map:
         if self._owns and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+_RINGBUF_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+class RingBuffer:
+    """A BPF ring buffer map read with libbpf's consumer. `consume()` returns the records
+    waiting (as bytes) without blocking; `fileno()` is an epoll fd that is readable when records
+    are waiting, for a selector."""
+
+    def __init__(self, m: Map):
+        self._records: list[bytes] = []
+
+        def cb(_ctx, data, size):
+            self._records.append(ctypes.string_at(data, size))
+            return 0
+        self._cb = _RINGBUF_CB(cb)   # keep the callback alive as long as the ring
+        self._rb = _lib.ring_buffer__new(m.fd, ctypes.cast(self._cb, ctypes.c_void_p), None, None)
+        if not self._rb:
+            raise _err(f"ring_buffer__new {m.name}")
+
+    def fileno(self) -> int:
+        return _lib.ring_buffer__epoll_fd(self._rb)
+
+    def consume(self) -> list[bytes]:
+        rc = _lib.ring_buffer__consume(self._rb)
+        if rc < 0:
+            raise _err("ring_buffer__consume", rc)
+        out, self._records = self._records, []
+        return out
+
+    def close(self) -> None:
+        if self._rb:
+            _lib.ring_buffer__free(self._rb)
+            self._rb = None
 
 
 @dataclass

@@ -163,6 +163,9 @@ class Frontend(Strict):
     ack_coalesce_ms: float = Field(
         default=5.0, ge=0, le=100, description="hold a pure ACK that acknowledges everything the other side "
         "sent this long: a segment that follows with the same ack makes it redundant (0 = relay at once)")
+    kernel_path: bool = Field(
+        default=True, description="relay established connections in eBPF on the front-end's interface "
+        "(bpf/frontend.bpf.c); off: the Python engine relays every segment")
 
 
 class Agent(Strict):

@@ -18,6 +18,8 @@ from typing import Union
 
 from miresga import cookie
 from miresga.control.config import Deployment
+from miresga.frontend.handover import (EvKind, KernelCheck, KernelEntry, KernelEvent, KernelHandover,
+                                       KernelRemove)
 from miresga.frontend.http import (HttpError, RequestStream, ResponseWatcher, local_response,
                                    looks_like_request_start, request_start_certain)
 from miresga.frontend.rules import CompiledRule, RuleSet
@@ -28,6 +30,7 @@ from miresga.frontend.states import TRANSITIONS, Ev, Offload, State
 Key = tuple[int, int]  # client ip, client port
 _UNKNOWN_OPTS = cookie.ClientOptions(mss=536, wscale=None, sack=False)
 MAX_WINDOW_AHEAD = 1 << 22  # a client segment further ahead than this is not in any window we gave
+WATCH_COPIES = 2  # response segments the kernel copies for a watcher (a header beyond them is not read)
 
 
 @dataclass(slots=True)
@@ -61,7 +64,7 @@ class OffloadCheck:
     gen: int
 
 
-Action = Union[Send, OffloadInsert, OffloadDelete, OffloadCheck]
+Action = Union[Send, OffloadInsert, OffloadDelete, OffloadCheck, KernelHandover, KernelCheck, KernelRemove]
 
 
 class Stats:
@@ -86,7 +89,7 @@ class Conn:
                  "offload", "offload_gen", "watch", "watch_next", "slow_srv_bytes", "resp", "reset_after",
                  "resp_acked", "s0", "ever_installed", "adopted", "fe_acked", "rtx", "rtx_at", "rtx_tries",
                  "want_offload", "reinserted", "bad_request",
-                 "start_certain", "requests", "ack_held")
+                 "start_certain", "requests", "ack_held", "kernel", "kbase")
 
     def __init__(self, key: Key, s: int, opts: cookie.ClientOptions, parser: RequestStream):
         self.key = key
@@ -106,6 +109,8 @@ class Conn:
         self.start_certain = False  # the stream's first segment began with a whole method and SP
         self.requests = 0           # request headers routed on this client connection
         self.ack_held: list[Segment | None] | None = None  # [to back-end, to client]: see Engine._hold
+        self.kernel = False         # the kernel path relays it (handover.py); the engine waits for it back
+        self.kbase = 0              # slow_srv_bytes when handed over (the kernel counts from there)
         self.opts = opts
         self.nxt: int | None = None  # next in-order client sequence number to parse
         self.ooo: dict[int, Segment] = {}
@@ -138,7 +143,8 @@ class Conn:
 
 
 class Engine:
-    def __init__(self, cfg: Deployment):
+    def __init__(self, cfg: Deployment, kernel: bool = False):
+        """`kernel`: hand established connections to the front-end's kernel path (handover.py)."""
         self.cfg = cfg
         self.fe = cfg.frontend
         self.vip = int(cfg.vip.address)
@@ -162,6 +168,7 @@ class Engine:
         self._recent: collections.OrderedDict[Key, float] = collections.OrderedDict()
         self._coalesce_s = self.fe.ack_coalesce_ms / 1000.0
         self._held: dict[Key, tuple[float, Conn]] = {}   # connections holding an ACK: (deadline, conn)
+        self.kernel = kernel
 
     # ---------------------------------------------------------------- events in
 
@@ -196,7 +203,15 @@ class Engine:
         conn = self.conns.get(key)
         if conn is None:
             self._no_flow(seg, key, ev, now, out)
+            if self.kernel:
+                self._handover_key(key, out)
             return out
+        if conn.kernel:
+            # The adapter takes a connection back (take_back) before it gives us its segments;
+            # this one slipped through: take it without the kernel's state, never share it.
+            self.stats.events["kernel_unsynced"] += 1
+            conn.kernel = False
+            out.append(KernelRemove(key))
         if b is not None and b != conn.backend:
             self.stats.drops["stale_backend"] += 1
             return out
@@ -209,6 +224,8 @@ class Engine:
         getattr(self, "_" + handler)(conn, seg, now, out)
         if conn.rtx is not None and conn.state is State.SPLICED:
             conn.deadline = min(conn.deadline, conn.rtx_at)
+        if self.kernel:
+            self._handover_key(key, out)
         return out
 
     def flush(self, now: float) -> list[Action]:
@@ -221,6 +238,8 @@ class Engine:
                 break
             del held[key]
             self._release_acks(conn, out)
+            if self.kernel:
+                self._handover_key(key, out)
         return out
 
     def next_flush(self) -> float | None:
@@ -233,7 +252,13 @@ class Engine:
         while self._recent and next(iter(self._recent.values())) <= now:
             self._recent.popitem(last=False)
         for conn in [c for c in self.conns.values() if c.deadline <= now]:
-            if self.conns.get(conn.key) is conn:
+            if self.conns.get(conn.key) is not conn:
+                continue
+            if conn.kernel and conn.state is State.SPLICED:
+                # Only the kernel knows when it last relayed a segment: ask (kernel_checked).
+                conn.deadline = now + self.fe.idle_timeout_s
+                out.append(KernelCheck(conn.key))
+            else:
                 self._timeout(conn, now, out)
         return out
 
@@ -293,6 +318,113 @@ class Engine:
 
     def set_health(self, backend: int, healthy: bool) -> None:
         self.healthy[backend] = healthy
+
+    # ---------------------------------------------------------------- the kernel path (handover.py)
+
+    def kernel_key(self, seg: Segment) -> Key | None:
+        """The key of `seg`'s connection if the kernel holds it: the adapter must take it back
+        (take_back) before giving us the segment."""
+        if not self.kernel:
+            return None
+        key = (seg.src, seg.sport) if seg.dst == self.vip and seg.dport == self.vport else (seg.dst, seg.dport)
+        conn = self.conns.get(key)
+        return key if conn is not None and conn.kernel else None
+
+    def take_back(self, key: Key, entry: KernelEntry | None, now: float) -> list[Action]:
+        """The adapter removed the connection's kernel entry (`None`: the kernel had removed it
+        itself, and its event was handled or lost): the engine owns the connection again."""
+        out: list[Action] = []
+        conn = self.conns.get(key)
+        if conn is None or not conn.kernel:
+            return out
+        conn.kernel = False
+        self.stats.events["kernel_take_back"] += 1
+        if entry is not None:
+            self._merge_kernel(conn, entry.cli_ack, entry.srv_end, entry.cli_fin, entry.cli_nxt, entry.srv_fin,
+                               entry.to_client_bytes)
+            self._maybe_closing(conn, now, out)
+        return out
+
+    def kernel_checked(self, key: Key, entry: KernelEntry | None, now: float) -> list[Action]:
+        """Answer to KernelCheck: the connection taken back, with how long the kernel saw it idle."""
+        out = self.take_back(key, entry, now)
+        conn = self.conns.get(key)
+        if conn is None:
+            return out
+        left = self.fe.idle_timeout_s - (entry.idle_s if entry is not None else self.fe.idle_timeout_s)
+        if conn.state is State.SPLICED and left > 0:
+            conn.deadline = now + left
+        else:
+            self._timeout(conn, now, out)
+        self._handover_key(key, out)
+        return out
+
+    def kernel_event(self, ev: KernelEvent, now: float) -> list[Action]:
+        """A record from the kernel path's ring buffer."""
+        out: list[Action] = []
+        conn = self.conns.get(ev.key)
+        if conn is None or not conn.kernel:
+            self.stats.events["kernel_event_stale"] += 1
+            return out
+        kind = ev.kind
+        if kind is EvKind.COPY:
+            if conn.watch is not None and ev.seq == conn.watch_next:
+                self._watch_response(conn, ev.seq, ev.payload_len, ev.data, out)
+        elif kind is EvKind.CLOSING:
+            self._merge_kernel(conn, ev.cli_ack, ev.srv_end, True, ev.cli_nxt, True, ev.to_client_bytes)
+            self._maybe_closing(conn, now, out)
+        else:   # a RST either way, relayed; the kernel removed its entry
+            conn.kernel = False
+            self._merge_kernel(conn, ev.cli_ack, ev.srv_end, False, 0, False, ev.to_client_bytes)
+            self.stats.events["client_rst" if kind is EvKind.CLIENT_RST else "backend_rst"] += 1
+            self._forget(conn, out)
+        return out
+
+    def handover_refused(self, key: Key) -> None:
+        """The kernel's table is full: the engine keeps relaying the connection."""
+        conn = self.conns.get(key)
+        if conn is not None and conn.kernel:
+            conn.kernel = False
+            self.stats.events["kernel_full"] += 1
+
+    def kernel_held(self) -> int:
+        return sum(1 for c in self.conns.values() if c.kernel)
+
+    def _handover_key(self, key: Key, out: list[Action]) -> None:
+        conn = self.conns.get(key)
+        if conn is not None:
+            self._handover(conn, out)
+
+    def _handover(self, conn: Conn, out: list[Action]) -> None:
+        """Give an established connection to the kernel when nothing in it waits for the engine:
+        no request being collected, nothing held, reordered or owed to the back-end. Put first,
+        so the entry is in place before the segments of this step leave."""
+        if (conn.kernel or conn.state not in (State.SPLICED, State.CLOSING) or conn.rtx is not None
+                or conn.holding or conn.ooo or conn.ack_held is not None or conn.backend is None or conn.nxt is None):
+            return
+        ip, port = self.backends[conn.backend]
+        w = conn.watch is not None
+        entry = KernelEntry(ip, port, conn.nxt, conn.cli_ack, conn.srv_end, conn.cli_fin, conn.srv_fin,
+                            conn.state is State.CLOSING, conn.watch_next if w else 0, WATCH_COPIES if w else 0)
+        conn.kernel = True
+        conn.kbase = conn.slow_srv_bytes
+        self.stats.events["kernel_handover"] += 1
+        out.insert(0, KernelHandover(conn.key, entry))
+
+    @staticmethod
+    def _merge_kernel(conn: Conn, cli_ack: int, srv_end: int, cli_fin: bool, cli_nxt: int, srv_fin: bool,
+                      to_client_bytes: int) -> None:
+        """What the kernel relayed while it held the connection, as the engine would have seen it."""
+        if seq_diff(cli_ack, conn.cli_ack) > 0:
+            conn.cli_ack = cli_ack
+        if seq_diff(srv_end, conn.srv_end) > 0:
+            conn.srv_end = srv_end
+        if cli_fin and not conn.cli_fin:
+            conn.cli_fin = True
+            conn.nxt = cli_nxt
+        if srv_fin:
+            conn.srv_fin = True
+        conn.slow_srv_bytes = conn.kbase + to_client_bytes
 
     # ---------------------------------------------------------------- helpers
 
@@ -412,6 +544,9 @@ class Engine:
             self.active[b] += 1
 
     def _forget(self, conn: Conn, out: list[Action]) -> None:
+        if conn.kernel:
+            conn.kernel = False
+            out.append(KernelRemove(conn.key))
         self._drop_offload(conn, out)
         self._discard_acks(conn)
         if conn.ever_installed:
@@ -778,17 +913,8 @@ class Engine:
             conn.srv_end = seg.end
         if seg.payload:
             conn.slow_srv_bytes += len(seg.payload)
-            w = conn.watch
-            if w is not None and seg.seq == conn.watch_next:
-                conn.watch_next = seq_add(seg.seq, len(seg.payload))
-                cl = w.feed(seg.payload)
-                if w.done:
-                    conn.watch = None
-                    rule = conn.rule
-                    # Only the bytes still to come can take the switch: a new connection's first
-                    # flight already carries ~14 KB, so a 64 KB response is nearly through.
-                    if cl is not None and rule is not None and cl - w.body_seen >= rule.offload_threshold:
-                        self._insert(conn, out)
+            if conn.watch is not None and seg.seq == conn.watch_next:
+                self._watch_response(conn, seg.seq, len(seg.payload), seg.payload, out)
         if seg.flags & FIN:
             conn.srv_fin = True
         # the back-end acknowledges a whole request (nothing more to come from the client for it)
@@ -798,6 +924,24 @@ class Engine:
                 and not conn.ooo and conn.offload is Offload.NONE)
         self._to_client(seg, out, conn, hold)
         self._maybe_closing(conn, now, out)
+
+    def _watch_response(self, conn: Conn, seq: int, size: int, data: bytes, out: list[Action]) -> None:
+        """The in-order response segment at `seq` (`size` bytes, of which `data` is the start):
+        read its header for `auto` offload."""
+        w = conn.watch
+        assert w is not None
+        conn.watch_next = seq_add(seq, size)
+        unseen = size - len(data)     # a copy from the kernel path may be cut short
+        cl = w.feed(data)
+        if w.done:
+            conn.watch = None
+            rule = conn.rule
+            # Only the bytes still to come can take the switch: a new connection's first
+            # flight already carries ~14 KB, so a 64 KB response is nearly through.
+            if cl is not None and rule is not None and cl - w.body_seen - unseen >= rule.offload_threshold:
+                self._insert(conn, out)
+        elif unseen:
+            conn.watch = None         # the rest of the header is not ours to read
 
     def _backend_refused(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
         self.stats.drops["backend_refused"] += 1

@@ -19,6 +19,7 @@ class MetricsPublisher:
     def __init__(self, engine, io_stats, worker_stats: dict, health, backend_names: list[str]):
         self.engine, self.io_stats, self.worker_stats, self.health = engine, io_stats, worker_stats, health
         self.names = backend_names
+        self.kernel_stats = None   # callable -> {counter: n} of the kernel path, when it runs
         self._snap: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._server = None
@@ -44,7 +45,15 @@ class MetricsPublisher:
             "switch_rpc": dict(self.worker_stats),
             "healthy": {self.names[i]: int(h) for i, h in enumerate(self.health.healthy)},
             "active": {self.names[i]: n for i, n in enumerate(e.active)},
+            "kernel": dict(self.kernel_stats()) if self.kernel_stats is not None else {},
         }
+        k = snap["kernel"]
+        k["connections"] = e.kernel_held()
+        # Bytes the kernel path relayed took the slow path too (through this front-end).
+        b = snap["bytes"]
+        for path, counter in (("slow_to_client", "to_client_bytes"), ("slow_to_backend", "to_backend_bytes")):
+            if k.get(counter):
+                b[path] = b.get(path, 0) + k[counter]
         with self._lock:
             self._snap = snap
 
@@ -77,6 +86,8 @@ class MetricsPublisher:
         yield fam("c", "switch_rpc", "switch controller calls", "counter", s["switch_rpc"])
         yield fam("g", "backend_healthy", "1 if the back-end is in its pools", "backend", s["healthy"])
         yield fam("g", "backend_active", "connections per back-end", "backend", s["active"])
+        yield fam("c", "kernel_path", "front-end kernel path: segments and bytes relayed, passed up, events "
+                  "(connections: held by the kernel now)", "counter", s["kernel"])
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         self._server = start_http_server(port, addr=addr, registry=self.registry)
@@ -105,7 +116,7 @@ def scrape(url: str, timeout: float = 2.0) -> dict[str, dict[str, float]]:
 
 
 SUMMARY = ("connections", "offloaded_connections", "requests", "backend_requests", "backend_healthy",
-           "offload", "bytes", "local_responses", "drops", "packets", "switch_rpc")
+           "offload", "bytes", "local_responses", "drops", "packets", "kernel_path", "switch_rpc")
 
 
 def format_summary(m: dict[str, dict[str, float]]) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from miresga import cookie
 from miresga.control.config import Deployment
 from miresga.frontend.engine import Engine, OffloadCheck, OffloadDelete, OffloadInsert, Send
+from miresga.frontend.handover import KernelCheck, KernelHandover, KernelRemove
 from miresga.frontend.health import HealthTracker, check_ok, probe
 from miresga.frontend.metrics import MetricsPublisher
 
@@ -261,7 +262,8 @@ class FrontendServer:
         if host is None:
             raise ValueError(f"no front-end named {opts.name!r} in the config")
         self.host = host
-        self.engine = Engine(cfg)
+        self.engine = Engine(cfg, kernel=cfg.frontend.kernel_path)
+        self.kpath = None
         self.results: queue.SimpleQueue = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -274,7 +276,13 @@ class FrontendServer:
             self.io = PacketIO(opts.iface, opts.gateway_mac or switch_port_mac(str(host.gateway)),
                                filter_spec=(str(cfg.vip.address), cfg.vip.port, backends),
                                checksum=cfg.frontend.checksum)
+            if cfg.frontend.kernel_path:
+                from miresga.frontend.kernel_path import KernelPath
+                self.kpath = KernelPath(opts.iface, int(cfg.vip.address), cfg.vip.port,
+                                        cfg.frontend.max_connections)
         except BaseException:   # undo what we made so far
+            if getattr(self, "io", None) is not None:
+                self.io.close()
             if opts.guard:
                 remove_kernel_guard()
             os.close(self._wake_r)
@@ -291,6 +299,8 @@ class FrontendServer:
                                           cfg.frontend.health_timeout_s, self.results, self._wake)
         self.metrics = MetricsPublisher(self.engine, self.io.stats, self.worker.stats, self.health,
                                         [b.name for b in cfg.hosts.backends])
+        if self.kpath is not None:
+            self.metrics.kernel_stats = self.kpath.stats
 
     def _client_factory(self, addr: str) -> Callable[[], Any]:
         if not addr:
@@ -311,10 +321,47 @@ class FrontendServer:
     def _do(self, actions: list) -> None:
         io, worker = self.io, self.worker
         for a in actions:
-            if type(a) is Send:
+            t = type(a)
+            if t is Send:
                 io.send(a.seg)
+            elif t is KernelHandover:
+                if not self.kpath.handover(a.key, a.entry):  # type: ignore[union-attr]
+                    self.engine.handover_refused(a.key)
+            elif t is KernelRemove:
+                self.kpath.remove(a.key)  # type: ignore[union-attr]
+            elif t is KernelCheck:
+                entry = self._take(a.key)
+                self._do(self.engine.kernel_checked(a.key, entry, self.clock()))
             else:
                 worker.submit(a)
+
+    def _take(self, key):
+        """Remove a connection's kernel entry; with none left (the kernel ended the connection
+        itself), first hear the kernel's account of it."""
+        entry = self.kpath.take(key)  # type: ignore[union-attr]
+        if entry is None:
+            self._kernel_events(self.clock())
+        return entry
+
+    def _kernel_events(self, now: float) -> None:
+        if self.kpath is None:
+            return
+        eng = self.engine
+        for ev in self.kpath.events():
+            self._do(eng.kernel_event(ev, now))
+
+    def _segments(self, segs: list, now: float) -> None:
+        eng = self.engine
+        if self.kpath is None:
+            for seg in segs:
+                self._do(eng.segment(seg, now))
+            return
+        for seg in segs:
+            key = eng.kernel_key(seg)
+            if key is not None:
+                entry = self._take(key)
+                self._do(eng.take_back(key, entry, now))
+            self._do(eng.segment(seg, now))
 
     def _drain_results(self, now: float) -> None:
         eng = self.engine
@@ -345,6 +392,8 @@ class FrontendServer:
         sel = selectors.DefaultSelector()
         sel.register(self.io.fileno(), selectors.EVENT_READ, "io")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        if self.kpath is not None:
+            sel.register(self.kpath.fileno(), selectors.EVENT_READ, "kernel")
         eng, io, clock = self.engine, self.io, self.clock
         next_tick = next_pub = 0.0
         # Every segment allocates a few objects and tens of thousands of connections stay alive:
@@ -363,10 +412,10 @@ class FrontendServer:
                         except BlockingIOError:
                             pass
                 now = clock()
+                self._kernel_events(now)
                 for _ in range(16):   # bounded, so timers and results are never starved
                     segs = io.recv_batch(opts.batch)
-                    for seg in segs:
-                        self._do(eng.segment(seg, now))
+                    self._segments(segs, now)
                     if len(segs) < opts.batch:
                         break
                 self._drain_results(now)
@@ -389,6 +438,9 @@ class FrontendServer:
         self.worker.stop.set()
         self.health_worker.stop.set()
         self.metrics.close()
+        if self.kpath is not None:
+            self.kpath.close()
+            self.kpath = None
         self.io.close()
         if self.opts.guard:
             remove_kernel_guard()

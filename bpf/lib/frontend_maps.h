@@ -1,0 +1,61 @@
+/* The front-end kernel path's maps, BTF-style. Sizes are defaults: the loader sets the table's
+ * from cfg.frontend.max_connections. */
+#ifndef MIRESGA_FRONTEND_MAPS_H
+#define MIRESGA_FRONTEND_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "frontend.h"
+
+#ifndef FE_CONNS_MAX
+#define FE_CONNS_MAX 262144
+#endif
+#ifndef FE_EVENTS_BYTES
+#define FE_EVENTS_BYTES (1 << 22)
+#endif
+
+/* Client ip:port -> relay state of a connection the engine handed over. A plain hash: a full
+ * table refuses the hand-over and the connection stays with Python. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FE_CONNS_MAX);
+	__type(key, struct fe_key);
+	__type(value, struct fe_conn);
+} fe_conns SEC(".maps");
+
+/* Slot 0: the VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fe_config);
+} fe_config SEC(".maps");
+
+/* Ends, closings and response copies for Python. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, FE_EVENTS_BYTES);
+} fe_events SEC(".maps");
+
+/* enum fe_stat -> count. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FE_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} fe_stats SEC(".maps");
+
+static __always_inline void fe_count_n(__u32 stat, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&fe_stats, &stat);
+
+	if (c)
+		*c += n; /* per-CPU slot: no atomics needed */
+}
+
+static __always_inline void fe_count(__u32 stat)
+{
+	fe_count_n(stat, 1);
+}
+
+#endif
