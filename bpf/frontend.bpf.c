@@ -90,6 +90,9 @@ struct fe_copy {
 	__u8 data[FE_COPY_MAX];
 };
 
+/* Ring-buffer records have no map value type: keep their layout in the BTF for user space. */
+const volatile struct fe_copy fe_event_layout_anchor __attribute__((unused));
+
 /* A copy of the first bytes of a response segment, for the engine's auto-offload watcher. */
 static __always_inline void copy_response(struct __sk_buff *skb, struct pkt *p, struct fe_key *key,
 					  struct fe_conn *e, __u32 seq)
@@ -140,6 +143,7 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, str
 	__u16 old_port = th->dest, new_port = e->backend_port;
 	int rc;
 
+	e->last_seen_ns = bpf_ktime_get_ns();
 	if (f & F_RST) {
 		rc = relay(skb, p, offsetof(struct iphdr, daddr), old_ip, new_ip, offsetof(struct tcphdr, dest),
 			   old_port, new_port, 0);
@@ -160,7 +164,6 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, str
 	}
 	if (f & F_ACK)
 		e->cli_ack = bpf_ntohl(th->ack_seq);
-	e->last_seen_ns = bpf_ktime_get_ns();
 	if (f & F_FIN)
 		maybe_closing(key, e);
 	return relay(skb, p, offsetof(struct iphdr, daddr), old_ip, new_ip, offsetof(struct tcphdr, dest), old_port,
@@ -178,6 +181,7 @@ static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, st
 	__u16 old_port = th->source;
 	int rc;
 
+	e->last_seen_ns = bpf_ktime_get_ns();
 	if (f & F_RST) {
 		rc = relay(skb, p, offsetof(struct iphdr, saddr), old_ip, cfg->vip, offsetof(struct tcphdr, source),
 			   old_port, cfg->vport, 1);
@@ -198,7 +202,6 @@ static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, st
 		if (e->watch_segs && seq == e->watch_next)
 			copy_response(skb, p, key, e, seq);
 	}
-	e->last_seen_ns = bpf_ktime_get_ns();
 	if (f & F_FIN) {
 		e->srv_fin = 1;
 		maybe_closing(key, e);

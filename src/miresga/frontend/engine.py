@@ -351,12 +351,14 @@ class Engine:
         conn = self.conns.get(key)
         if conn is None:
             return out
-        left = self.fe.idle_timeout_s - (entry.idle_s if entry is not None else self.fe.idle_timeout_s)
+        idle = entry.idle_s if entry is not None else self.fe.idle_timeout_s
+        left = self.fe.idle_timeout_s - idle
         if conn.state is State.SPLICED and left > 0:
             conn.deadline = now + left
+            self._handover(conn, out, idle)     # still idle since then, as far as the kernel knows
         else:
             self._timeout(conn, now, out)
-        self._handover_key(key, out)
+            self._handover_key(key, out)
         return out
 
     def kernel_event(self, ev: KernelEvent, now: float) -> list[Action]:
@@ -395,7 +397,7 @@ class Engine:
         if conn is not None:
             self._handover(conn, out)
 
-    def _handover(self, conn: Conn, out: list[Action]) -> None:
+    def _handover(self, conn: Conn, out: list[Action], idle_s: float = 0.0) -> None:
         """Give an established connection to the kernel when nothing in it waits for the engine:
         no request being collected, nothing held, reordered or owed to the back-end. Put first,
         so the entry is in place before the segments of this step leave."""
@@ -405,7 +407,8 @@ class Engine:
         ip, port = self.backends[conn.backend]
         w = conn.watch is not None
         entry = KernelEntry(ip, port, conn.nxt, conn.cli_ack, conn.srv_end, conn.cli_fin, conn.srv_fin,
-                            conn.state is State.CLOSING, conn.watch_next if w else 0, WATCH_COPIES if w else 0)
+                            conn.state is State.CLOSING, conn.watch_next if w else 0, WATCH_COPIES if w else 0,
+                            idle_s=idle_s)
         conn.kernel = True
         conn.kbase = conn.slow_srv_bytes
         self.stats.events["kernel_handover"] += 1

@@ -41,7 +41,7 @@ class KernelEntry:
     watch_next: int = 0
     watch_segs: int = 0      # copies of response segments still wanted
     to_client_bytes: int = 0  # relayed by the kernel since the hand-over
-    idle_s: float = 0.0       # on take-back: time since the kernel relayed the last segment
+    idle_s: float = 0.0       # time since the last segment (kernel -> engine: as the kernel saw it)
 
 
 @dataclass(slots=True)

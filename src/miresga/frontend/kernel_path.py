@@ -48,7 +48,7 @@ def fe_key(key: Key) -> L.FeKey:
 
 
 def encode_entry(e: KernelEntry, now_ns: int) -> L.FeConn:
-    return L.FeConn(last_seen_ns=now_ns, to_client_bytes=0, backend_ip=socket.htonl(e.backend_ip),
+    return L.FeConn(last_seen_ns=now_ns - int(e.idle_s * 1e9), to_client_bytes=0, backend_ip=socket.htonl(e.backend_ip),
                     backend_port=socket.htons(e.backend_port), cli_fin=int(e.cli_fin), srv_fin=int(e.srv_fin),
                     cli_nxt=e.cli_nxt, cli_ack=e.cli_ack, srv_end=e.srv_end, watch_next=e.watch_next,
                     watch_segs=e.watch_segs, closing=int(e.closing))

@@ -1,0 +1,377 @@
+"""Differential tests of the front-end's kernel path: same segments in, same segments out.
+
+Two front-ends see the same segments at the same `now`:
+- the *reference*: the Python engine alone (`Engine(kernel=False)`), the executable specification;
+- the *system*: `bpf/frontend.bpf.c` run through BPF_PROG_TEST_RUN on the real frame, plus the
+  engine with `kernel=True`, wired exactly as `server.py` wires them (hand-over into the map,
+  take-back before the engine sees a segment, ring-buffer events to the engine).
+After every segment both must have emitted the same TCP segments (whole segments: addresses,
+ports, sequence numbers, flags, window, options, payload; the kernel's checksums verified by
+scapy; IP id/TTL are not part of a segment) and the same switch-table requests, and their
+connections must agree. Scenarios are data; a hypothesis test runs random segment sequences.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.l2 import Ether
+
+from frontend_helpers import ACK, FIN, NOW, PSH, RST, RULES, SYN, Backend, Client, get, make_cfg, seq_add
+from miresga.bpf.btf import mirror_mismatches
+from miresga.bpf.layouts import FeConfig, FeConn, FeEvent, FeKey
+from miresga.bpf.libbpf import BpfObject, object_path
+from miresga.bpf.testrun import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, checksums_ok
+from miresga.frontend.engine import Engine, Send
+from miresga.frontend.handover import KernelCheck, KernelHandover, KernelRemove
+from miresga.frontend.kernel_path import FeStat, KernelMaps, decode_entry, fe_key
+from miresga.frontend.packetio import FrameCodec, mac_bytes
+from miresga.frontend.segment import Segment
+from miresga.frontend.states import State
+
+pytestmark = pytest.mark.netns   # root: loads BPF programs
+
+CFG = make_cfg(RULES.replace("syn_retries: 2}", "syn_retries: 2, ack_coalesce_ms: 0}"))
+SW_MAC, FE_MAC = "02:53:0a:00:02:01", "02:4d:0a:00:02:02"
+_IN = FrameCodec(mac_bytes(SW_MAC), mac_bytes(FE_MAC), checksum="software")   # frames as the switch sends them
+_PARSE = FrameCodec(mac_bytes(FE_MAC), mac_bytes(SW_MAC))
+
+
+@pytest.fixture(scope="module")
+def bpf():
+    with BpfObject(object_path("frontend")) as obj:
+        maps = KernelMaps(obj, int(CFG.vip.address), CFG.vip.port)
+        yield obj.program("frontend_ingress"), maps
+        maps.close()
+
+
+@pytest.mark.parametrize("mirror", [FeKey, FeConn, FeConfig, FeEvent])
+def test_layouts_match_btf(mirror):
+    assert not mirror_mismatches(object_path("frontend"), mirror)
+
+
+def frame(seg: Segment) -> bytes:
+    hdr, payload = _IN.build(seg)
+    return hdr[10:] + payload       # without the virtio-net header
+
+
+class System:
+    """The kernel path and the engine that owns what the kernel passes up."""
+
+    def __init__(self, prog, maps: KernelMaps):
+        self.prog, self.maps = prog, maps
+        maps.conns.clear()
+        maps.events()
+        self.eng = Engine(CFG, kernel=True)
+        self.verdicts: list[int] = []
+        # The kernel stamps entries with its own clock; the test runs on simulated time, so it
+        # keeps the simulated time of each entry's last segment and reports idleness from it.
+        self.seen: dict = {}
+
+    def _apply(self, actions, out: list, now: float) -> None:
+        for a in actions:
+            if isinstance(a, KernelHandover):
+                if self.maps.handover(a.key, a.entry):
+                    self.seen[a.key] = now - a.entry.idle_s
+                else:
+                    self.eng.handover_refused(a.key)
+            elif isinstance(a, KernelRemove):
+                self.maps.remove(a.key)
+            elif isinstance(a, KernelCheck):
+                entry = self._take(a.key, out, now)
+                self._apply(self.eng.kernel_checked(a.key, entry, now), out, now)
+            else:
+                out.append(a)
+
+    def _events(self, out: list, now: float) -> None:
+        for ev in self.maps.events():
+            self._apply(self.eng.kernel_event(ev, now), out, now)
+
+    def _take(self, key, out, now):
+        entry = self.maps.take(key)
+        if entry is None:
+            self._events(out, now)
+        else:
+            entry.idle_s = now - self.seen.get(key, now)
+        return entry
+
+    def segment(self, seg: Segment, now: float) -> list:
+        out: list = []
+        key = (seg.src, seg.sport) if seg.dst == self.eng.vip else (seg.dst, seg.dport)
+        if self.maps.conns.lookup(fe_key(key)) is not None:
+            self.seen[key] = now
+        r = self.prog.test_run(frame(seg))
+        self.verdicts.append(r.retval)
+        if r.retval == TC_ACT_REDIRECT:
+            got = Ether(r.data)
+            assert checksums_ok(got), f"bad checksum out of the kernel for {seg}"
+            assert (got.src, got.dst) == (FE_MAC, SW_MAC), "relayed frames go back to the switch port"
+            out.append(Send(_PARSE.parse(memoryview(b"\0" * 10 + r.data)), "?"))
+        elif r.retval == TC_ACT_OK:
+            key = self.eng.kernel_key(seg)
+            if key is not None:
+                self._apply(self.eng.take_back(key, self._take(key, out, now), now), out, now)
+            self._apply(self.eng.segment(seg, now), out, now)
+        else:
+            assert r.retval == TC_ACT_SHOT, r.retval
+        self._events(out, now)
+        return out
+
+    def tick(self, now: float) -> list:
+        out: list = []
+        self._apply(self.eng.tick(now), out, now)
+        return out
+
+
+def normal(actions) -> tuple[list, list]:
+    """What a front-end did, comparable across the two: the segments it sent, in order, and its
+    switch-table requests, in order. Not their interleaving: the kernel relays a response segment
+    first and the engine asks for its offload after reading the copy (the relay never waits)."""
+    return [a.seg for a in actions if isinstance(a, Send)], [a for a in actions if not isinstance(a, Send)]
+
+
+class Twin:
+    """Reference and system side by side; every step is compared."""
+
+    def __init__(self, prog, maps):
+        self.ref = Engine(CFG)
+        self.sys = System(prog, maps)
+
+    def segment(self, seg: Segment, now: float = NOW) -> list:
+        want = normal(self.ref.segment(seg, now))
+        got = normal(self.sys.segment(seg, now))
+        assert got == want, f"{seg}:\n  kernel path: {got}\n  engine:      {want}"
+        self.agree()
+        return got[0] + got[1]
+
+    def tick(self, now: float) -> list:
+        want, got = normal(self.ref.tick(now)), normal(self.sys.tick(now))
+        assert got == want, f"tick {now}:\n  kernel path: {got}\n  engine:      {want}"
+        self.agree()
+        return got[0] + got[1]
+
+    def agree(self) -> None:
+        a, b = self.ref.conns, self.sys.eng.conns
+        assert a.keys() == b.keys()
+        for k, c in a.items():
+            d = b[k]
+            fins = (d.cli_fin, d.srv_fin)
+            if d.kernel:    # what the kernel relayed since the hand-over is in its entry
+                e = decode_entry(self.sys.maps.conns.lookup(fe_key(k)), 0)
+                fins = (d.cli_fin or e.cli_fin, d.srv_fin or e.srv_fin)
+            assert (c.state, c.cli_fin, c.srv_fin, c.offload, c.backend) == \
+                (d.state, *fins, d.offload, d.backend), k
+        held = sum(1 for c in b.values() if c.kernel)
+        assert sum(1 for _ in self.sys.maps.conns.keys()) == held, "kernel entries == connections it holds"
+
+
+# ---------------------------------------------------------------------------- scenarios as data
+
+RESP_1K = b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024
+RESP_1M_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n" + b"y" * 1400
+
+
+@dataclass
+class Conn:
+    cl: Client
+    be: Backend
+
+
+def opened(t: Twin, path: str = "/", backend: int = 0) -> Conn:
+    """One-segment GET, splice SYN, SYN-ACK: the connection is established (and handed over)."""
+    cl = Client(t.ref)
+    t.segment(cl.seg(get(path)))
+    be = Backend(t.ref, backend, cl)
+    t.segment(be.synack())
+    assert t.sys.eng.conns[cl.key].kernel, "an established connection is the kernel's"
+    return Conn(cl, be)
+
+
+def sack_ack(c: Conn, left: int, right: int) -> Segment:
+    s = c.cl.seg(b"", flags=ACK)
+    blk = struct.pack("!BBBBII", 1, 1, 5, 10, seq_add(c.cl.s, 1 + left), seq_add(c.cl.s, 1 + right))
+    return Segment(s.src, s.sport, s.dst, s.dport, s.seq, s.ack, s.flags, s.window, blk)
+
+
+def _respond(c: Conn, body: bytes = RESP_1K, flags: int = ACK | PSH) -> Segment:
+    seg = c.be.seg(body, flags)
+    c.cl.acked += len(body) + (1 if flags & FIN else 0)
+    return seg
+
+
+Step = Callable[[Conn], Segment]
+SCENARIOS: list[tuple[str, str, list[Step]]] = [
+    ("response, client ACK", "/", [
+        lambda c: _respond(c), lambda c: c.cl.seg(b"", flags=ACK)]),
+    ("ACK with a SACK block", "/", [
+        lambda c: _respond(c), lambda c: sack_ack(c, 2000, 3000)]),
+    ("client closes first", "/", [
+        lambda c: _respond(c), lambda c: c.cl.seg(b"", flags=ACK | FIN),
+        lambda c: _respond(c, b"", ACK | FIN), lambda c: c.cl.seg(b"", flags=ACK)]),
+    ("back-end closes first", "/", [
+        lambda c: _respond(c, RESP_1K, ACK | PSH | FIN), lambda c: c.cl.seg(b"", flags=ACK),
+        lambda c: c.cl.seg(b"", flags=ACK | FIN), lambda c: c.be.seg(b"", ACK)]),
+    ("client FIN retransmitted", "/", [
+        lambda c: c.cl.seg(b"", flags=ACK | FIN), lambda c: c.cl.seg(b"", off=c.cl.sent - 1, flags=ACK | FIN)]),
+    ("client RST", "/", [lambda c: _respond(c), lambda c: c.cl.seg(b"", flags=RST | ACK)]),
+    ("back-end RST", "/", [lambda c: c.be.seg(b"", RST | ACK)]),
+    ("back-end retransmission", "/", [
+        lambda c: _respond(c), lambda c: Segment(c.be.ip, c.be.port, c.cl.ip, c.cl.port, seq_add(c.be.s, 1),
+                                                 seq_add(c.be.c, 1 + c.cl.sent), ACK | PSH, 500, b"", RESP_1K)]),
+    ("out-of-window client ACK", "/", [lambda c: c.cl.seg(b"", flags=ACK, ack=seq_add(c.cl.s, 1 << 30))]),
+    ("back-end SYN-ACK again", "/", [lambda c: c.be.synack()]),
+    ("next request, same back-end", "/", [
+        lambda c: _respond(c), lambda c: c.cl.seg(get("/two")), lambda c: _respond(c)]),
+    ("next request re-routed", "/", [
+        lambda c: _respond(c), lambda c: c.cl.seg(get("/api/x"))]),
+    ("auto offload from the response header", "/big/1m", [lambda c: _respond(c, RESP_1M_HEAD)]),
+    ("out-of-order client FIN", "/", [lambda c: c.cl.seg(b"", off=c.cl.sent + 100, flags=ACK | FIN)]),
+    ("another back-end speaks for the client", "/", [
+        lambda c: Backend(c.be.eng, 2, c.cl).seg(b"stray", ACK)]),
+    ("client SYN on an established connection", "/", [
+        lambda c: Segment(c.cl.ip, c.cl.port, c.be.eng.vip, c.be.eng.vport, 7, 0, SYN, 1000)]),
+]
+
+
+@pytest.mark.parametrize("name,path,steps", SCENARIOS, ids=[s[0] for s in SCENARIOS])
+def test_kernel_path_equals_engine(bpf, name, path, steps):
+    t = Twin(*bpf)
+    c = opened(t, path)
+    for step in steps:
+        t.segment(step(c))
+    assert TC_ACT_REDIRECT in t.sys.verdicts or TC_ACT_SHOT in t.sys.verdicts or name.startswith(
+        ("next request", "out-of-order", "another", "client SYN")), "the kernel took part"
+
+
+def test_relay_takes_no_python(bpf):
+    """Response, ACKs and both FINs of an established connection: all in the kernel, none in the
+    engine (its counters do not move), and the close reaches the engine as one event."""
+    t = Twin(*bpf)
+    c = opened(t)
+    before = dict(t.sys.eng.stats.events)
+    for step in SCENARIOS[2][2]:
+        t.segment(step(c))
+    assert t.sys.verdicts[-4:] == [TC_ACT_REDIRECT] * 4
+    assert t.sys.eng.stats.events["kernel_take_back"] == before.get("kernel_take_back", 0)
+    assert t.sys.eng.conns[c.cl.key].state is State.CLOSING
+    stats = t.sys.maps.stats()
+    assert stats["closing"] >= 1 and stats["to_client"] >= 2 and stats["to_backend"] >= 2
+    # the close linger ends in the engine: both forget, the kernel entry goes
+    t.tick(NOW + CFG.frontend.close_linger_s + 0.1)
+    assert not t.sys.eng.conns and not list(t.sys.maps.conns.keys())
+
+
+def test_idle_expiry(bpf):
+    """Idle past idle_timeout_s: only the kernel knows, so the engine asks (KernelCheck)."""
+    t = Twin(*bpf)
+    c = opened(t)
+    t.segment(_respond(c))
+    raw = t.sys.maps.conns.lookup(fe_key(c.cl.key))
+    entry = FeConn.from_buffer_copy(raw)
+    entry.last_seen_ns = 1      # long ago
+    t.sys.maps.conns.update(fe_key(c.cl.key), entry)
+    out = t.tick(NOW + CFG.frontend.idle_timeout_s + 1)
+    assert sum(1 for s in out if isinstance(s, Segment) and s.flags & RST) == 2, out
+    assert not t.sys.eng.conns
+
+
+def test_active_connection_not_expired(bpf):
+    """The engine's timer fires (it set it at the hand-over), but the kernel relayed a moment
+    ago: the connection stays, with the kernel, its timer set from the kernel's last segment."""
+    t = Twin(*bpf)
+    c = opened(t)
+    idle = CFG.frontend.idle_timeout_s
+    t.segment(_respond(c), NOW + idle - 1)
+    takes = t.sys.eng.stats.events["kernel_take_back"]
+    assert t.tick(NOW + idle + 1) == []
+    conn = t.sys.eng.conns[c.cl.key]
+    assert t.sys.eng.stats.events["kernel_take_back"] == takes + 1 and conn.kernel
+    assert conn.deadline == pytest.approx(NOW + 2 * idle - 1)
+    assert t.tick(NOW + 2 * idle) != []        # and then it does expire, on both
+
+
+def test_full_table_keeps_connection_in_python():
+    """A kernel table with no room refuses the hand-over (E2BIG); the engine keeps relaying."""
+    with BpfObject(object_path("frontend"), max_entries={"fe_conns": 1}) as obj:
+        maps = KernelMaps(obj, int(CFG.vip.address), CFG.vip.port)
+        try:
+            s = System(obj.program("frontend_ingress"), maps)
+            other = Client(s.eng, port=50000)
+            s.segment(other.seg(get("/")), NOW)
+            s.segment(Backend(s.eng, 0, other).synack(), NOW)      # takes the only slot
+            cl = Client(s.eng)
+            s.segment(cl.seg(get("/")), NOW)
+            s.segment(Backend(s.eng, 0, cl).synack(), NOW)
+            assert s.eng.conns[other.key].kernel and not s.eng.conns[cl.key].kernel
+            assert s.eng.stats.events["kernel_full"] == 1
+            assert list(maps.conns.keys()) == [bytes(fe_key(other.key))]
+            # the engine relays it itself
+            out = s.segment(Backend(s.eng, 0, cl).seg(RESP_1K), NOW)
+            assert s.verdicts[-1] == TC_ACT_OK
+            assert [a.seg.payload for a in out if isinstance(a, Send)] == [RESP_1K]
+        finally:
+            maps.close()
+
+
+# ---------------------------------------------------------------------------- random sequences
+
+KINDS = ["resp", "resp_fin", "cli_ack", "cli_sack", "cli_fin", "be_ack", "cli_rst", "be_rst", "cli_req",
+         "cli_req_api", "be_rtx", "cli_fin_rtx", "synack"]
+
+
+def _step(kind: str, c: Conn) -> Segment:
+    if kind == "resp":
+        return _respond(c)
+    if kind == "resp_fin":
+        return _respond(c, b"", ACK | FIN)
+    if kind == "cli_ack":
+        return c.cl.seg(b"", flags=ACK)
+    if kind == "cli_sack":
+        return sack_ack(c, 100, 200)
+    if kind == "cli_fin":
+        return c.cl.seg(b"", flags=ACK | FIN)
+    if kind == "be_ack":
+        return c.be.seg(b"", ACK)
+    if kind == "cli_rst":
+        return c.cl.seg(b"", flags=RST | ACK)
+    if kind == "be_rst":
+        return c.be.seg(b"", RST | ACK)
+    if kind == "cli_req":
+        return c.cl.seg(get("/again"))
+    if kind == "cli_req_api":
+        return c.cl.seg(get("/api/y"))
+    if kind == "be_rtx":
+        return Segment(c.be.ip, c.be.port, c.cl.ip, c.cl.port, seq_add(c.be.s, 1), seq_add(c.be.c, 1),
+                       ACK | PSH, 500, b"", b"again")
+    if kind == "cli_fin_rtx":
+        return c.cl.seg(b"", off=max(0, c.cl.sent - 1), flags=ACK | FIN, advance=False)
+    return c.be.synack()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from(KINDS), min_size=1, max_size=12),
+       ticks=st.lists(st.floats(0.0, 3.0), min_size=12, max_size=12))
+def test_random_sequences_equal(bpf, kinds, ticks):
+    t = Twin(*bpf)
+    c = opened(t)
+    now = NOW
+    for kind, dt in zip(kinds, ticks):
+        if c.cl.key not in t.ref.conns:
+            break
+        now += dt
+        t.segment(_step(kind, c), now)
+        t.tick(now)
+    # whatever happened, nothing outlives the connection
+    t.tick(now + CFG.frontend.idle_timeout_s + CFG.frontend.close_linger_s + 10)
+    if not t.ref.conns:
+        assert not list(t.sys.maps.conns.keys())
+
+
+def test_counters_name_every_stat():
+    assert [s.value for s in FeStat] == list(range(len(FeStat)))
