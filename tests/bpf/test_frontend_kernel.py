@@ -14,7 +14,10 @@ connections must agree. Scenarios are data; a hypothesis test runs random segmen
 from __future__ import annotations
 
 import ctypes
+import json
+import os
 import struct
+import subprocess
 from dataclasses import dataclass
 from typing import Callable
 
@@ -375,3 +378,34 @@ def test_random_sequences_equal(bpf, kinds, ticks):
 
 def test_counters_name_every_stat():
     assert [s.value for s in FeStat] == list(range(len(FeStat)))
+
+
+def test_restart_replaces_a_dead_predecessors_program():
+    """A front-end killed with SIGKILL leaves its TC filter behind; the next one takes its place
+    (no EEXIST), and a clean stop leaves no program on the interface."""
+    from miresga.bpf.netns import in_netns
+    from miresga.frontend.kernel_path import KernelPath
+    ns = f"mgkt{os.getpid() % 100000}"
+
+    def sh(*a):
+        subprocess.run(a, check=True, capture_output=True)
+
+    def filters() -> int:
+        out = subprocess.run(["ip", "netns", "exec", ns, "bpftool", "-j", "net", "show", "dev", "eth0"],
+                             capture_output=True, text=True, check=True).stdout
+        return sum(1 for d in json.loads(out) for p in d.get("tc", []) if p["name"].startswith("frontend_ingres"))
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        with in_netns(ns):
+            first = KernelPath("eth0", int(CFG.vip.address), CFG.vip.port, 1024)
+            first.ring.close()          # "dies": its filter stays attached
+            second = KernelPath("eth0", int(CFG.vip.address), CFG.vip.port, 1024)
+        assert filters() == 1
+        with in_netns(ns):
+            second.close()
+        assert filters() == 0
+        first.obj.close()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -22,6 +22,7 @@ _lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE = 1 << 1, 1 << 2
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
+BPF_TC_F_REPLACE = 1
 BPF_FS = Path("/sys/fs/bpf")
 
 
@@ -350,11 +351,15 @@ class BpfObject:
 class TcAttachment:
     """A program attached to clsact ingress or egress of one interface (in a namespace)."""
 
-    def __init__(self, netns: str | None, ifindex: int, direction: str, prog: Program, priority: int = 10):
+    def __init__(self, netns: str | None, ifindex: int, direction: str, prog: Program, priority: int = 10,
+                 replace: bool = False):
+        """`replace`: take the place of a filter left at (handle, priority) by a process that
+        died, instead of failing with EEXIST."""
         self.netns, self.ifindex, self.direction = netns, ifindex, direction
         point = BPF_TC_INGRESS if direction == "ingress" else BPF_TC_EGRESS
         self._hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=point)
-        self._opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), prog_fd=prog.fd, handle=1, priority=priority)
+        self._opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), prog_fd=prog.fd, handle=1, priority=priority,
+                             flags=BPF_TC_F_REPLACE if replace else 0)
         with in_netns(netns):
             rc = _lib.bpf_tc_hook_create(ctypes.byref(self._hook))
             if rc not in (0, -errno.EEXIST):

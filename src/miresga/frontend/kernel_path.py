@@ -116,7 +116,8 @@ class KernelPath(KernelMaps):
         try:
             super().__init__(self.obj, vip, vport)
             self.attachment = TcAttachment(None, socket.if_nametoindex(ifname), "ingress",
-                                           self.obj.program("frontend_ingress"), priority=self.PRIORITY)
+                                           self.obj.program("frontend_ingress"), priority=self.PRIORITY,
+                                           replace=True)   # a killed predecessor's program goes
         except BaseException:
             self.obj.close()
             raise
