@@ -129,6 +129,9 @@ class Rule(Strict):
     offload_after_requests: int = Field(
         default=2, ge=0, description="auto: also offload a keep-alive connection from its Nth request on "
         "(its responses and the client's ACKs then bypass the front-end); 0 = never by count")
+    offload_wait: bool = Field(
+        default=False, description="always: hold each routed request until its offload entry is installed "
+        "(a fresh entry per request: Prism's blocking table sync, the bench's `prism` system)")
 
     @model_validator(mode="after")
     def _hash_header(self) -> "Rule":

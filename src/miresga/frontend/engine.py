@@ -264,6 +264,20 @@ class Engine:
 
     def offload_result(self, client_ip: int, client_port: int, gen: int, status: str,
                        now: float) -> list[Action]:
+        key = (client_ip, client_port)
+        conn = self.conns.get(key)
+        waiting = (conn is not None and conn.offload_gen == gen and conn.holding and conn.rule is not None
+                   and conn.rule.offload_wait and conn.offload in (Offload.REQUESTED, Offload.QUEUED))
+        out = self._offload_result(client_ip, client_port, gen, status, now)
+        if waiting and self.conns.get(key) is conn and conn.offload not in (Offload.REQUESTED, Offload.QUEUED):
+            # the request held for this entry goes now: on the fast path, or (refused) the slow one
+            self._release_held(conn, out, now)  # type: ignore[arg-type]
+            if self.kernel:
+                self._handover_key(key, out)
+        return out
+
+    def _offload_result(self, client_ip: int, client_port: int, gen: int, status: str,
+                        now: float) -> list[Action]:
         """Answer of the switch controller to OffloadInsert `gen`: ok|exists|queued|table_full|
         installed|absent|error."""
         out: list[Action] = []
@@ -834,6 +848,9 @@ class Engine:
         else:
             conn.watch = None
         if b == cur:
+            if rule.offload_wait:
+                self._insert_and_wait(conn, out, now)
+                return True
             self._release_held(conn, out, now)
             if self._offload_now(conn):
                 self._insert(conn, out)
@@ -904,10 +921,26 @@ class Engine:
             return
         conn.state = State.SPLICED
         conn.deadline = now + self.fe.idle_timeout_s
-        self._release_held(conn, out, now)
-        if self._offload_now(conn):
-            self._insert(conn, out)
+        if conn.rule is not None and conn.rule.offload_wait:
+            self._insert_and_wait(conn, out, now)
+        else:
+            self._release_held(conn, out, now)
+            if self._offload_now(conn):
+                self._insert(conn, out)
         self._maybe_closing(conn, now, out)
+
+    def _insert_and_wait(self, conn: Conn, out: list[Action], now: float) -> None:
+        """Prism's blocking table sync (rule `offload_wait`): every request gets a fresh entry
+        (delete + insert: two table operations per request) and stays held until the switch
+        confirms it (offload_result), so its whole response takes the switch; a refused insert
+        releases it onto the slow path."""
+        self._drop_offload(conn, out)
+        self._insert(conn, out)
+        if conn.offload is Offload.REQUESTED:
+            conn.holding = True
+            self.stats.offload["waited"] += 1
+        else:
+            self._release_held(conn, out, now)
 
     def _backend_segment(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
         if conn.rtx is not None:
