@@ -3,7 +3,8 @@
  * the handshake's final ACK (pure, ack-1 a valid cookie, no entry) -> absorbed;
  * FIN/RST/payload to the VIP or no offload entry -> bucket's front-end; client ACK with an entry ->
  * back-end; back-end segment with an entry -> client as VIP:port; without -> front-end; anything
- * else -> routed by destination (LPM); the switch's own addresses and non-IPv4 -> the kernel.
+ * else -> routed by destination (LPM); the switch's own addresses and non-IPv4 -> the kernel, except
+ * that a guarded port of theirs (the control API) answers only a front-end on its own port.
  * Only addresses, ports and MACs are rewritten, never sequence numbers. */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -83,6 +84,22 @@ static __always_inline int route(struct __sk_buff *skb, const struct sw_config *
 	if (h->flags & HOP_LOCAL)
 		return to_kernel();
 	return forward(skb, cfg, h, SW_CNT_ROUTED);
+}
+
+/* The switch's own services (the control API) serve front-ends only: TCP to a guarded port of a
+ * switch-owned address must come from a front-end's address on that front-end's port. Returns 0
+ * (allowed) or the drop reason. Only packets for the switch itself pay for the lookups. */
+static __always_inline int guard_local(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u16 port = p->tcp->dest;
+	__u32 saddr = p->ip->saddr, *ifindex;
+
+	if (!bpf_map_lookup_elem(&sw_guarded_ports, &port))
+		return 0;
+	ifindex = bpf_map_lookup_elem(&sw_ctl_peers, &saddr);
+	if (ifindex && *ifindex == skb->ingress_ifindex)
+		return 0;
+	return DROP_GUARDED_PORT;
 }
 
 /* TCP to VIP:port from a client. */
@@ -182,8 +199,10 @@ int switch_ingress(struct __sk_buff *skb)
 		return route(skb, cfg, route_lookup(p.ip->daddr));
 	}
 	if (p.ip->daddr == cfg->vip) {
-		if (p.tcp->dest != cfg->vport)
-			return drop(DROP_NOT_TCP_TO_VIP);
+		if (p.tcp->dest != cfg->vport) {
+			rc = guard_local(skb, &p);
+			return drop(rc ? rc : DROP_NOT_TCP_TO_VIP);
+		}
 		/* Reverse-path check: a known client network must come in on its own port, so
 		 * nobody can speak for another client's connection (its offload entry). */
 		rt = route_lookup(p.ip->saddr);
@@ -205,6 +224,11 @@ int switch_ingress(struct __sk_buff *skb)
 				return drop(DROP_SPOOFED_BACKEND);
 			return from_backend(skb, &p, cfg, *backend, rt);
 		}
+	}
+	if (rt && (rt->flags & HOP_LOCAL)) {
+		rc = guard_local(skb, &p);
+		if (rc)
+			return drop(rc);
 	}
 	return route(skb, cfg, rt);
 }

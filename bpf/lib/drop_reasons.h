@@ -22,8 +22,9 @@ enum drop_reason {
 	DROP_AGENT_NOT_SPLICED = -16,  /* agent: segment before the back-end's SYN-ACK: its ack has no diff yet */
 	DROP_SPOOFED_BACKEND = -17,    /* switch: a back-end's service source arriving on another back-end's or a client's port */
 	DROP_SPOOFED_CLIENT = -18,     /* switch: to the VIP from a source whose route leads to another port */
+	DROP_GUARDED_PORT = -19,       /* switch: to a guarded port (control API) of a switch-owned address, not from a front-end on its own port */
 	/* Add new reasons above and keep DROP_REASON_MAX = number of reasons. */
-	DROP_REASON_MAX = 18,
+	DROP_REASON_MAX = 19,
 };
 
 #endif

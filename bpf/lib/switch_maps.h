@@ -21,6 +21,12 @@
 #ifndef SW_ROUTES_MAX
 #define SW_ROUTES_MAX 1024
 #endif
+#ifndef SW_GUARDED_PORTS_MAX
+#define SW_GUARDED_PORTS_MAX 64
+#endif
+#ifndef SW_CTL_PEERS_MAX
+#define SW_CTL_PEERS_MAX 256
+#endif
 #define SW_BUCKETS 256
 #define SW_BACKENDS 256
 #define SW_CNT_MAX (SW_CNT_DECISIONS + DROP_REASON_MAX)
@@ -89,6 +95,22 @@ struct {
 	__type(key, struct route_key);
 	__type(value, struct hop);
 } sw_routes SEC(".maps");
+
+/* TCP port (be) of the switch's own addresses that only front-ends may reach (the control API) -> 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SW_GUARDED_PORTS_MAX);
+	__type(key, __u16);
+	__type(value, __u8);
+} sw_guarded_ports SEC(".maps");
+
+/* Front-end address (be) -> the switch port (ifindex) its packets to a guarded port must arrive on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SW_CTL_PEERS_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+} sw_ctl_peers SEC(".maps");
 
 /* enum sw_counter -> packets (decisions, then drop reasons). */
 struct {

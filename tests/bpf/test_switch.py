@@ -30,6 +30,7 @@ FE = {  # name -> (ip, host mac, port mac, ifindex)
 BE = [("10.0.4.2", 80, "02:4d:0a:00:04:02", "02:53:0a:00:04:01", 14),
       ("10.0.5.2", 80, "02:4d:0a:00:05:02", "02:53:0a:00:05:01", 15)]
 FAR_IF = 21  # a more specific client route (LPM test)
+C_GW, CTL_PORT = "10.0.1.1", 50051  # the client network's gateway (the switch's); the control API
 SECRET = "test-secret-0123456789"
 KEY = cookie.CookieKey.derive(SECRET, 7)
 MSS, WSCALE = 1460, 7
@@ -68,6 +69,10 @@ def sw():
             m.set_route(str(ipaddress.IPv4Network(f"{ip}/24", strict=False).network_address + 1) + "/32",
                         hop(0, pmac, hmac, HOP_VALID | HOP_LOCAL))
         m.set_route("10.0.1.0/24", hop(C_IF, C_PORT_MAC, CMAC))
+        m.set_route(f"{C_GW}/32", hop(0, C_PORT_MAC, CMAC, HOP_VALID | HOP_LOCAL))
+        m.guard_port(CTL_PORT)
+        for ip, hmac, pmac, ifx in FE.values():
+            m.set_ctl_peer(ip, ifx)
         m.set_route("10.0.1.128/25", hop(FAR_IF, C_PORT_MAC, "02:4d:0a:00:01:80"))
         yield obj, m
 
@@ -200,6 +205,37 @@ def test_switch_own_address_goes_to_kernel(run):
     pkt = Ether(src=hmac, dst=pmac) / IP(src=ip, dst="10.0.2.1") / TCP(sport=33000, dport=50051, flags="S")
     r, counts, _ = run(PacketCase("grpc to gateway", pkt, TC_ACT_OK, pkt))
     assert counts == {"to_kernel": 1}
+
+
+# --- the switch's own services answer front-ends only -------------------------------------------
+
+def _syn_to(dst, dport, src=CLIENT, smac=CMAC, dmac=C_PORT_MAC):
+    return Ether(src=smac, dst=dmac) / IP(src=src, dst=dst) / TCP(sport=33001, dport=dport, flags="S")
+
+
+@pytest.mark.parametrize("desc,pkt,ingress,want", [
+    ("client to its own gateway's control port", _syn_to(C_GW, CTL_PORT), C_IF, "drop_guarded_port"),
+    ("client to a front-end's gateway's control port", _syn_to("10.0.2.1", CTL_PORT), C_IF, "drop_guarded_port"),
+    ("client to the VIP's control port", _syn_to(VIP, CTL_PORT), C_IF, "drop_guarded_port"),
+    ("front-end's address forged on the client port", _syn_to("10.0.2.1", CTL_PORT, src=FE["fe1"][0]), C_IF,
+     "drop_guarded_port"),
+    ("front-end's address on another front-end's port", _syn_to("10.0.3.1", CTL_PORT, src=FE["fe1"][0]),
+     FE["fe2"][3], "drop_guarded_port"),
+    ("back-end to a gateway's control port", _syn_to("10.0.4.1", CTL_PORT, src=BE[0][0]), BE[0][4],
+     "drop_guarded_port"),
+    ("front-end to another front-end network's gateway", _syn_to("10.0.3.1", CTL_PORT, src=FE["fe1"][0]),
+     FE["fe1"][3], "to_kernel"),
+    ("client to an unguarded port of its gateway", _syn_to(C_GW, 22), C_IF, "to_kernel"),
+    ("client ICMP to its gateway", Ether(src=CMAC, dst=C_PORT_MAC) / IP(src=CLIENT, dst=C_GW) / ICMP(), C_IF,
+     "to_kernel"),
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_guarded_port_only_from_a_frontend_on_its_port(run, desc, pkt, ingress, want):
+    """The control API lives on the switch's own addresses: only a front-end's address arriving on
+    that front-end's port reaches it; anything else is dropped and counted (drop_guarded_port)."""
+    verdict = TC_ACT_OK if want == "to_kernel" else TC_ACT_SHOT
+    r, counts, trace = run(PacketCase(desc, pkt, verdict, pkt if verdict == TC_ACT_OK else None,
+                                      ingress_ifindex=ingress))
+    assert counts == {want: 1} and trace == 0
 
 
 # --- SYN -> SYN-ACK --------------------------------------------------------------------------------

@@ -22,3 +22,4 @@ class DropReason(IntEnum):
     AGENT_NOT_SPLICED = -16
     SPOOFED_BACKEND = -17
     SPOOFED_CLIENT = -18
+    GUARDED_PORT = -19

@@ -26,7 +26,7 @@ from miresga.switch.profiles import profile_from_config
 
 PIN_BASE = Path("/sys/fs/bpf/miresga/switch")
 MAP_NAMES = ("sw_config", "sw_keys", "sw_arp", "sw_backend_src", "sw_offload", "sw_buckets", "sw_backends", "sw_routes",
-             "sw_counters", "sw_trace")
+             "sw_counters", "sw_trace", "sw_guarded_ports", "sw_ctl_peers")
 SWITCH_PRIORITY = 10  # after anything at priority 1 that passes packets on (e.g. per-port counters)
 
 
@@ -90,10 +90,20 @@ def fill_static_tables(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort
     for i, b in enumerate(cfg.hosts.backends):
         p = by_host[b.name]
         maps.set_backend(i, str(b.ip), b.port, hop(p.ifindex, p.port_mac, p.host_mac))
+    # The control API (and any other guarded port) answers front-ends on their own ports only.
+    for port in guarded_ports(cfg):
+        maps.guard_port(port)
+    for f in cfg.hosts.frontends:
+        maps.set_ctl_peer(str(f.ip), by_host[f.name].ifindex)
     names = [h.name for h in cfg.hosts.frontends]
     for b, name in enumerate(home_assignment(names)):
         p = by_host[name]
         maps.set_bucket(b, hop(p.ifindex, p.port_mac, p.host_mac))
+
+
+def guarded_ports(cfg: Deployment) -> list[int]:
+    """TCP ports of the switch's own addresses that only front-ends may reach."""
+    return sorted({cfg.switch.control.port, *cfg.switch.control.guard_ports})
 
 
 def frontend_hops(cfg: Deployment, ports: list[SwitchPort]) -> dict:

@@ -136,6 +136,8 @@ class SwitchMaps:
         self.routes = obj.map("sw_routes")
         self.counters = obj.map("sw_counters")
         self.trace = obj.map("sw_trace")
+        self.guarded_ports = obj.map("sw_guarded_ports")
+        self.ctl_peers = obj.map("sw_ctl_peers")
 
     # --- configuration tables -------------------------------------------------------------
     def set_config(self, *, vip: str, vport: int, key: tuple[int, int], mss: int, wscale: int, sack: bool,
@@ -181,6 +183,14 @@ class SwitchMaps:
     def del_route(self, network: str | ipaddress.IPv4Network) -> bool:
         net = ipaddress.IPv4Network(network, strict=False)
         return self.routes.delete(RouteKey(prefixlen=net.prefixlen, ip=_ip_be(net.network_address)))
+
+    def guard_port(self, port: int) -> None:
+        """Only front-ends (set_ctl_peer) may reach this TCP port of the switch's own addresses."""
+        self.guarded_ports.update(struct.pack("=H", _port_be(port)), b"\x01")
+
+    def set_ctl_peer(self, ip: str, ifindex: int) -> None:
+        """A front-end's address and the port its packets to a guarded port must arrive on."""
+        self.ctl_peers.update(struct.pack("=I", _ip_be(ip)), struct.pack("=I", ifindex))
 
     # --- offload table --------------------------------------------------------------------
     def offload_insert(self, ip: int | str, port: int, backend: int, now_ns: int | None = None) -> int:
