@@ -8,9 +8,10 @@ line in the file where known), so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -84,14 +85,28 @@ class Hosts(Strict):
 
 
 class Cookie(Strict):
-    secret: str = Field(min_length=16, description="hex or text; keys are derived from it")
+    secret: str = Field(min_length=16, description="hex or text; keys are derived from it; or secret_file / "
+                        "secret_env")
     bucket_seconds: int = Field(default=64, ge=1, le=3600)
     rotate_seconds: int = Field(default=3600, ge=10)
 
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
 class ControlApi(Strict):
     port: int = Field(default=50051, ge=1, le=65535)
-    token: str = Field(min_length=16, description="shared secret every caller of the control API presents")
+    token: str = Field(min_length=16, description="shared secret every caller of the control API presents "
+                       "(with TLS: a second factor next to its certificate); or token_file / token_env")
+    tls_dir: Path | None = Field(
+        default=None, description="the control API's certificates (`miresga certs make`): ca.crt, "
+        "<switch.name>.crt/.key, <front-end>.crt/.key, admin.crt/.key; unset: token only, in clear")
+    listen: list[ipaddress.IPv4Address] | None = Field(
+        default=None, description="addresses the control API listens on (default: 127.0.0.1 and the "
+        "switch's gateway on each front-end's network)")
+    guard_ports: list[Port] = Field(
+        default_factory=list, description="further TCP ports of the switch's own addresses that, like "
+        "`port`, only front-ends may reach (the data plane drops the rest)")
 
 
 class Switch(Strict):
@@ -149,6 +164,9 @@ class Frontend(Strict):
     health_interval_s: float = Field(default=1.0, gt=0)
     health_path: str = "/health"
     metrics_port: int = Field(default=9100, ge=1, le=65535)
+    metrics_address: ipaddress.IPv4Address = Field(
+        default=ipaddress.IPv4Address("127.0.0.1"), description="where the Prometheus endpoint listens: "
+        "loopback or a management address, never the fabric address clients reach")
     # Additions for the engine's bounds and timers (see docs/frontend.md).
     health_timeout_s: float = Field(default=0.5, gt=0)
     health_rise: int = Field(default=2, ge=1, description="successful checks before a back-end is back")
@@ -212,6 +230,34 @@ class ConfigError(Exception):
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
+# Secrets that may come from a file (<key>_file: path, relative to the config file) or an
+# environment variable (<key>_env: NAME) instead of the YAML itself.
+SECRET_KEYS = (("switch", "cookie", "secret"), ("switch", "control", "token"))
+# The values in default.yaml: public, so `miresga switch` and `miresga frontend` refuse them (the
+# testbed replaces them with random ones per instance).
+DEMO_SECRETS = {"switch.cookie.secret": "miresga-default-cookie-secret-change-me",
+                "switch.control.token": "miresga-default-token-change-me"}
+
+
+def demo_secrets(cfg: "Deployment") -> list[str]:
+    """The keys that still hold the built-in demo values."""
+    have = {"switch.cookie.secret": cfg.switch.cookie.secret, "switch.control.token": cfg.switch.control.token}
+    return [k for k, v in have.items() if v == DEMO_SECRETS[k]]
+
+
+def demo_refusal(cfg: "Deployment", command: str) -> str | None:
+    """Why `command` must not start with this config (built-in demo secrets), or None."""
+    keys = demo_secrets(cfg)
+    if not keys:
+        return None
+    return (f"{command}: refusing to start: {', '.join(keys)} "
+            + ("is the built-in demo value" if len(keys) == 1 else "are the built-in demo values")
+            + " shipped to everyone; set your own (e.g. `python3 -c 'import secrets; "
+            "print(secrets.token_hex(32))'`) in the config, or point "
+            + " / ".join(f"{k}_file or {k}_env" for k in keys)
+            + " at a file or environment variable that holds it. The testbed and `miresga demo` make "
+            "random ones per instance.")
+
 
 def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
     """Best-effort line number of a key path in a YAML text (for error messages)."""
@@ -236,13 +282,57 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
     return found.start_mark.line + 1 if loc else None
 
 
-def parse_config(text: str, source: str = "<config>") -> Deployment:
+def _resolve_secrets(data: dict, text: str, source: str, base: Path | None) -> None:
+    """Replace <key>_file / <key>_env of SECRET_KEYS by the secret they point at, in place."""
+    errors = []
+    for *path, name in SECRET_KEYS:
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        given = [k for k in (name, f"{name}_file", f"{name}_env") if k in node]
+        dotted = ".".join(path)
+
+        def err(key: str, msg: str) -> None:
+            line = _line_of(text, (*path, key))
+            errors.append(f"{source}:{line}: {dotted}.{key}: {msg}" if line else f"{source}: {dotted}.{key}: {msg}")
+        if len(given) > 1:
+            err(given[1], f"give only one of {name}, {name}_file, {name}_env")
+            continue
+        if f"{name}_file" in node:
+            f = Path(str(node.pop(f"{name}_file")))
+            if base is not None and not f.is_absolute():
+                f = base / f
+            try:
+                value = f.read_text().strip()
+            except OSError as e:
+                err(f"{name}_file", f"cannot read {f}: {e.strerror or e}")
+                continue
+            if not value:
+                err(f"{name}_file", f"{f} is empty")
+                continue
+            node[name] = value
+        elif f"{name}_env" in node:
+            var = str(node.pop(f"{name}_env"))
+            value = os.environ.get(var, "").strip()
+            if not value:
+                err(f"{name}_env", f"environment variable {var} is not set (or empty)")
+                continue
+            node[name] = value
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> Deployment:
+    """`base`: the directory that relative <secret>_file paths start from (the config file's)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping")
+    _resolve_secrets(data, text, source, base)
     try:
         return Deployment.model_validate(data)
     except ValidationError as e:
@@ -259,7 +349,7 @@ def parse_config(text: str, source: str = "<config>") -> Deployment:
 
 def load_config(path: str | Path | None = None) -> Deployment:
     p = Path(path) if path else DEFAULT_CONFIG
-    return parse_config(p.read_text(), str(p))
+    return parse_config(p.read_text(), str(p), p.parent)
 
 
 def load_config_or_exit(path: str | Path | None = None, status: int = 2) -> Deployment:
