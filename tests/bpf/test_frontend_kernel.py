@@ -166,7 +166,7 @@ class Twin:
             d = b[k]
             fins = (d.cli_fin, d.srv_fin)
             if d.kernel:    # what the kernel relayed since the hand-over is in its entry
-                e = decode_entry(self.sys.maps.conns.lookup(fe_key(k)), 0)
+                e = decode_entry(FeConn.from_buffer_copy(self.sys.maps.conns.lookup(fe_key(k))), 0)
                 fins = (d.cli_fin or e.cli_fin, d.srv_fin or e.srv_fin)
             assert (c.state, c.cli_fin, c.srv_fin, c.offload, c.backend) == \
                 (d.state, *fins, d.offload, d.backend), k

@@ -393,6 +393,24 @@ class XdpAttachment:
             pass
 
 
+class map_ops:
+    """Update / lookup-and-delete / delete on one map with a fixed key and value buffer (ctypes
+    pointers the caller fills and reads): for hot paths, where building buffers per call costs
+    more than the system call. Each returns 0 or the errno."""
+
+    def __init__(self, fd: int, key, value):
+        self.fd, self.key, self.value = fd, key, value
+
+    def update(self, flags: int = BPF_ANY) -> int:
+        return 0 if _lib.bpf_map_update_elem(self.fd, self.key, self.value, flags) == 0 else ctypes.get_errno()
+
+    def lookup_and_delete(self) -> int:
+        return 0 if _lib.bpf_map_lookup_and_delete_elem(self.fd, self.key, self.value) == 0 else ctypes.get_errno()
+
+    def delete(self) -> int:
+        return 0 if _lib.bpf_map_delete_elem(self.fd, self.key) == 0 else ctypes.get_errno()
+
+
 def num_possible_cpus() -> int:
     n = _lib.libbpf_num_possible_cpus()
     if n <= 0:

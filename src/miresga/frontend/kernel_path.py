@@ -16,7 +16,7 @@ import socket
 import time
 
 from miresga.bpf import layouts as L
-from miresga.bpf.libbpf import BpfObject, Map, RingBuffer, TcAttachment, object_path
+from miresga.bpf.libbpf import BpfObject, Map, RingBuffer, TcAttachment, map_ops, object_path
 from miresga.frontend.handover import EvKind, Key, KernelEntry, KernelEvent
 
 FE_COPY_MAX = 1024
@@ -47,15 +47,7 @@ def fe_key(key: Key) -> L.FeKey:
     return L.FeKey(socket.htonl(key[0]), socket.htons(key[1]), 0)
 
 
-def encode_entry(e: KernelEntry, now_ns: int) -> L.FeConn:
-    return L.FeConn(last_seen_ns=now_ns - int(e.idle_s * 1e9), to_client_bytes=0, backend_ip=socket.htonl(e.backend_ip),
-                    backend_port=socket.htons(e.backend_port), cli_fin=int(e.cli_fin), srv_fin=int(e.srv_fin),
-                    cli_nxt=e.cli_nxt, cli_ack=e.cli_ack, srv_end=e.srv_end, watch_next=e.watch_next,
-                    watch_segs=e.watch_segs, closing=int(e.closing))
-
-
-def decode_entry(raw: bytes, now_ns: int) -> KernelEntry:
-    c = L.FeConn.from_buffer_copy(raw)
+def decode_entry(c: L.FeConn, now_ns: int) -> KernelEntry:
     return KernelEntry(socket.ntohl(c.backend_ip), socket.ntohs(c.backend_port), c.cli_nxt, c.cli_ack, c.srv_end,
                        bool(c.cli_fin), bool(c.srv_fin), bool(c.closing), c.watch_next, c.watch_segs,
                        c.to_client_bytes, max(0.0, (now_ns - c.last_seen_ns) / 1e9))
@@ -76,10 +68,26 @@ class KernelMaps:
         self.stats_map: Map = obj.map("fe_stats")
         obj.map("fe_config").update(ctypes.c_uint32(0), L.FeConfig(socket.htonl(vip), socket.htons(vport), 0))
         self.ring = RingBuffer(obj.map("fe_events"))
+        # One key and one value buffer, reused: a hand-over and a take-back cost a request two
+        # map calls, and ctypes objects built per call cost more than the system calls.
+        self._key, self._val = L.FeKey(), L.FeConn()
+        self._ops = map_ops(self.conns.fd, ctypes.byref(self._key), ctypes.byref(self._val))
+
+    def _set_key(self, key: Key) -> None:
+        self._key.addr = socket.htonl(key[0])
+        self._key.port = socket.htons(key[1])
 
     def handover(self, key: Key, entry: KernelEntry) -> bool:
         """Install the entry; False if the table is full (the engine keeps the connection)."""
-        rc = self.conns.try_update(fe_key(key), encode_entry(entry, time.monotonic_ns()))
+        self._set_key(key)
+        v, e = self._val, entry
+        v.last_seen_ns = time.monotonic_ns() - int(e.idle_s * 1e9)
+        v.to_client_bytes = 0
+        v.backend_ip, v.backend_port = socket.htonl(e.backend_ip), socket.htons(e.backend_port)
+        v.cli_fin, v.srv_fin, v.closing = e.cli_fin, e.srv_fin, e.closing
+        v.cli_nxt, v.cli_ack, v.srv_end = e.cli_nxt, e.cli_ack, e.srv_end
+        v.watch_next, v.watch_segs = e.watch_next, e.watch_segs
+        rc = self._ops.update()
         if rc == 0:
             return True
         if rc in (errno.E2BIG, errno.ENOMEM):
@@ -87,11 +95,20 @@ class KernelMaps:
         raise OSError(rc, f"fe_conns update: {errno.errorcode.get(rc, rc)}")
 
     def take(self, key: Key) -> KernelEntry | None:
-        raw = self.conns.lookup_and_delete(fe_key(key))
-        return None if raw is None else decode_entry(raw, time.monotonic_ns())
+        """Read and remove the entry in one step (nothing the kernel writes in between is lost)."""
+        self._set_key(key)
+        rc = self._ops.lookup_and_delete()
+        if rc == errno.ENOENT:
+            return None
+        if rc:
+            raise OSError(rc, f"fe_conns lookup_and_delete: {errno.errorcode.get(rc, rc)}")
+        return decode_entry(self._val, time.monotonic_ns())
 
     def remove(self, key: Key) -> None:
-        self.conns.delete(fe_key(key))
+        self._set_key(key)
+        rc = self._ops.delete()
+        if rc not in (0, errno.ENOENT):
+            raise OSError(rc, f"fe_conns delete: {errno.errorcode.get(rc, rc)}")
 
     def events(self) -> list[KernelEvent]:
         return [decode_event(r) for r in self.ring.consume()]
@@ -131,4 +148,4 @@ class KernelPath(KernelMaps):
         self.obj.close()
 
 
-__all__ = ["KernelPath", "KernelMaps", "FeStat", "fe_key", "encode_entry", "decode_entry", "decode_event"]
+__all__ = ["KernelPath", "KernelMaps", "FeStat", "fe_key", "decode_entry", "decode_event"]
