@@ -158,7 +158,11 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, str
 		if (!e->cli_fin && seq == e->cli_nxt) {
 			e->cli_fin = 1;
 			e->cli_nxt = seq + 1;
-		} else if (!(e->cli_fin && seq + 1 == e->cli_nxt)) {
+		} else if (e->cli_fin && seq + 1 == e->cli_nxt) {
+			/* A retransmission: relayed, and (as in the engine) its ack is not news. */
+			return relay(skb, p, offsetof(struct iphdr, daddr), old_ip, new_ip,
+				     offsetof(struct tcphdr, dest), old_port, new_port, 0);
+		} else {
 			return pass(FE_STAT_PASS_OTHER); /* out of order: the engine reassembles */
 		}
 	}
