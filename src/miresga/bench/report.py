@@ -21,7 +21,7 @@ BUSY_PCT = 30.0  # other processes' CPU above which a point is called contended
 
 # Fields every record has (README "report.json"); `extra` holds a system's own columns.
 RECORD_FIELDS = (
-    "system", "workload", "size_bytes", "keepalive", "mix",
+    "system", "workload", "size_bytes", "keepalive", "mix", "profile", "offload",
     "duration_s", "connections", "threads",
     "requests", "bytes", "requests_per_s", "bytes_per_s",
     "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "latency_max_ms",
@@ -32,8 +32,11 @@ RECORD_FIELDS = (
 
 def make_record(system: str, workload: Workload, result: WrkResult | None, *, connections: int, threads: int,
                 failure: str | None = None, extra: Mapping[str, float] | None = None,
-                other_cpu_pct: float | None = None) -> dict[str, Any]:
-    """A record for one point. `result` None (wrk failed) gives zeros and the failure text."""
+                other_cpu_pct: float | None = None, profile: str | None = None,
+                offload: str | None = None) -> dict[str, Any]:
+    """A record for one point. `result` None (wrk failed) gives zeros and the failure text.
+    `profile` / `offload`: the switch hardware profile and offload policy of a system that runs
+    through the switch (None for the peers and `direct`)."""
     r = result or WrkResult(0.0, 0, 0, {k: 0 for k in ERROR_KINDS}, {})
     lat = r.latency_ms if r.requests else {}  # wrk reports 0 ms percentiles for no requests
     rec = {
@@ -42,6 +45,8 @@ def make_record(system: str, workload: Workload, result: WrkResult | None, *, co
         "size_bytes": workload.size_bytes,
         "keepalive": workload.keepalive,
         "mix": [list(x) for x in workload.mix] if workload.mix else None,
+        "profile": profile,
+        "offload": offload,
         "duration_s": round(r.duration_s, 3),
         "connections": connections,
         "threads": threads,
@@ -116,6 +121,7 @@ def validate_records(records: list[dict[str, Any]]) -> None:
         "latency_p99_ms": (int, float, type(None)), "extra": (dict,),
         "ratio_to_best_peer": (int, float, type(None)), "ratio_to_direct": (int, float, type(None)),
         "runs": (list,), "other_cpu_pct": (int, float, type(None)),
+        "profile": (str, type(None)), "offload": (str, type(None)),
     }
     if not isinstance(records, list):
         raise ValueError("report.json must hold a list of records")
@@ -185,6 +191,12 @@ def render_markdown(records: list[dict[str, Any]], meta: Mapping[str, Any]) -> s
         lines += [f"`other CPU %`: CPU time used during the point by processes outside this testbed "
                   f"(100 = one core of {os.cpu_count()}). {n_busy} of {len(records)} points ran while others used "
                   f"more than {BUSY_PCT:g} %: those numbers measure the neighbours too.", ""]
+    through = {r["system"]: (r["profile"], r["offload"]) for r in records if r["profile"] or r["offload"]}
+    if through:
+        lines += ["Systems through the switch: hardware profile of the switch's offload table, offload policy "
+                  "(the peers and `direct` never touch the switch):", ""]
+        lines += [f"- `{s}`: profile {p or '–'}; offload {o or '–'}" for s, (p, o) in through.items()]
+        lines.append("")
     if spread:
         lines += ["`runs ±`: half the range of the repeated runs' requests/s, relative to the median run "
                   "(the one reported).", ""]

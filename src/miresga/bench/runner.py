@@ -19,7 +19,9 @@ from typing import Any, Callable, Mapping, Sequence
 from miresga.bench.interference import Meter
 from miresga.bench.probes import fast_path_probe
 from miresga.bench.report import BUSY_PCT, add_ratios, make_record, pick_median, write_report
-from miresga.bench.systems import System, resolve_systems, systems_from_status
+from miresga.bench.switchwatch import SwitchWatch, switch_probe
+from miresga.bench.systems import (MIRESGA, PRISM, System, offload_policy, profile_words, resolve_systems,
+                                   rule_for_path, systems_from_status, with_objects, with_prism, with_profile)
 from miresga.bench.workloads import Workload, smooth_schedule, workload_by_name
 from miresga.bench.wrk import WrkOutputError, done_script, mix_script, parse_wrk_output, wrk_argv
 from miresga.control.config import Deployment
@@ -50,7 +52,8 @@ def run_bench(cfg: Deployment | None, systems: Sequence[str | System] | Mapping[
               workloads: Sequence[Workload | str], duration: float, connections: int, out_dir: str | Path,
               testbed=None, *, threads: int = 1, timeout_s: float = 10.0, repeat: int = 1,
               progress: Progress = _say, plot: bool = True, lb: str | None = None, retries: int = 0,
-              max_other_cpu: float = BUSY_PCT) -> list[dict[str, Any]]:
+              max_other_cpu: float = BUSY_PCT, profile: str | None = None,
+              capacity: int | None = None, meta_extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Measure `workloads` x `systems`; write report.json, report.md, throughput.png into out_dir and
     return the records. `systems`: names from the testbed status (None: all it offers), System
     objects (with a probe for extra columns), or a mapping name -> (address, port).
@@ -59,7 +62,10 @@ def run_bench(cfg: Deployment | None, systems: Sequence[str | System] | Mapping[
     With `retries` > 0 a point during which processes outside the testbed used more than
     `max_other_cpu` % CPU is measured again (up to `retries` times); the least disturbed run counts.
     With `testbed=None` a testbed is brought up from `cfg` (with `lb="miresga"`: Miresga too, so
-    the `miresga` system appears on the VIP) and always torn down."""
+    the `miresga` system appears on the VIP) and always torn down; `profile` / `capacity` set the
+    switch's hardware profile / offload table size of that testbed, "prism" among `systems` adds
+    the rule that makes the `prism` system, and the workloads' object sizes are added to its catalog.
+    A running `testbed` must already be what is asked for."""
     wls = [w if isinstance(w, Workload) else workload_by_name(w) for w in workloads]
     if not wls:
         raise BenchError("no workloads selected")
@@ -67,30 +73,82 @@ def run_bench(cfg: Deployment | None, systems: Sequence[str | System] | Mapping[
         raise BenchError(f"wrk needs at least one connection per thread ({connections} < {threads})")
     if repeat < 1:
         raise BenchError(f"repeat must be at least 1 (got {repeat})")
+    args = (systems, wls, duration, connections, Path(out_dir), threads, timeout_s, repeat, progress, plot,
+            retries, max_other_cpu, meta_extra or {})
     if testbed is not None:
-        return _run(testbed, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, repeat,
-                    progress, plot, retries, max_other_cpu)
+        have = testbed.cfg.switch
+        if (profile and profile != have.profile) or (capacity and capacity != have.offload_capacity):
+            raise BenchError(f"testbed {testbed.instance} runs the switch profile {have.profile} "
+                             f"(capacity {have.offload_capacity or 'default'}); bring one up with the profile wanted")
+        return _run(testbed, *args)
     from miresga.testbed import Testbed
+    from miresga.control.config import load_config
+    cfg = with_objects(with_profile(cfg or load_config(), profile, capacity), sorted({s for w in wls for s in w.sizes}))
+    if systems is not None and any((x.name if isinstance(x, System) else x) == PRISM for x in systems):
+        cfg = with_prism(cfg)
     t0 = time.monotonic()
     with Testbed(cfg, **({"lb": lb} if lb else {})) as tb:
         progress(f"testbed {tb.instance} up in {time.monotonic() - t0:.1f} s")
         try:
-            return _run(tb, systems, wls, duration, connections, Path(out_dir), threads, timeout_s, repeat, progress,
-                        plot, retries, max_other_cpu)
+            return _run(tb, *args)
         finally:
             progress(f"tearing down testbed {tb.instance}")
 
 
 def _run(tb, systems, wls: list[Workload], duration: float, connections: int, out_dir: Path, threads: int,
          timeout_s: float, repeat: int, progress: Progress, plot: bool, retries: int,
-         max_other_cpu: float) -> list[dict[str, Any]]:
+         max_other_cpu: float, meta_extra: Mapping[str, Any]) -> list[dict[str, Any]]:
     status = tb.status()
     chosen = resolve_systems(systems, systems_from_status(status))
     if not chosen:
         raise BenchError("no systems selected")
-    # Miresga's own column: how much of the response bytes took the switch fast path.
-    chosen = [replace(s, probe=fast_path_probe(tb.status)) if s.name == "miresga" and s.probe is None else s
-              for s in chosen]
+    watch = None
+    if status.get("vip") and any(s.name in (MIRESGA, PRISM) for s in chosen):
+        watch = SwitchWatch(str(tb.run_dir / "config.yaml"), tb.ns_switch)
+    with watch or _Nothing():
+        if watch is not None and not watch.wait_first():
+            progress("switch controller stats unavailable: no switch columns" + (f" ({watch.errors[-1]})"
+                                                                                   if watch.errors else ""))
+            watch = None
+        chosen = [_through_switch(tb, s, status, watch) for s in chosen]
+        return _measure(tb, chosen, status, wls, duration, connections, out_dir, threads, timeout_s, repeat,
+                        progress, plot, retries, max_other_cpu, meta_extra)
+
+
+class _Nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _through_switch(tb, s: System, status: Mapping[str, Any], watch: SwitchWatch | None) -> System:
+    """Miresga and prism: their profile and offload policy, and their own columns (the share of
+    response bytes that took the switch fast path; the switch table's insert rate, refusals,
+    queue and occupancy during the point)."""
+    if s.name not in (MIRESGA, PRISM):
+        return s
+    rules = status.get("rules", [])
+    if s.name == PRISM:
+        rule = next((r for r in rules if r.get("offload_wait") and r.get("offload") == "always"), None)
+    else:
+        rule = rule_for_path(rules, "/obj/")
+    probes = [p for p in (s.probe or fast_path_probe(tb.status), switch_probe(watch) if watch else None) if p]
+    return replace(s, probe=_all_of(probes), profile=s.profile or profile_words(tb.cfg.switch),
+                   offload=s.offload or offload_policy(rule))
+
+
+def _all_of(probes):
+    def begin():
+        ends = [p() for p in probes]
+        return lambda: {k: v for e in ends for k, v in e().items()}
+    return begin
+
+
+def _measure(tb, chosen: list[System], status: Mapping[str, Any], wls: list[Workload], duration: float,
+             connections: int, out_dir: Path, threads: int, timeout_s: float, repeat: int, progress: Progress,
+             plot: bool, retries: int, max_other_cpu: float, meta_extra: Mapping[str, Any]) -> list[dict[str, Any]]:
     paths = object_paths(status)
     missing = sorted({s for w in wls for s in w.sizes if s not in paths})
     if missing:
@@ -98,7 +156,7 @@ def _run(tb, systems, wls: list[Workload], duration: float, connections: int, ou
     client = tb.cfg.hosts.clients[0].name
     meter = Meter([ns for names in status.get("namespaces", {}).values() for ns in names],
                   [int(p) for p in getattr(tb, "state", {}).get("procs", {}).values()])
-    meta = _meta(tb, chosen, duration, connections, threads, repeat)
+    meta = {**_meta(tb, chosen, duration, connections, threads, repeat), **meta_extra}
     if retries:
         meta["contended points"] = (f"re-measured up to {retries} times while other processes used "
                                     f"> {max_other_cpu:g} % CPU")
@@ -155,7 +213,7 @@ def run_point(tb, client: str, system: System, w: Workload, url: str, script: st
               connections: int, threads: int, timeout_s: float, meter: Meter | None = None) -> dict[str, Any]:
     """One wrk run; a wrk that fails or prints no result gives a record with `failure` set."""
     argv = wrk_argv(url, duration_s=duration, connections=connections, threads=threads, script=script,
-                    keepalive=w.keepalive, timeout_s=timeout_s)
+                    keepalive=w.keepalive, timeout_s=timeout_s, headers=system.headers)
     finish = system.probe() if system.probe else None
     others = meter.start() if meter else None
     failure = None
@@ -174,7 +232,7 @@ def run_point(tb, client: str, system: System, w: Workload, url: str, script: st
     other_cpu = others() if others else None
     extra = finish() if finish else {}
     return make_record(system.name, w, result, connections=connections, threads=threads, failure=failure,
-                       extra=extra, other_cpu_pct=other_cpu)
+                       extra=extra, other_cpu_pct=other_cpu, profile=system.profile, offload=system.offload)
 
 
 def point_line(r: Mapping[str, Any]) -> str:
@@ -214,7 +272,9 @@ def _meta(tb, systems: list[System], duration: float, connections: int, threads:
         "title": f"Miresga bench: wrk {threads} thread(s), {connections} connections, {duration:g} s per point",
         "date (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
         "testbed instance": tb.instance,
-        "systems": ", ".join(f"{s.name} ({s.address}:{s.port})" for s in systems),
+        "systems": ", ".join(f"{s.name} ({s.address}:{s.port}" + "".join(f", {h}" for h in s.headers) + ")"
+                             for s in systems),
+        "switch profile": profile_words(tb.cfg.switch),
         "wrk": f"{wrk_v[0].split(' [')[0] if wrk_v else 'wrk'}; -t{threads} -c{connections} -d{duration:g}s, "
                "new connection per request = -H 'Connection: close'",
         "repetitions": f"{repeat} per point, median reported" if repeat > 1 else "1 per point",

@@ -63,9 +63,13 @@ def mix_script(paths: list[str]) -> str:
 
 
 def wrk_argv(url: str, *, duration_s: float, connections: int, threads: int, script: str,
-             keepalive: bool, timeout_s: float) -> list[str]:
+             keepalive: bool, timeout_s: float, headers: tuple[str, ...] | list[str] = ()) -> list[str]:
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{_secs(duration_s)}", "--timeout", _secs(timeout_s),
             "-s", script]
+    for h in headers:  # e.g. "Host: prism.bench" (wrk then leaves out its own Host)
+        if "\n" in h or "\r" in h or ":" not in h:
+            raise ValueError(f"bad header {h!r}")
+        argv += ["-H", h]
     if not keepalive:
         # the server answers "Connection: close" and closes; wrk then reconnects for the next request
         argv += ["-H", "Connection: close"]

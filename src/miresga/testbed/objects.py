@@ -15,6 +15,9 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("MIRESGA_OBJECTS", "/var/tmp/miresga-objects"))
 OBJ_PREFIX = "/obj/"
+KiB, MiB = 1 << 10, 1 << 20
+# The object sizes of the paper's evaluation (Shi et al., WWW 2025): `miresga bench --paper`.
+PAPER_SIZES: tuple[int, ...] = (KiB, 4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 8 * MiB)
 
 
 def size_name(size: int) -> str:
