@@ -213,7 +213,7 @@ def system(fabric, request):
 
 def metrics(ns_fe: str) -> dict:
     with in_netns(ns_fe):
-        return scrape(f"http://10.99.2.2:{CFG.frontend.metrics_port}/metrics")
+        return scrape(f"http://{CFG.frontend.metrics_address}:{CFG.frontend.metrics_port}/metrics")
 
 
 def settle(srv, agent, timeout=8.0):

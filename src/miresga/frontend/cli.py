@@ -11,14 +11,13 @@ import signal
 import sys
 import threading
 
-from miresga.control.config import load_config_or_exit
+from miresga.control.config import demo_refusal, load_config_or_exit
 
 
 def _status(args: argparse.Namespace, cfg) -> int:
     from miresga.bpf.netns import in_netns
     from miresga.frontend.metrics import format_summary, scrape
-    host = next(h for h in cfg.hosts.frontends if h.name == args.name)
-    url = f"http://{host.ip}:{cfg.frontend.metrics_port}/metrics"
+    url = f"http://{cfg.frontend.metrics_address}:{cfg.frontend.metrics_port}/metrics"
     try:
         with in_netns(args.netns):
             m = scrape(url)
@@ -40,6 +39,19 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if args.status:
         return _status(args, cfg)
+    why = demo_refusal(cfg, "miresga frontend")
+    if why:
+        print(why, file=sys.stderr)
+        return 2
+    if cfg.switch.control.tls_dir is not None and not args.no_switch:
+        from miresga.control.certs import TlsDir
+        try:  # fail now, not in the offload worker's first connection
+            d = TlsDir(cfg.switch.control.tls_dir)
+            d.pair(args.name)
+            d.ca_pem()
+        except OSError as e:
+            print(f"miresga frontend: switch.control.tls_dir: {e}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
     faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>`: every thread's stack to stderr

@@ -305,11 +305,11 @@ class FrontendServer:
     def _client_factory(self, addr: str) -> Callable[[], Any]:
         if not addr:
             return NoSwitch
-        token = self.cfg.switch.control.token
+        cfg, name = self.cfg, self.opts.name
 
-        def make() -> Any:
+        def make() -> Any:  # as this front-end: its certificate when the config has a tls_dir
             from miresga.switch.client import SwitchClient
-            return SwitchClient(addr, token)
+            return SwitchClient.from_config(cfg, addr, name)
         return make
 
     def _wake(self) -> None:
@@ -388,7 +388,7 @@ class FrontendServer:
         if opts.health:
             self.health_worker.start()
         if opts.metrics:
-            self.metrics.serve(self.cfg.frontend.metrics_port)
+            self.metrics.serve(self.cfg.frontend.metrics_port, str(self.cfg.frontend.metrics_address))
         sel = selectors.DefaultSelector()
         sel.register(self.io.fileno(), selectors.EVENT_READ, "io")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")

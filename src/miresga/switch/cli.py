@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from miresga.control.config import load_config_or_exit
+from miresga.control.config import demo_refusal, load_config_or_exit
 
 CLONE_NEWNET = 0x40000000
 
@@ -36,6 +36,25 @@ def _enter_netns(name: str | None) -> None:
 
 def _switch(args: argparse.Namespace) -> int:
     cfg = load_config_or_exit(args.config)
+    why = demo_refusal(cfg, "miresga switch")
+    if why:
+        print(why, file=sys.stderr)
+        return 2
+    from miresga.control.certs import TlsDir  # no grpc before _enter_netns
+    tls = TlsDir(cfg.switch.control.tls_dir) if cfg.switch.control.tls_dir is not None else None
+    if tls is None and not args.insecure_control:
+        print("miresga switch: refusing to start: switch.control.tls_dir is not set, so the control API would "
+              "carry its token in clear and know no front-end by name; make certificates with `miresga certs make "
+              "--out DIR --config CFG` and set switch.control.tls_dir: DIR (or pass --insecure-control in a lab)",
+              file=sys.stderr)
+        return 2
+    if tls is not None:
+        try:
+            tls.pair(cfg.switch.name)
+            tls.ca_pem()
+        except OSError as e:
+            print(f"miresga switch: switch.control.tls_dir: {e}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _enter_netns(args.netns)
     from miresga.switch.dataplane import SwitchDataplane, default_pin_dir, frontend_hops, open_pinned, ports_for
@@ -56,8 +75,9 @@ def _switch(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         cp = ControlPlane(cfg, MapTables(maps, frontend_hops(cfg, ports)), dead_after_s=args.dead_after)
-        with ControlServer(cp, args.listen or internal_addresses(cfg)) as srv:
-            print(f"miresga switch: {how}; control API on port {srv.port}, profile {cp.profile.name}", flush=True)
+        with ControlServer(cp, args.listen or internal_addresses(cfg), tls=tls) as srv:
+            print(f"miresga switch: {how}; control API on port {srv.port} "
+                  f"({'mutual TLS' if tls else 'no TLS, token only'}), profile {cp.profile.name}", flush=True)
             stop.wait()
     finally:
         if dp is not None:
@@ -73,7 +93,9 @@ def format_status(s: dict) -> str:
              f"offload   {s['installed']} / {s['capacity']} entries ({100.0 * s['installed'] / max(1, s['capacity']):.2f}%)",
              f"queue     {s['queue']} operations waiting",
              "writes    " + ", ".join(f"{k}={v}" for k, v in sorted(s["ops"].items())),
-             f"auth      {s['unauthenticated']} unauthenticated calls refused",
+             f"auth      {s['unauthenticated']} unauthenticated calls refused; "
+             f"{s.get('refused', {}).get('tls', 0)} connections without a trusted certificate, "
+             f"{s.get('refused', {}).get('identity', 0)} calls denied to their identity",
              "front-ends:"]
     for m in s["members"]:
         lines.append(f"  {m['name']:<8} {m['state']:<7} {m['buckets']:>3} buckets  {m['address']}")
@@ -89,7 +111,12 @@ def _status(args: argparse.Namespace) -> int:
     import grpc
     from miresga.switch.client import SwitchClient
     address = args.address or f"127.0.0.1:{cfg.switch.control.port}"
-    with SwitchClient(address, cfg.switch.control.token, timeout=5.0) as c:
+    try:
+        c = SwitchClient.from_config(cfg, address, args.identity, timeout=5.0)
+    except OSError as e:
+        print(f"status: switch.control.tls_dir: {e}", file=sys.stderr)
+        return 1
+    with c:
         try:
             s = c.stats()
         except grpc.RpcError as e:
@@ -105,10 +132,13 @@ def register(sub) -> None:
     p.add_argument("--netns", help="switch namespace (testbed: mg<inst>-sw)")
     p.add_argument("--listen", help="gRPC listen address (default: 127.0.0.1 and the front-ends' gateways, <switch.control.port>)")
     p.add_argument("--dead-after", type=float, default=3.0, help="seconds without heartbeat before a front-end is out")
+    p.add_argument("--insecure-control", action="store_true",
+                   help="serve the control API without TLS (token only) when switch.control.tls_dir is unset")
     p.set_defaults(func=_switch)
     s = sub.add_parser("status", help="switch table occupancy, queue, counters, front-ends")
     s.add_argument("--config", help="deployment config (default: built-in)")
     s.add_argument("--address", help="controller address (default 127.0.0.1:<switch.control.port>)")
     s.add_argument("--netns", help="namespace to call from (e.g. the switch's)")
+    s.add_argument("--identity", default="admin", help="whose certificate to present with TLS (default admin: read-only)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_status)

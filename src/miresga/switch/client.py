@@ -3,9 +3,16 @@
 Keys are (client ip as int in host order, client port). Statuses and states are plain strings:
 write -> "ok" | "exists" | "not_found" | "table_full" | "queued"; read -> "installed" | "queued" |
 "absent". RPC failures raise grpc.RpcError (its .code() and .details() say why).
+
+With TLS (config switch.control.tls_dir) the client presents its own certificate (a front-end's
+name, or `admin` for read-only tools) and checks the server's against the CA under the switch's
+name: `SwitchClient.from_config(cfg, address, identity)`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -17,12 +24,44 @@ _STATUS = {pb.WRITE_OK: "ok", pb.WRITE_EXISTS: "exists", pb.WRITE_NOT_FOUND: "no
 _STATE = {pb.ENTRY_ABSENT: "absent", pb.ENTRY_QUEUED: "queued", pb.ENTRY_INSTALLED: "installed"}
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """What a client needs for mutual TLS: the CA to check the server with, the name the server's
+    certificate must carry (the switch's name, not its address), and its own key and certificate
+    (None: present none, which the server refuses)."""
+
+    ca: bytes
+    server_name: str
+    key: bytes | None = None
+    cert: bytes | None = None
+
+    @classmethod
+    def from_dir(cls, tls_dir: str | Path, identity: str, server_name: str) -> "ClientTls":
+        from miresga.control.certs import TlsDir
+        d = TlsDir(Path(tls_dir))
+        key, cert = d.pair(identity)
+        return cls(d.ca_pem(), server_name, key, cert)
+
+    def channel(self, address: str) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                             certificate_chain=self.cert)
+        return grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", self.server_name)])
+
+
 class SwitchClient:
-    def __init__(self, address: str, token: str, timeout: float = 5.0):
+    def __init__(self, address: str, token: str, timeout: float = 5.0, tls: ClientTls | None = None):
         self.address, self.timeout = address, timeout
-        self._channel = grpc.insecure_channel(address)
+        self._channel = tls.channel(address) if tls is not None else grpc.insecure_channel(address)
         self._stub = pb_grpc.SwitchControlStub(self._channel)
         self._md = (("authorization", f"Bearer {token}"),)
+
+    @classmethod
+    def from_config(cls, cfg, address: str, identity: str, timeout: float = 5.0) -> "SwitchClient":
+        """A client as `identity` (a front-end's name, or "admin"), with TLS if the config has a
+        tls_dir; reads the certificate files now, so a missing one fails here."""
+        ctl = cfg.switch.control
+        tls = ClientTls.from_dir(ctl.tls_dir, identity, cfg.switch.name) if ctl.tls_dir is not None else None
+        return cls(address, ctl.token, timeout, tls)
 
     def _call(self, method, request):
         return method(request, metadata=self._md, timeout=self.timeout)
@@ -56,7 +95,7 @@ class SwitchClient:
                 "rate": r.rate or None, "counters": dict(r.counters), "ops": dict(r.ops),
                 "members": [{"name": m.name, "state": m.state, "address": m.address, "buckets": m.buckets}
                             for m in r.members],
-                "unauthenticated": r.unauthenticated, "bucket_moves": r.bucket_moves}
+                "unauthenticated": r.unauthenticated, "bucket_moves": r.bucket_moves, "refused": dict(r.refused)}
 
     def close(self) -> None:
         self._channel.close()

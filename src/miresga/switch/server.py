@@ -1,5 +1,10 @@
-"""The controller's adapter to the world: the gRPC service (token auth), the clock, and the
-tables it applies decisions to (BPF maps, or memory for tests). Decisions live in controller.py.
+"""The controller's adapter to the world: the gRPC service (mutual TLS, identities, token), the
+clock, and the tables it applies decisions to (BPF maps, or memory for tests). Decisions live in
+controller.py.
+
+Who may call what (with TLS): the client certificate's name is the caller. A front-end may
+Register, Heartbeat and Write only as itself; `admin` (operators) may only read (Read, Idle,
+Stats); any other name nothing. The token stays a second factor on every call.
 """
 
 from __future__ import annotations
@@ -9,13 +14,14 @@ import logging
 import threading
 import time
 from concurrent import futures
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import grpc
 
 from miresga import cookie
 from miresga._proto import control_pb2 as pb
 from miresga._proto import control_pb2_grpc as pb_grpc
+from miresga.control.certs import ADMIN, TlsDir
 from miresga.switch.controller import Actions, ApiError, Controller, EntryState, Key, Op, Status
 from miresga.switch.maps import OFFLOAD_FULL_ERRNOS, Hop, SwitchMaps, monotonic_ns
 from miresga.switch.profiles import profile_from_config
@@ -123,6 +129,11 @@ class ControlPlane:
         self.idle_cache: list[Key] = []
         self.key: cookie.CookieKey | None = None
         self.initial_buckets = Actions(buckets={b: n for b, n in enumerate(self.ctl.members.assign)})
+        # Refusals outside the controller's logic: TLS connections without a trusted client
+        # certificate (handshakes minus connections that made a call) and PERMISSION_DENIED calls.
+        self.tls_handshakes = 0
+        self.tls_callers: set[str] = set()
+        self.identity_refused = 0
 
     def _apply(self, actions: Actions) -> None:
         if actions:
@@ -220,17 +231,20 @@ class ControlPlane:
         with self.lock:
             s = self.ctl.stats()
         s["counters"] = self.tables.counters()
+        s["refused"] = {"tls": max(0, self.tls_handshakes - len(self.tls_callers)),
+                        "token": s["unauthenticated"], "identity": self.identity_refused}
         return s
 
 
 class TokenAuth(grpc.ServerInterceptor):
     """Refuse calls without "authorization: Bearer <token>" with UNAUTHENTICATED, and count them."""
 
-    def __init__(self, token: str, on_refused: Callable[[], None]):
+    def __init__(self, token: str, on_refused: Callable[[], None], on_call: Callable[[Any], None] = lambda c: None):
         self._want = f"Bearer {token}".encode()
         self._on_refused = on_refused
 
         def refuse(request, context):
+            on_call(context)  # the TLS handshake itself succeeded
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (authorization: Bearer ...)")
         self._refuse = grpc.unary_unary_rpc_method_handler(refuse)
 
@@ -242,6 +256,63 @@ class TokenAuth(grpc.ServerInterceptor):
             return continuation(details)
         self._on_refused()
         return self._refuse
+
+
+# method -> (who may call it, the request field that names a front-end). "frontend": a front-end
+# of the config, and when a field is named, only for itself; "any": a front-end or an operator.
+POLICY = {"Register": ("frontend", "name"), "Heartbeat": ("frontend", "name"), "Write": ("frontend", None),
+          "Read": ("any", None), "Idle": ("any", None), "Stats": ("any", None)}
+
+
+def caller_names(context) -> set[str]:
+    """The names in the peer's verified certificate (SAN DNS names, else the CN)."""
+    return {x.decode() if isinstance(x, bytes) else x for x in (context.peer_identities() or ())}
+
+
+def refusal(method: str, names: set[str], request, frontends: set[str], admins: set[str]) -> str | None:
+    """Why a caller named `names` may not make this call, or None (pure: tested with plain data)."""
+    who, field = POLICY.get(method, ("frontend", None))
+    fe = sorted(names & frontends)
+    if not fe:
+        if names & admins and who == "any":
+            return None
+        shown = ", ".join(sorted(names)) or "(none)"
+        if names & admins:
+            return f"{method}: certificate {shown} is read-only (Read, Idle, Stats)"
+        return f"{method}: certificate {shown} names no front-end of the config"
+    if field is not None:
+        claimed = getattr(request, field)
+        if claimed not in fe:
+            return f"{method}: front-end {fe[0]} may {method.lower()} only as itself, not as {claimed!r}"
+    return None
+
+
+class IdentityGuard(grpc.ServerInterceptor):
+    """With mutual TLS: refuse calls the caller's certificate does not allow (POLICY) with
+    PERMISSION_DENIED and a message, and count them."""
+
+    def __init__(self, frontends: set[str], admins: set[str], on_refused: Callable[[], None],
+                 on_call: Callable[[Any], None]):
+        self.frontends, self.admins = frontends, admins
+        self._on_refused, self._on_call = on_refused, on_call
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+
+        def guarded(request, context):
+            self._on_call(context)
+            why = refusal(method, caller_names(context), request, self.frontends, self.admins)
+            if why is not None:
+                self._on_refused()
+                log.warning("refused: %s (peer %s)", why, context.peer())
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            return inner(request, context)
+        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
 
 
 class Servicer(pb_grpc.SwitchControlServicer):
@@ -282,34 +353,73 @@ class Servicer(pb_grpc.SwitchControlServicer):
             profile=s["profile"], capacity=s["capacity"], installed=s["installed"], queue=s["queue"],
             rate=s["rate"] or 0.0, counters=s["counters"], ops={k: int(v) for k, v in s["ops"].items()},
             members=[pb.Member(**m) for m in s["members"]], unauthenticated=s["unauthenticated"],
-            bucket_moves=s["bucket_moves"])
+            bucket_moves=s["bucket_moves"], refused=s["refused"])
 
 
 def internal_addresses(cfg) -> list[str]:
-    """Where the control API listens by default: loopback and the switch's gateway address on
-    each front-end's network — never an address a client can reach."""
+    """Where the control API listens: switch.control.listen, by default loopback and the switch's
+    gateway address on each front-end's network — never an address meant for clients (and the
+    data plane drops what reaches these from anywhere but a front-end: DROP_GUARDED_PORT)."""
     port = cfg.switch.control.port
+    if cfg.switch.control.listen is not None:
+        return [f"{a}:{port}" for a in cfg.switch.control.listen]
     return [f"127.0.0.1:{port}"] + [f"{h.gateway}:{port}" for h in cfg.hosts.frontends]
 
 
-class ControlServer:
-    """gRPC server + ticker thread (queue, membership, key rotation, idle scan). Context manager."""
+def server_tls(cfg) -> TlsDir | None:
+    """The control API's certificates from the config (None: token only, in clear)."""
+    d = cfg.switch.control.tls_dir
+    return TlsDir(d) if d is not None else None
 
-    def __init__(self, cp: ControlPlane, address: str | list[str], workers: int = 8):
+
+class ControlServer:
+    """gRPC server + ticker thread (queue, membership, key rotation, idle scan). Context manager.
+
+    `tls`: serve mutual TLS with <switch.name>.crt/.key of that directory, trusting only its
+    ca.crt, and enforce identities (IdentityGuard); None: plaintext with the token alone."""
+
+    def __init__(self, cp: ControlPlane, address: str | list[str], workers: int = 8, tls: TlsDir | None = None):
         self.cp = cp
 
         def refused() -> None:
             with cp.lock:
                 cp.ctl.unauthenticated += 1
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
-                                  interceptors=[TokenAuth(cp.cfg.switch.control.token, refused)])
+
+        def identity_refused() -> None:
+            with cp.lock:
+                cp.identity_refused += 1
+
+        def on_call(context) -> None:
+            if tls is not None:
+                peer = context.peer()
+                if peer not in cp.tls_callers:
+                    with cp.lock:
+                        cp.tls_callers.add(peer)
+        interceptors: list = [TokenAuth(cp.cfg.switch.control.token, refused, on_call)]
+        creds = None
+        if tls is not None:
+            interceptors.append(IdentityGuard({h.name for h in cp.cfg.hosts.frontends}, {ADMIN}, identity_refused,
+                                              on_call))
+            creds = self._credentials(tls, cp)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=interceptors)
         pb_grpc.add_SwitchControlServicer_to_server(Servicer(cp), self.server)
         for a in [address] if isinstance(address, str) else address:
-            self.port = self.server.add_insecure_port(a)
+            self.port = self.server.add_secure_port(a, creds) if creds else self.server.add_insecure_port(a)
             if self.port == 0:
                 raise OSError(f"cannot listen on {a}")
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._ticker, name="switch-ticker", daemon=True)
+
+    @staticmethod
+    def _credentials(tls: TlsDir, cp: ControlPlane) -> grpc.ServerCredentials:
+        key, chain = tls.pair(cp.cfg.switch.name)
+        config = grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=tls.ca_pem())
+
+        def fetch():  # called once per new connection, before its handshake: count them
+            with cp.lock:
+                cp.tls_handshakes += 1
+            return None  # keep the configuration
+        return grpc.dynamic_ssl_server_credentials(config, fetch, require_client_authentication=True)
 
     def _ticker(self) -> None:
         sw = self.cp.cfg.switch

@@ -196,9 +196,9 @@ class Testbed:
     def frontend_metrics(self, name: str) -> dict[str, dict[str, float]]:
         """A front-end's Prometheus metrics, scraped from inside its namespace."""
         from miresga.frontend.metrics import scrape
-        f = next(h for h in self.cfg.hosts.frontends if h.name == name)
+        fe = self.cfg.frontend
         with nsx.in_netns(self.ns(name)):
-            return scrape(f"http://{f.ip}:{self.cfg.frontend.metrics_port}/metrics")
+            return scrape(f"http://{fe.metrics_address}:{fe.metrics_port}/metrics")
 
     def agent_stats(self, backend: str) -> dict[str, Any]:
         from miresga.agent.manager import AgentManager
