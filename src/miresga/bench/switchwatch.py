@@ -139,7 +139,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config)
     _enter_netns(args.netns)   # before gRPC starts its threads
     from miresga.switch.client import SwitchClient
-    with SwitchClient(f"127.0.0.1:{cfg.switch.control.port}", cfg.switch.control.token, timeout=5.0) as c:
+    # as `miresga status` does: with TLS, the read-only `admin` certificate
+    with SwitchClient.from_config(cfg, f"127.0.0.1:{cfg.switch.control.port}", "admin", timeout=5.0) as c:
         while True:
             t = time.time()
             try:
