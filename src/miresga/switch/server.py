@@ -396,15 +396,17 @@ class ControlServer:
                     with cp.lock:
                         cp.tls_callers.add(peer)
         interceptors: list = [TokenAuth(cp.cfg.switch.control.token, refused, on_call)]
-        creds = None
         if tls is not None:
             interceptors.append(IdentityGuard({h.name for h in cp.cfg.hosts.frontends}, {ADMIN}, identity_refused,
                                               on_call))
-            creds = self._credentials(tls, cp)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=interceptors)
         pb_grpc.add_SwitchControlServicer_to_server(Servicer(cp), self.server)
         for a in [address] if isinstance(address, str) else address:
-            self.port = self.server.add_secure_port(a, creds) if creds else self.server.add_insecure_port(a)
+            try:  # one credentials object per port: each takes its initial configuration once
+                self.port = (self.server.add_secure_port(a, self._credentials(tls, cp)) if tls is not None
+                             else self.server.add_insecure_port(a))
+            except RuntimeError as e:
+                raise OSError(f"cannot listen on {a}: {e}") from None
             if self.port == 0:
                 raise OSError(f"cannot listen on {a}")
         self.stop_event = threading.Event()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,8 @@ from typing import Any
 import yaml
 
 from miresga.bpf import netns as nsx
-from miresga.control.config import Deployment, load_config
+from miresga.control.certs import make_pki
+from miresga.control.config import Deployment, demo_secrets, load_config
 from miresga.testbed.objects import CACHE, CatalogObject, ensure_catalog
 from miresga.testbed.services import backend_nginx_conf, haproxy_conf, lb_nginx_conf
 from miresga.testbed.topology import Topology, build_topology, new_instance_id
@@ -38,13 +40,13 @@ class Testbed:
 
     def __init__(self, cfg: Deployment | None = None, instance: str | None = None, switch: str = "kernel",
                  verbose: bool = False, lb: str | None = None):
-        self.cfg = cfg or load_config()
         self.instance = instance or new_instance_id()
+        self.run_dir = RUN_ROOT / self.instance
+        self.cfg = instance_config(cfg or load_config(), self.run_dir)
         self.topo: Topology = build_topology(self.cfg, self.instance)
         self.lb = lb  # "miresga": the eBPF switch, its controller, agents and front-ends run too
         self.switch_mode = "ebpf" if lb == "miresga" else switch
         self.verbose = verbose
-        self.run_dir = RUN_ROOT / self.instance
         self.pin_dir = PIN_ROOT / self.instance
         self.objects: list[CatalogObject] = []
         self._closers: list = []  # in-process resources (BPF objects, attachments) to release
@@ -72,7 +74,7 @@ class Testbed:
 
     # ---------- state file ----------
     def _save(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds the instance's secrets and keys
         (self.run_dir / "state.json").write_text(json.dumps(self.state, indent=1))
 
     def _log(self, msg: str) -> None:
@@ -157,6 +159,9 @@ class Testbed:
         return p
 
     def _start_miresga(self) -> None:
+        # The instance's own CA and certificates: the switch serves with its own, each front-end
+        # presents its own, `status` reads as admin.
+        make_pki(self.cfg.switch.control.tls_dir, self.cfg.switch.name, [f.name for f in self.cfg.hosts.frontends])
         conf = self.run_dir / "config.yaml"
         conf.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
         self._spawn("switch", ["switch", "--config", str(conf), "--netns", self.ns_switch])
@@ -272,6 +277,20 @@ class Testbed:
     def status(self) -> dict[str, Any]:
         return describe(self.cfg, self.topo, self.objects or ensure_catalog(self.cfg.objects.sizes),
                         self.pin_dir, vip=self.state.get("vip"))
+
+
+def instance_config(cfg: Deployment, run_dir: Path) -> Deployment:
+    """The config an instance runs: the built-in demo secrets replaced by random ones of its own
+    (so no two instances, nor anyone who read default.yaml, share them), and its control API on
+    mutual TLS with certificates under its run directory (made by `up`)."""
+    sw = cfg.switch
+    demo = set(demo_secrets(cfg))
+    cookie_cfg = sw.cookie.model_copy(update={"secret": secrets.token_hex(32)}) \
+        if "switch.cookie.secret" in demo else sw.cookie
+    control = sw.control.model_copy(update={
+        **({"token": secrets.token_hex(32)} if "switch.control.token" in demo else {}),
+        "tls_dir": run_dir / "pki"})
+    return cfg.model_copy(update={"switch": sw.model_copy(update={"cookie": cookie_cfg, "control": control})})
 
 
 def _is_zombie(pid: int) -> bool:
