@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from miresga.control.config import DEFAULT_CONFIG, ConfigError, load_config, parse_config
+from miresga.control.config import DEFAULT_CONFIG, ConfigError, demo_secrets, load_config, parse_config
 
 
 def test_default_config_is_valid():
@@ -48,3 +48,76 @@ def test_rule_pool_must_name_backends():
     text = DEFAULT_CONFIG.read_text().replace("pool: [be1, be2, be3]", "pool: [be1, be9]")
     with pytest.raises(ConfigError, match="be9"):
         parse_config(text)
+
+
+# --- secrets: from a file or an environment variable; the built-in demo values refused ----------
+
+SECRET_LINE = 'cookie: {secret: "miresga-default-cookie-secret-change-me", bucket_seconds: 64}'
+TOKEN_LINE = 'control: {port: 50051, token: "miresga-default-token-change-me"}'
+
+
+def _with_secrets(cookie: str, control: str) -> str:
+    text = DEFAULT_CONFIG.read_text()
+    assert SECRET_LINE in text and TOKEN_LINE in text
+    return text.replace(SECRET_LINE, f"cookie: {cookie}").replace(TOKEN_LINE, f"control: {control}")
+
+
+def test_secrets_from_file_and_environment(tmp_path, monkeypatch):
+    (tmp_path / "cookie.secret").write_text("s3cret-from-a-file-0123456789\n")
+    monkeypatch.setenv("MG_TEST_TOKEN", "token-from-the-environment-0123")
+    f = tmp_path / "cfg.yaml"
+    f.write_text(_with_secrets("{secret_file: cookie.secret}", "{token_env: MG_TEST_TOKEN}"))
+    cfg = load_config(f)  # a relative file is read next to the config
+    assert cfg.switch.cookie.secret == "s3cret-from-a-file-0123456789"
+    assert cfg.switch.control.token == "token-from-the-environment-0123"
+    assert not demo_secrets(cfg) and demo_secrets(load_config()) == ["switch.cookie.secret", "switch.control.token"]
+
+
+@pytest.mark.parametrize("cookie,control,words", [
+    ("{secret_file: /nonexistent/secret}", "{token: abcdefabcdefabcdef}",
+     "switch.cookie.secret_file: cannot read /nonexistent/secret"),
+    ("{secret: abcdefabcdefabcdefab}", "{token_env: MG_TEST_UNSET_VAR}",
+     "switch.control.token_env: environment variable MG_TEST_UNSET_VAR is not set"),
+    ("{secret: abcdefabcdefabcdefab, secret_env: X}", "{token: abcdefabcdefabcdef}",
+     "switch.cookie.secret_env: give only one of secret, secret_file, secret_env"),
+    ("{secret: abcdefabcdefabcdefab}", "{token: short}", "switch.control.token"),
+], ids=["unreadable file", "unset variable", "two sources", "too short"])
+def test_secret_errors_name_the_key_and_line(tmp_path, monkeypatch, cookie, control, words):
+    monkeypatch.delenv("MG_TEST_UNSET_VAR", raising=False)
+    f = tmp_path / "cfg.yaml"
+    text = _with_secrets(cookie, control)
+    f.write_text(text)
+    p = _cli("check-config", str(f))
+    assert p.returncode != 0 and words in p.stderr, p.stderr
+    key = words.split(":")[0].rsplit(".", 1)[0].split(".")[-1]  # cookie / control
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.strip().startswith(f"{key}:"))
+    assert f"cfg.yaml:{line}" in p.stderr
+
+
+@pytest.mark.parametrize("command", [["switch"], ["frontend", "--name", "fe1"]])
+def test_switch_and_frontend_refuse_the_demo_secrets(command):
+    """Outside the testbed (which makes its own), the shipped secrets are refused before anything
+    starts, with what to set."""
+    p = _cli(*command)
+    assert p.returncode == 2
+    for words in ("refusing to start", "switch.cookie.secret", "switch.control.token", "built-in demo values",
+                  "secret_file", "token_env"):
+        assert words in p.stderr, p.stderr
+
+
+def test_switch_refuses_a_control_api_without_tls(tmp_path):
+    f = tmp_path / "cfg.yaml"
+    f.write_text(_with_secrets("{secret: abcdefabcdefabcdefab}", "{token: abcdefabcdefabcdef}"))
+    p = _cli("switch", "--config", str(f))
+    assert p.returncode == 2 and "switch.control.tls_dir is not set" in p.stderr and "certs make" in p.stderr
+
+
+def test_testbed_instances_get_their_own_secrets(tmp_path):
+    from miresga.testbed.testbed import instance_config
+    a, b = (instance_config(load_config(), tmp_path / n) for n in ("a", "b"))
+    assert not demo_secrets(a) and not demo_secrets(b)
+    assert a.switch.cookie.secret != b.switch.cookie.secret and a.switch.control.token != b.switch.control.token
+    assert a.switch.control.tls_dir == tmp_path / "a" / "pki"
+    mine = load_config().model_copy(update={"switch": load_config().switch.model_copy(update={
+        "cookie": load_config().switch.cookie.model_copy(update={"secret": "my-own-secret-0123456789"})})})
+    assert instance_config(mine, tmp_path).switch.cookie.secret == "my-own-secret-0123456789"  # kept
