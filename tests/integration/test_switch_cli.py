@@ -22,15 +22,17 @@ pytestmark = pytest.mark.netns
 
 CLIENT_SCRIPT = textwrap.dedent("""
     import json, sys, time, grpc
-    from miresga.switch.client import SwitchClient
-    addr, token, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    from miresga.control.config import load_config
+    from miresga.switch.client import ClientTls, SwitchClient
+    cfg, addr, n = load_config(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    ctl = cfg.switch.control
     out = {}
-    with SwitchClient(addr, "wrong-" + token) as bad:
+    with SwitchClient(addr, "wrong-" + ctl.token, tls=ClientTls.from_dir(ctl.tls_dir, "fe1", cfg.switch.name)) as bad:
         try:
             bad.stats()
         except grpc.RpcError as e:
             out["bad_token"] = e.code().name
-    with SwitchClient(addr, token) as c:
+    with SwitchClient.from_config(cfg, addr, "fe1") as c:
         out["register"] = len(c.register("fe1", "10.0.2.2")["buckets"])
         t0 = time.perf_counter()
         st = []
@@ -45,11 +47,18 @@ CLIENT_SCRIPT = textwrap.dedent("""
 
 
 def test_switch_command_and_status_from_a_frontend(tmp_path, record_property):
+    import yaml
+
+    from miresga.control.certs import make_pki
     from miresga.testbed import Testbed
     with Testbed() as tb:
-        cfg = tb.cfg
+        cfg = tb.cfg  # the instance's own secrets; its certificates are made here (no Miresga runs)
+        make_pki(cfg.switch.control.tls_dir, cfg.switch.name, [f.name for f in cfg.hosts.frontends])
+        cfg_file = tmp_path / "cfg.yaml"
+        cfg_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
         sw = tb.ns_switch
-        proc = subprocess.Popen([sys.executable, "-m", "miresga.control.cli", "switch", "--netns", sw, "--dead-after", "120"],
+        proc = subprocess.Popen([sys.executable, "-m", "miresga.control.cli", "switch", "--config", str(cfg_file),
+                                 "--netns", sw, "--dead-after", "120"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             line = proc.stdout.readline()
@@ -59,7 +68,7 @@ def test_switch_command_and_status_from_a_frontend(tmp_path, record_property):
             script = tmp_path / "client.py"
             script.write_text(CLIENT_SCRIPT)
             n = 20000
-            p = tb.run(fe.name, sys.executable, str(script), addr, cfg.switch.control.token, str(n), timeout=120)
+            p = tb.run(fe.name, sys.executable, str(script), str(cfg_file), addr, str(n), timeout=120)
             out = json.loads(p.stdout)
             assert out["bad_token"] == "UNAUTHENTICATED"
             assert out["register"] == 128
@@ -73,20 +82,24 @@ def test_switch_command_and_status_from_a_frontend(tmp_path, record_property):
             finally:
                 pinned.close()
             assert len(entries) == n - 1 and entries[(0x0A000102, 2)].backend == 1
-            st = tb.run(fe.name, sys.executable, "-m", "miresga.control.cli", "status", "--address", addr).stdout
+            st = tb.run(fe.name, sys.executable, "-m", "miresga.control.cli", "status", "--config", str(cfg_file),
+                        "--address", addr).stdout
             assert f"offload   {n - 1} / 143360" in st
             assert "fe1      alive" in st and "fe2      static" in st
             assert "1 unauthenticated" in st
-            root = subprocess.run([sys.executable, "-m", "miresga.control.cli", "status", "--netns", sw],
+            root = subprocess.run([sys.executable, "-m", "miresga.control.cli", "status", "--config", str(cfg_file),
+                                   "--netns", sw],
                                   capture_output=True, text=True, timeout=30)
             assert root.returncode == 0 and "fe1      alive" in root.stdout, root.stderr
-            # not reachable from a client's side of the switch
+            # not reachable from a client's side of the switch: the data plane drops it (see also
+            # test_control_security.py)
             c1 = cfg.hosts.clients[0]
             refused = tb.run(c1.name, "python3", "-c", "import socket,sys; s=socket.socket(); s.settimeout(2); "
                              f"sys.exit(s.connect_ex(('{c1.gateway}', {cfg.switch.control.port})))", check=False)
             assert refused.returncode != 0
-            js = json.loads(tb.run(fe.name, sys.executable, "-m", "miresga.control.cli", "status", "--address", addr,
-                                   "--json").stdout)
+            js = json.loads(tb.run(fe.name, sys.executable, "-m", "miresga.control.cli", "status", "--config",
+                                   str(cfg_file), "--address", addr, "--json").stdout)
+            assert js["counters"]["drop_guarded_port"] >= 1
             assert js["installed"] == n - 1 and js["ops"]["ok"] == n + 1
         finally:
             proc.terminate()
