@@ -77,9 +77,21 @@ def test_insert_then_delete_of_one_key_keep_their_order():
     fake = FakeSwitchClient()
     res = run_worker(fake, [OffloadInsert(1, 2, 0, 7), OffloadDelete(1, 2), OffloadInsert(3, 4, 1, 8)])
     writes = [c for c in fake.calls if c[0] == "write"]
-    assert writes[0][1:] == ([(1, 2, 0)], [])            # split: the delete must come after
+    assert writes[0][1:] == ([(1, 2, 0), (3, 4, 1)], [])   # split: the delete must come after
+    assert writes[1][1:] == ([], [(1, 2)])
     assert fake.table == {(3, 4): 1}
     assert ("offload", 1, 2, 7, "ok") in res and ("offload", 3, 4, 8, "ok") in res
+
+
+def test_delete_then_insert_of_many_keys_takes_two_writes():
+    fake = FakeSwitchClient()
+    fake.table.update({(1, p): 0 for p in range(10)})
+    acts = [a for p in range(10) for a in (OffloadDelete(1, p), OffloadInsert(1, p, 1, 100 + p))]
+    res = run_worker(fake, acts)
+    writes = [c for c in fake.calls if c[0] == "write"]
+    assert len(writes) == 2 and writes[0][1] == [] and len(writes[0][2]) == 10 and len(writes[1][1]) == 10
+    assert fake.table == {(1, p): 1 for p in range(10)}
+    assert sorted(r[3] for r in res if r[0] == "offload" and r[4] == "ok") == list(range(100, 110))
 
 
 def test_queued_insert_polled_until_installed():

@@ -151,17 +151,28 @@ class OffloadWorker(threading.Thread):
                 self.stop.wait(0.5)
 
     def _write(self, batch: list[Any]) -> None:
-        """Send in order; a key inserted and deleted in one batch is split so the order holds."""
+        """Send in order per key, in as few Writes as the order allows. The controller applies a
+        Write's inserts before its deletes, so a key's second operation goes one Write after its
+        first (rounds); other keys share the Writes (a request-per-entry pattern, delete k then
+        insert k for many keys, takes two Writes instead of one per key)."""
         client = self._connect()
         self._answered: set[int] = set()
         self._deleted: set[tuple[int, int]] = set()
-        ins: list[OffloadInsert] = []
-        dels: list[tuple[int, int]] = list(self.retry_deletes)
+        rounds: list[tuple[list[OffloadInsert], list[tuple[int, int]]]] = [([], list(self.retry_deletes))]
+        last = {k: 0 for k in self.retry_deletes}   # key -> round of its latest operation
         self.retry_deletes = []
-
-        def flush() -> None:
+        for a in batch:
+            key = (a.client_ip, a.client_port)
+            r = last[key] + 1 if key in last else 0
+            if r == len(rounds):
+                rounds.append(([], []))
+            # a queued insert keeps being polled: if it lands after its delete, the engine
+            # hears "installed" for a gone connection and deletes it again
+            (rounds[r][0].append(a) if isinstance(a, OffloadInsert) else rounds[r][1].append(key))
+            last[key] = r
+        for ins, dels in rounds:
             if not ins and not dels:
-                return
+                continue
             statuses = client.write([(a.client_ip, a.client_port, a.backend) for a in ins], list(dels))
             self.stats["writes"] += 1
             self.stats["batched_ops"] += len(ins) + len(dels)
@@ -171,22 +182,8 @@ class OffloadWorker(threading.Thread):
                 self.results.put(("offload", a.client_ip, a.client_port, a.gen, st))
                 self._answered.add(a.gen)
             self._deleted.update(dels)
-            ins.clear()
-            dels.clear()
-
-        for a in batch:
-            key = (a.client_ip, a.client_port)
-            if isinstance(a, OffloadInsert):
-                if key in dels:
-                    flush()
-                ins.append(a)
-            else:
-                if any((i.client_ip, i.client_port) == key for i in ins):
-                    flush()
-                # a queued insert keeps being polled: if it lands after this delete, the
-                # engine hears "installed" for a gone connection and deletes it again
-                dels.append(key)
-        flush()
+            if ins:
+                self.wake()
         self.wake()
 
     def _poll_queued(self) -> None:
