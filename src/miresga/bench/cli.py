@@ -58,10 +58,10 @@ def _bench(args: argparse.Namespace) -> int:
         records = run_bench(cfg, systems, workloads, duration, args.connections, args.out, testbed=tb,
                             threads=args.threads, timeout_s=args.timeout, repeat=args.repeat, lb=None if args.lb == "none" else args.lb,
                             retries=args.retries, max_other_cpu=args.max_other_cpu, profile=args.profile,
-                            capacity=args.capacity, meta_extra=meta)
+                            capacity=args.capacity, insert_rate=args.insert_rate, meta_extra=meta)
         if args.paper and records:
             from miresga.bench.systems import profile_words, with_profile
-            prof = profile_words(with_profile(cfg, args.profile, args.capacity).switch)
+            prof = profile_words(with_profile(cfg, args.profile, args.capacity, args.insert_rate).switch)
             paths = write_paper(records, args.out, {**meta, "switch profile": prof,
                                                     "seconds per point": f"{duration:g}",
                                                     "wrk": f"1 thread, {args.connections} connections"})
@@ -117,6 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--paper: tofino): table capacity, insert rate and latency, for miresga and prism alike")
     b.add_argument("--capacity", type=int, help="offload table size override (default: the profile's 143,360; "
                                                 f"--pressure: {DEFAULT_CAPACITY})")
+    b.add_argument("--insert-rate", type=int,
+                   help="tofino profile: table inserts + deletes per second (default: the config's 17,000)")
     b.add_argument("--paper", action="store_true",
                    help="the paper's evaluation: direct, nginx, haproxy, miresga, prism over the paper's sizes "
                         "and the mixes under the tofino profile; adds paper.md, paper_throughput.png, "

@@ -53,7 +53,7 @@ def run_bench(cfg: Deployment | None, systems: Sequence[str | System] | Mapping[
               testbed=None, *, threads: int = 1, timeout_s: float = 10.0, repeat: int = 1,
               progress: Progress = _say, plot: bool = True, lb: str | None = None, retries: int = 0,
               max_other_cpu: float = BUSY_PCT, profile: str | None = None,
-              capacity: int | None = None, meta_extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+              capacity: int | None = None, insert_rate: int | None = None, meta_extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Measure `workloads` x `systems`; write report.json, report.md, throughput.png into out_dir and
     return the records. `systems`: names from the testbed status (None: all it offers), System
     objects (with a probe for extra columns), or a mapping name -> (address, port).
@@ -77,13 +77,15 @@ def run_bench(cfg: Deployment | None, systems: Sequence[str | System] | Mapping[
             retries, max_other_cpu, meta_extra or {})
     if testbed is not None:
         have = testbed.cfg.switch
-        if (profile and profile != have.profile) or (capacity and capacity != have.offload_capacity):
+        if ((profile and profile != have.profile) or (capacity and capacity != have.offload_capacity)
+                or (insert_rate and insert_rate != have.insert_rate)):
             raise BenchError(f"testbed {testbed.instance} runs the switch profile {have.profile} "
                              f"(capacity {have.offload_capacity or 'default'}); bring one up with the profile wanted")
         return _run(testbed, *args)
     from miresga.testbed import Testbed
     from miresga.control.config import load_config
-    cfg = with_objects(with_profile(cfg or load_config(), profile, capacity), sorted({s for w in wls for s in w.sizes}))
+    cfg = with_objects(with_profile(cfg or load_config(), profile, capacity, insert_rate),
+                       sorted({s for w in wls for s in w.sizes}))
     if systems is not None and any((x.name if isinstance(x, System) else x) == PRISM for x in systems):
         cfg = with_prism(cfg)
     t0 = time.monotonic()

@@ -110,15 +110,19 @@ def with_prism(cfg: Deployment, host: str = PRISM_HOST) -> Deployment:
     return Deployment.model_validate(d)
 
 
-def with_profile(cfg: Deployment, profile: str | None = None, capacity: int | None = None) -> Deployment:
-    """The deployment under another switch hardware profile and/or offload table capacity."""
-    if profile is None and capacity is None:
+def with_profile(cfg: Deployment, profile: str | None = None, capacity: int | None = None,
+                 insert_rate: int | None = None) -> Deployment:
+    """The deployment under another switch hardware profile, offload table capacity and/or
+    (tofino) table operations per second."""
+    if profile is None and capacity is None and insert_rate is None:
         return cfg
     d = cfg.model_dump(mode="json")
     if profile is not None:
         d["switch"]["profile"] = profile
     if capacity is not None:
         d["switch"]["offload_capacity"] = capacity
+    if insert_rate is not None:
+        d["switch"]["insert_rate"] = insert_rate
     return Deployment.model_validate(d)
 
 
