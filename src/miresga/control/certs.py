@@ -103,6 +103,9 @@ class TlsDir:
 
     path: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
     @property
     def ca(self) -> Path:
         return self.path / "ca.crt"
