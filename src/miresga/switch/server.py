@@ -13,6 +13,7 @@ import hmac
 import logging
 import threading
 import time
+from collections import OrderedDict
 from concurrent import futures
 from typing import Any, Callable, Protocol
 
@@ -32,6 +33,7 @@ STATUS_PB = {Status.OK: pb.WRITE_OK, Status.EXISTS: pb.WRITE_EXISTS, Status.NOT_
              Status.TABLE_FULL: pb.WRITE_TABLE_FULL, Status.QUEUED: pb.WRITE_QUEUED}
 STATE_PB = {EntryState.ABSENT: pb.ENTRY_ABSENT, EntryState.QUEUED: pb.ENTRY_QUEUED,
             EntryState.INSTALLED: pb.ENTRY_INSTALLED}
+TLS_PEERS_MAX = 4096  # connections remembered as having called (refused.tls = handshakes - those)
 
 
 class Tables(Protocol):
@@ -132,8 +134,22 @@ class ControlPlane:
         # Refusals outside the controller's logic: TLS connections without a trusted client
         # certificate (handshakes minus connections that made a call) and PERMISSION_DENIED calls.
         self.tls_handshakes = 0
-        self.tls_callers: set[str] = set()
+        self.tls_callers: OrderedDict[str, None] = OrderedDict()  # recent connections (peer) that called
+        self.tls_identified = 0                                     # connections that made a call, ever
         self.identity_refused = 0
+        self.peers_lock = threading.Lock()
+
+    def tls_caller(self, peer: str) -> None:
+        """A call arrived on this TLS connection: its handshake succeeded. The set of peers is
+        bounded (least recently calling first out); front-ends call every heartbeat and stay."""
+        with self.peers_lock:
+            if peer in self.tls_callers:
+                self.tls_callers.move_to_end(peer)
+                return
+            self.tls_callers[peer] = None
+            self.tls_identified += 1
+            if len(self.tls_callers) > TLS_PEERS_MAX:
+                self.tls_callers.popitem(last=False)
 
     def _apply(self, actions: Actions) -> None:
         if actions:
@@ -231,7 +247,9 @@ class ControlPlane:
         with self.lock:
             s = self.ctl.stats()
         s["counters"] = self.tables.counters()
-        s["refused"] = {"tls": max(0, self.tls_handshakes - len(self.tls_callers)),
+        with self.peers_lock:
+            identified = self.tls_identified
+        s["refused"] = {"tls": max(0, self.tls_handshakes - identified),
                         "token": s["unauthenticated"], "identity": self.identity_refused}
         return s
 
@@ -391,10 +409,7 @@ class ControlServer:
 
         def on_call(context) -> None:
             if tls is not None:
-                peer = context.peer()
-                if peer not in cp.tls_callers:
-                    with cp.lock:
-                        cp.tls_callers.add(peer)
+                cp.tls_caller(context.peer())
         interceptors: list = [TokenAuth(cp.cfg.switch.control.token, refused, on_call)]
         if tls is not None:
             interceptors.append(IdentityGuard({h.name for h in cp.cfg.hosts.frontends}, {ADMIN}, identity_refused,
