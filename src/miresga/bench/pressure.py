@@ -90,7 +90,7 @@ def _run(tb, connections: int, duration: float, drain_timeout: float,
     sha = {o["path"]: o["sha256"] for o in status["objects"]}
     client = tb.cfg.hosts.clients[0].name
     checks = {"sampled": 0, "exact": 0, "mismatch": [], "failed": []}
-    with SwitchWatch(str(tb.run_dir / "config.yaml"), tb.ns_switch, interval=0.25) as watch, \
+    with SwitchWatch(str(tb.run_dir / "config.yaml"), tb.ns_switch, interval=0.1) as watch, \
             tempfile.TemporaryDirectory(prefix="miresga-pressure-") as tmp:
         if not watch.wait_first():
             raise RuntimeError(f"switch controller stats unavailable: {watch.errors[-1:] or 'no sample'}")
