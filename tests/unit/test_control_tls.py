@@ -105,6 +105,7 @@ def test_refused_and_counted(served, pki):
     ("Read", {"fe2"}, None, None),
     ("Stats", {"sw"}, None, "names no front-end"),
     ("Register", set(), "fe1", "names no front-end"),
+    ("Write", {"fe1", "fe2"}, None, "several front-ends"),
 ], ids=lambda x: str(x))
 def test_policy_as_data(method, names, field, want):
     class Req:

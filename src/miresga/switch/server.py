@@ -298,6 +298,8 @@ def refusal(method: str, names: set[str], request, frontends: set[str], admins: 
         if names & admins:
             return f"{method}: certificate {shown} is read-only (Read, Idle, Stats)"
         return f"{method}: certificate {shown} names no front-end of the config"
+    if len(fe) > 1:
+        return f"{method}: certificate names several front-ends ({', '.join(fe)}); one identity per certificate"
     if field is not None:
         claimed = getattr(request, field)
         if claimed not in fe:
@@ -317,7 +319,7 @@ class IdentityGuard(grpc.ServerInterceptor):
     def intercept_service(self, continuation, details):
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
-            return handler
+            return None  # only unary calls are guarded; anything else is not served (UNIMPLEMENTED)
         method = details.method.rsplit("/", 1)[-1]
         inner = handler.unary_unary
 
