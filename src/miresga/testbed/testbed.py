@@ -74,8 +74,8 @@ class Testbed:
 
     # ---------- state file ----------
     def _save(self) -> None:
-        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds the instance's secrets and keys
-        (self.run_dir / "state.json").write_text(json.dumps(self.state, indent=1))
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # readable: nginx workers keep temp files below it
+        _write_private(self.run_dir / "state.json", json.dumps(self.state, indent=1))  # holds the secrets
 
     def _log(self, msg: str) -> None:
         if self.verbose:
@@ -163,7 +163,7 @@ class Testbed:
         # presents its own, `status` reads as admin.
         make_pki(self.cfg.switch.control.tls_dir, self.cfg.switch.name, [f.name for f in self.cfg.hosts.frontends])
         conf = self.run_dir / "config.yaml"
-        conf.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+        _write_private(conf, yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
         self._spawn("switch", ["switch", "--config", str(conf), "--netns", self.ns_switch])
         self._wait_log("switch", "control API on port", 20)
         for b in self.cfg.hosts.backends:
@@ -277,6 +277,13 @@ class Testbed:
     def status(self) -> dict[str, Any]:
         return describe(self.cfg, self.topo, self.objects or ensure_catalog(self.cfg.objects.sizes),
                         self.pin_dir, vip=self.state.get("vip"))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner reads (it carries the instance's secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def instance_config(cfg: Deployment, run_dir: Path) -> Deployment:
