@@ -131,7 +131,7 @@ def test_frontend_offload_worker_against_the_real_service(served):
     import queue as q
 
     from miresga.frontend.engine import OffloadDelete, OffloadInsert
-    from miresga.frontend.server import OffloadWorker
+    from miresga.frontend.switch_link import OffloadWorker
 
     cfg = _cfg(profile="tofino", insert_rate=200, batch_latency_ms=1.0)
     cp, tables, c, srv = served(cfg)

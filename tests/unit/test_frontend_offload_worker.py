@@ -8,7 +8,7 @@ import time
 
 from frontend_helpers import NOW, Backend, Client, deletes, get, inserts, make_cfg, sends
 from miresga.frontend.engine import Engine, OffloadCheck, OffloadDelete, OffloadInsert
-from miresga.frontend.server import OffloadWorker
+from miresga.frontend.switch_link import OffloadWorker
 from miresga.frontend.states import Offload
 
 
