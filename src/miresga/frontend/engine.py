@@ -614,7 +614,10 @@ class Engine:
             st.events["early_fin"] += 1
             return
         if len(self.conns) >= self.fe.max_connections:
+            # Refused, and told so at once (no state taken): a silent drop would leave the client
+            # retransmitting its request until it gives up.
             st.drops["conn_limit"] += 1
+            out.append(Send(Segment(self.vip, self.vport, key[0], key[1], seg.ack, seg.end, RST | ACK, 0), "client"))
             return
         conn = Conn(key, s, opts, RequestStream(self.fe.max_header_bytes))
         conn.deadline = now + self.fe.header_timeout_s
