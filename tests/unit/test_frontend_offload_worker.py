@@ -8,7 +8,7 @@ import time
 
 from frontend_helpers import NOW, Backend, Client, deletes, get, inserts, make_cfg, sends
 from miresga.frontend.engine import Engine, OffloadCheck, OffloadDelete, OffloadInsert
-from miresga.frontend.switch_link import OffloadWorker
+from miresga.frontend.switch_link import FetchIdle, Heartbeat, OffloadBatcher, OffloadWorker, Read, Register, Write
 from miresga.frontend.states import Offload
 
 
@@ -131,3 +131,75 @@ def test_engine_verifies_installed_entry_on_idle_timer():
     assert eng.conns[cl.key].offload is Offload.NONE
     a = eng.tick(t + eng.fe.idle_timeout_s + 1)                   # now our own timer expires it
     assert not eng.conns and not deletes(a) and sends(a)
+
+
+# ---------------------------------------------------------------------- the batcher, without a thread
+
+def cycle(link, fake, actions, now):
+    """One cycle of OffloadWorker.run with the fake as the controller, synchronously."""
+    link.start(actions, now)
+    out = []
+    try:
+        while (call := link.next_call()) is not None:
+            if isinstance(call, Register):
+                fake.register(call.name, call.address)
+                reply = None
+            elif isinstance(call, Write):
+                reply = fake.write(list(call.inserts), list(call.deletes))
+            elif isinstance(call, Read):
+                reply = fake.read(list(call.keys))
+            elif isinstance(call, FetchIdle):
+                reply = fake.idle()
+            else:
+                reply = fake.heartbeat(call.name)
+            out += link.answer(reply)
+    except ConnectionError:
+        out += link.failed()
+    return out
+
+
+class DownFake(FakeSwitchClient):
+    """A controller that can be switched off: every call fails, registration included."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = False
+
+    def register(self, name, address):
+        if self.down:
+            raise ConnectionError("controller unreachable")
+        super().register(name, address)
+
+    def heartbeat(self, name):
+        if self.down:
+            raise ConnectionError("controller unreachable")
+
+
+def test_delete_of_reused_key_is_retried_when_reconnect_fails():
+    """A delete of key k answered in one cycle must not count as answered in a later cycle: a
+    new connection from the same client ip:port offloaded and closed while the controller is
+    down must have its delete retried."""
+    fake, link, k = DownFake(), OffloadBatcher("fe1", "10.0.2.2"), (1, 2)
+    cycle(link, fake, [OffloadInsert(*k, 0, 7)], NOW)
+    # k's first connection ends and the same ip:port comes back at once, offloaded again
+    cycle(link, fake, [OffloadDelete(*k), OffloadInsert(*k, 0, 8)], NOW + 0.1)
+    assert fake.table == {k: 0}
+    fake.down = True
+    cycle(link, fake, [], NOW + 2)                              # the heartbeat fails: link lost
+    assert not link.registered
+    cycle(link, fake, [OffloadDelete(*k)], NOW + 2.1)           # reconnect fails: delete unanswered
+    assert link.retry_deletes == [k]
+    fake.down = False
+    cycle(link, fake, [], NOW + 3)
+    assert fake.table == {}, "the delete was retried once the controller answered"
+
+
+def test_retried_delete_is_kept_when_its_write_fails():
+    fake, link, k = FakeSwitchClient(), OffloadBatcher("fe1", "10.0.2.2"), (9, 9)
+    fake.table[k] = 0
+    fake.fail_writes = 2
+    res = cycle(link, fake, [OffloadInsert(1, 2, 0, 7), OffloadDelete(*k)], NOW)
+    assert res == [("offload", 1, 2, 7, "error")] and link.retry_deletes == [(1, 2), k]
+    cycle(link, fake, [], NOW + 0.5)                            # the retry's Write fails too
+    cycle(link, fake, [], NOW + 1)
+    assert fake.table == {}, "the retried deletes outlived their failed Write"

@@ -75,15 +75,21 @@ class OffloadBatcher:
         self._steps: deque[str] = deque()       # what this cycle still has to do, in order
         self._calls: deque[tuple[str, Call, Any]] = deque()   # calls of the current step
         self._in_flight: tuple[str, Call, Any] | None = None
-        self._answered: set[int] = set()
-        self._deleted: set[Key] = set()
+        self._retrying: list[Key] = []          # this cycle's retried deletes
+        self._answered: set[int] = set()        # gens of this cycle's inserts the controller answered
+        self._deleted: set[Key] = set()         # keys of this cycle's deletes the controller answered
 
     def start(self, actions: list[Any], now: float) -> None:
+        # What failed() consults is this cycle's alone, from before the first call: a failed
+        # reconnect must not see the last cycle's answers (a reused client ip:port's delete
+        # would look answered and never be retried).
+        self._answered, self._deleted = set(), set()
+        self._retrying, self.retry_deletes = list(dict.fromkeys(self.retry_deletes)), []
         self._checks = [a for a in actions if isinstance(a, OffloadCheck)]
         self._batch = [a for a in actions if not isinstance(a, OffloadCheck)]
         self._steps = deque()
         self._calls = deque()
-        if self._batch or self.retry_deletes:
+        if self._batch or self._retrying:
             self._steps.append("write")
         if self._checks:
             self._steps.append("check")
@@ -126,11 +132,8 @@ class OffloadBatcher:
         Write's inserts before its deletes, so a key's second operation goes one Write after its
         first (rounds); other keys share the Writes (a request-per-entry pattern, delete k then
         insert k for many keys, takes two Writes instead of one per key)."""
-        self._answered = set()
-        self._deleted = set()
-        rounds: list[tuple[list[OffloadInsert], list[Key]]] = [([], list(self.retry_deletes))]
-        last = {k: 0 for k in self.retry_deletes}   # key -> round of its latest operation
-        self.retry_deletes = []
+        rounds: list[tuple[list[OffloadInsert], list[Key]]] = [([], list(self._retrying))]
+        last = {k: 0 for k in self._retrying}   # key -> round of its latest operation
         for a in self._batch:
             key = (a.client_ip, a.client_port)
             r = last[key] + 1 if key in last else 0
@@ -184,6 +187,7 @@ class OffloadBatcher:
         self._steps.clear()
         self._calls.clear()
         out: list[tuple] = []
+        self.retry_deletes += [k for k in self._retrying if k not in self._deleted]
         for a in self._batch:
             key = (a.client_ip, a.client_port)
             if isinstance(a, OffloadInsert) and a.gen not in self._answered:
@@ -191,7 +195,7 @@ class OffloadBatcher:
                 self.retry_deletes.append(key)
             elif isinstance(a, OffloadDelete) and key not in self._deleted:
                 self.retry_deletes.append(key)
-        self._batch = []
+        self._batch, self._retrying = [], []
         return out
 
 
