@@ -25,6 +25,8 @@ def _csv(text: str) -> list[str]:
 def _bench(args: argparse.Namespace) -> int:
     if args.pressure:
         return _pressure(args)
+    if args.connections_held:
+        return _held(args)
     if args.paper:  # the paper's evaluation: its sizes, both modes, its mixes, under the Tofino limits
         args.sizes = args.sizes or ",".join(size_name(s) for s in PAPER_SIZES)
         args.mixes = args.mixes or ",".join(PAPER_MIXES)
@@ -96,6 +98,23 @@ def _pressure(args: argparse.Namespace) -> int:
     return 0 if r["ok"] else 1
 
 
+def _held(args: argparse.Namespace) -> int:
+    from miresga.bench.connhold import run_connections
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        counts = [int(float(x)) for x in _csv(args.connections_held)]
+        r = run_connections(load_config(args.config), args.out, counts, idle_s=args.duration or 10.0,
+                            max_connections=args.max_connections, progress=lambda m: print(f"[connections] {m}",
+                                                                                          flush=True))
+    except ValueError as e:
+        print(f"miresga bench: {e}", file=sys.stderr)
+        return 2
+    bad = [x for x in r["results"] if x["generator"].get("timeout") or x["generator"].get("error")
+           or not x["cleaned_up"]]
+    print(f"[connections] see {args.out}/connections.md")
+    return 1 if bad else 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmark direct / nginx / HAProxy (/ Miresga) with wrk",
                        description="Runs wrk from the client namespace against every system and workload; "
@@ -119,6 +138,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 f"--pressure: {DEFAULT_CAPACITY})")
     b.add_argument("--insert-rate", type=int,
                    help="tofino profile: table inserts + deletes per second (default: the config's 17,000)")
+    b.add_argument("--connections-held", metavar="N,N,...",
+                   help="many connections: hold N idle keep-alive connections (e.g. 10000,100000) and measure the "
+                        "front-ends' memory and CPU per connection (--duration: idle seconds, default 10); "
+                        "writes connections.md/.json")
+    b.add_argument("--max-connections", type=int,
+                   help="with --connections-held: frontend.max_connections of that testbed (beyond it: refused)")
     b.add_argument("--paper", action="store_true",
                    help="the paper's evaluation: direct, nginx, haproxy, miresga, prism over the paper's sizes "
                         "and the mixes under the tofino profile; adds paper.md, paper_throughput.png, "
