@@ -1,6 +1,8 @@
 /* The back-end agent (DESIGN.md §3 step 4, §6): translates sequence numbers between the switch's
  * sequence space (what the client sees) and the back-end's, so that the switch only ever rewrites
- * addresses and ports. TC programs on the back-end's interface; helpers live in lib/agent_*.h. */
+ * addresses and ports. TC programs on the back-end's interface. Maps and counters are in
+ * lib/agent_maps.h, parsing, checksum, sequence and option helpers in lib/; the agent's own small
+ * helpers sit above the entry points. */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/tcp.h>
@@ -132,7 +134,6 @@ static __always_inline int ingress_syn(struct __sk_buff *skb, struct pkt *p, str
 	return TC_ACT_OK;
 }
 
-/* Client -> back-end: ack and SACK blocks from the switch's space into the back-end's (+diff). */
 /* After a segment of a flow was translated: count it, and remove the flow on RST or once both
  * FINs are acknowledged. */
 static __always_inline int translated(struct agent_flow *f, struct agent_flow_key *key, __u8 flags, __u32 stat)
@@ -148,6 +149,7 @@ static __always_inline int translated(struct agent_flow *f, struct agent_flow_ke
 	return TC_ACT_OK;
 }
 
+/* Client -> back-end: ack and SACK blocks from the switch's space into the back-end's (+diff). */
 SEC("tc")
 int agent_ingress(struct __sk_buff *skb)
 {

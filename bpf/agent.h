@@ -1,5 +1,6 @@
 /* Shared between the back-end agent (agent.bpf.c) and Python (miresga.bpf.layouts mirrors every
- * struct; miresga.agent.stats mirrors the counter enum; tests check both against this file/BTF).
+ * struct; miresga.agent.manager.AgentStat mirrors the counter enum; tests check both against this
+ * file/BTF).
  * Addresses and ports in keys and config are in network byte order, as on the wire; sequence
  * numbers and offsets in flow state are in host order. */
 #ifndef MIRESGA_AGENT_H
@@ -46,7 +47,7 @@ struct agent_config {
 	__u8 _pad[7];
 };
 
-/* Counters (per-CPU array agent_stats). Keep miresga.agent.stats.AgentStat in sync. */
+/* Counters (per-CPU array agent_stats). Keep miresga.agent.manager.AgentStat in sync. */
 enum agent_stat {
 	AGENT_STAT_SPLICE_SYN = 0,    /* splice SYN: new flow stored */
 	AGENT_STAT_RESPLICE = 1,      /* splice SYN replaced an existing flow (re-route) */

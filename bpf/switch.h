@@ -1,5 +1,5 @@
 /* Structs and constants shared between the switch data plane (switch.bpf.c) and Python
- * (miresga.bpf.layouts mirrors every struct; miresga.switch.tables mirrors the counter enum).
+ * (miresga.bpf.layouts mirrors every struct; miresga.switch.maps.Counter mirrors the counter enum).
  * Addresses and ports in keys and table values are in network byte order, as on the wire. */
 #ifndef MIRESGA_SWITCH_H
 #define MIRESGA_SWITCH_H

@@ -1,5 +1,5 @@
 """The peer benchmark: wrk from the client namespace against `direct`, the peer load balancers
-(nginx, HAProxy) and, once it exists, Miresga on the VIP; reports and plots the results."""
+(nginx, HAProxy) and Miresga on the VIP; reports and plots the results."""
 
 from miresga.bench.runner import BenchError, run_bench
 from miresga.bench.systems import System, systems_from_status
