@@ -3,7 +3,6 @@ these tests break things on purpose)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from test_e2e import curl, leftovers, objects, sha, wait_for  # noqa: F401 (shared helpers)
+from test_e2e import curl, objects, sha, wait_for
 
 pytestmark = pytest.mark.netns
 

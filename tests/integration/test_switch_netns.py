@@ -4,12 +4,10 @@ offload entry carries a back-end segment to the client as VIP:port, other traffi
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import select
 import socket
 import struct
-import subprocess
 import time
 
 import pytest

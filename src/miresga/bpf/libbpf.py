@@ -1,4 +1,4 @@
-"""A small Python layer over libbpf (ctypes): objects, programs, maps, XDP/TC attach, test-run.
+"""A small Python layer over libbpf (ctypes): objects, programs, maps, TC attach, test-run.
 
 Life cycle as in libbpf-bootstrap: open -> (resize maps) -> load -> attach -> run -> detach ->
 close. Each attach returns a handle that detaches only what it attached. Map keys and values are
@@ -20,7 +20,6 @@ from miresga.bpf.netns import in_netns
 _lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
-XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE = 1 << 1, 1 << 2
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
 BPF_TC_F_REPLACE = 1
 BPF_FS = Path("/sys/fs/bpf")
@@ -89,8 +88,6 @@ for name, res, args in [
     ("bpf_obj_get", ctypes.c_int, [ctypes.c_char_p]),
     ("bpf_obj_get_info_by_fd", ctypes.c_int, [ctypes.c_int, _P, ctypes.POINTER(ctypes.c_uint32)]),
     ("bpf_prog_test_run_opts", ctypes.c_int, [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]),
-    ("bpf_xdp_attach", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, _P]),
-    ("bpf_xdp_detach", ctypes.c_int, [ctypes.c_int, ctypes.c_uint32, _P]),
     ("bpf_tc_hook_create", ctypes.c_int, [ctypes.POINTER(_TcHook)]),
     ("bpf_tc_hook_destroy", ctypes.c_int, [ctypes.POINTER(_TcHook)]),
     ("bpf_tc_attach", ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
@@ -375,22 +372,6 @@ class TcAttachment:
                 _lib.bpf_tc_detach(ctypes.byref(self._hook), ctypes.byref(opts))
         except OSError:
             pass  # namespace or interface already gone: nothing left to detach
-
-
-class XdpAttachment:
-    def __init__(self, netns: str | None, ifindex: int, prog: Program, mode: int = XDP_FLAGS_SKB_MODE):
-        self.netns, self.ifindex, self.mode = netns, ifindex, mode
-        with in_netns(netns):
-            rc = _lib.bpf_xdp_attach(ifindex, prog.fd, mode, None)
-            if rc != 0:
-                raise _err(f"xdp attach {prog.name} ifindex {ifindex}", rc)
-
-    def detach(self) -> None:
-        try:
-            with in_netns(self.netns):
-                _lib.bpf_xdp_detach(self.ifindex, self.mode, None)
-        except OSError:
-            pass
 
 
 class map_ops:

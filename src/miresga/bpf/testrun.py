@@ -7,7 +7,7 @@ any difference field by field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from scapy.layers.l2 import Ether
@@ -15,9 +15,8 @@ from scapy.packet import Packet
 
 from miresga.bpf.libbpf import Program
 
-# TC verdicts (linux/pkt_cls.h) and XDP verdicts (linux/bpf.h)
+# TC verdicts (linux/pkt_cls.h)
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
-XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
 
 
 @dataclass
@@ -66,7 +65,6 @@ class PacketCase:
     setup: Callable[[], Any] | None = None  # map set-up before the run
     check: Callable[[RunResult], Any] | None = None  # extra assertions (e.g. map state)
     ingress_ifindex: int = 0                # port the packet arrives on (skb->ingress_ifindex)
-    extra: dict = field(default_factory=dict)
 
 
 def _fields(pkt: Packet, dont_care: tuple[str, ...]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 M32 = 0xFFFFFFFF
@@ -59,9 +59,6 @@ class Segment:
     @property
     def end(self) -> int:
         return seq_add(self.seq, self.seg_len)
-
-    def with_(self, **kw) -> "Segment":
-        return replace(self, **kw)
 
     def __repr__(self) -> str:
         f = "".join(n for bit, n in ((SYN, "S"), (ACK, "A"), (FIN, "F"), (RST, "R"), (PSH, "P"))

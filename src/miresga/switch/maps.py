@@ -180,10 +180,6 @@ class SwitchMaps:
         net = ipaddress.IPv4Network(network, strict=False)
         self.routes.update(RouteKey(prefixlen=net.prefixlen, ip=_ip_be(net.network_address)), h)
 
-    def del_route(self, network: str | ipaddress.IPv4Network) -> bool:
-        net = ipaddress.IPv4Network(network, strict=False)
-        return self.routes.delete(RouteKey(prefixlen=net.prefixlen, ip=_ip_be(net.network_address)))
-
     def guard_port(self, port: int) -> None:
         """Only front-ends (set_ctl_peer) may reach this TCP port of the switch's own addresses."""
         self.guarded_ports.update(struct.pack("=H", _port_be(port)), b"\x01")
