@@ -22,22 +22,12 @@ from scapy.layers.l2 import Ether
 
 from miresga.bpf.netns import in_netns
 from miresga.frontend.packetio import csum_fold, ones_sum  # the one checksum of the project
+from miresga.frontend.segment import ACK, FIN, OPT_WSCALE, RST, SYN, Segment, parse_options
 
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 M32 = 1 << 32
-F_FIN, F_SYN, F_RST, F_PSH, F_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 RTO = 0.3
-
-
-@dataclass
-class Segment:
-    seq: int
-    ack: int
-    flags: int
-    window: int
-    options: bytes
-    payload: bytes
 
 
 @dataclass
@@ -56,23 +46,6 @@ class FetchResult:
     closed: bool = False  # both FINs exchanged and acknowledged
     next_seq: int = 0     # the client's next sequence number after the request
     next_ack: int = 0     # the client's acknowledgement after the response (switch space)
-
-
-def parse_options(opts: bytes) -> dict[int, bytes]:
-    out, i = {}, 0
-    while i < len(opts):
-        kind = opts[i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= len(opts) or opts[i + 1] < 2:
-            break
-        n = opts[i + 1]
-        out[kind] = opts[i + 2:i + n]
-        i += n
-    return out
 
 
 class SplicePeer:
@@ -133,7 +106,8 @@ class SplicePeer:
                 self.csum_good += 1
             else:
                 self.csum_bad += 1
-        return Segment(seq, ack, off_flags & 0x3F, window, data[t + 20:t + doff], data[t + doff:14 + tot])
+        return Segment(int.from_bytes(data[26:30], "big"), sport, int.from_bytes(data[30:34], "big"), dport,
+                       seq, ack, off_flags & 0x3F, window, data[t + 20:t + doff], data[t + doff:14 + tot])
 
     # -- one request ------------------------------------------------------------------------
 
@@ -157,13 +131,13 @@ class SplicePeer:
                 self.send("S", c, s, options=syn_opts, window=64240)
                 last = time.monotonic()
             seg = self.recv()
-            if seg and seg.flags & F_RST:
+            if seg and seg.flags & RST:
                 raise ConnectionResetError(f"back-end reset the splice SYN (seq {seg.seq:#x})")
-            if seg and seg.flags & (F_SYN | F_ACK) == F_SYN | F_ACK:
+            if seg and seg.flags & (SYN | ACK) == SYN | ACK:
                 if seg.seq != s % M32 or seg.ack != (c + 1) % M32:
                     raise AssertionError(f"SYN-ACK seq {seg.seq:#x} ack {seg.ack:#x}, want {s % M32:#x} "
                                          f"{(c + 1) % M32:#x}")
-                ws = parse_options(seg.options).get(3)
+                ws = parse_options(seg.options).get(OPT_WSCALE)
                 res.synack_wscale = ws[0] if ws else None
                 break
 
@@ -186,9 +160,9 @@ class SplicePeer:
             seg = self.recv()
             if seg is None:
                 continue
-            if seg.flags & F_RST:
+            if seg.flags & RST:
                 raise ConnectionResetError("back-end reset the connection")
-            if seg.flags & F_ACK and (seg.ack - snd_nxt) % M32 < (1 << 31):
+            if seg.flags & ACK and (seg.ack - snd_nxt) % M32 < (1 << 31):
                 req_acked = True
             if not seg.payload:
                 continue
@@ -280,11 +254,11 @@ class SplicePeer:
                         return True  # nothing more came: our last ACK got through
                 continue
             quiet_since = time.monotonic()
-            if seg.flags & F_RST:
+            if seg.flags & RST:
                 return False
-            if seg.flags & F_ACK and seg.ack == (snd_nxt + 1) % M32:
+            if seg.flags & ACK and seg.ack == (snd_nxt + 1) % M32:
                 fin_acked = True
-            if seg.flags & F_FIN:
+            if seg.flags & FIN:
                 peer_fin = True
                 rcv_nxt = (seg.seq + len(seg.payload) + 1) % M32
                 self.send("A", snd_nxt + 1, rcv_nxt)  # again for every retransmitted FIN
