@@ -81,3 +81,21 @@ def test_parse_roundtrip_and_gso_frames():
     raw = bytearray(hdr)
     raw[10 + 23] = 17
     assert c.parse(memoryview(bytes(raw))) is None
+
+
+def test_parse_refuses_truncated_and_impossible_headers():
+    """Found by `miresga fuzz` (engine target): IP options followed by less than a TCP header made
+    `parse` raise struct.error instead of refusing the frame; a data offset below 5 made header
+    bytes into payload."""
+    c = FrameCodec(SRC, DST, 1500, "software")
+    good = bytes(Ether(src=SRC, dst=DST) / IP(src="10.0.1.2", dst="10.0.4.2", options=b"\x01\x01\x01\x01")
+                 / TCP(sport=40000, dport=80, flags="PA") / b"hi")
+    vnet = bytes(10)
+    assert c.parse(memoryview(vnet + good)) is not None
+    assert c.parse(memoryview(vnet + good[:14 + 24 + 12])) is None          # options, then 12 bytes of TCP
+    short_doff = bytearray(good)
+    short_doff[14 + 24 + 12] = 0x20                                          # doff 2
+    assert c.parse(memoryview(vnet + bytes(short_doff))) is None
+    plain = bytearray(bytes(Ether(src=SRC, dst=DST) / IP(src="10.0.1.2", dst="10.0.4.2") / TCP(flags="A") / b"x"))
+    plain[14 + 20 + 12] = 0x00                                               # doff 0, no IP options
+    assert c.parse(memoryview(vnet + bytes(plain))) is None

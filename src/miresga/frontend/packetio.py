@@ -129,10 +129,12 @@ class FrameCodec:
         ihl = (vihl & 0x0F) * 4
         t = 24 + ihl
         if ihl != 20:
+            if ihl < 20 or t + 20 > len(frame):    # IP options and no whole TCP header after them
+                return None
             sport, dport, seq, ack, off, win, _csum, _urg = TCP_HDR.unpack_from(frame, t)
         doff = (off >> 12) * 4
         end = 24 + tot if tot else len(frame)
-        if end > len(frame) or t + doff > end:
+        if end > len(frame) or t + doff > end or doff < 20:
             return None
         return Segment(src, sport, dst, dport, seq, ack, off & 0x3F, win,
                        bytes(frame[t + 20:t + doff]) if doff > 20 else b"", bytes(frame[t + doff:end]))
