@@ -120,7 +120,11 @@ def _status(args: argparse.Namespace) -> int:
         try:
             s = c.stats()
         except grpc.RpcError as e:
-            print(f"status: {address}: {e.code().name}: {e.details()}", file=sys.stderr)
+            hint = ""
+            if e.code() == grpc.StatusCode.UNAVAILABLE and cfg.switch.control.tls_dir is None:
+                hint = ("\n(a switch serving mutual TLS needs its deployment's config, with switch.control.tls_dir; "
+                        "a testbed instance's is /run/miresga/<id>/config.yaml)")
+            print(f"status: {address}: {e.code().name}: {e.details()}{hint}", file=sys.stderr)
             return 1
     print(json.dumps(s, indent=1) if args.json else format_status(s))
     return 0
