@@ -1080,6 +1080,8 @@ class Engine:
         assert resp is not None
         if seg.payload and conn.resp_acked and self._new_incarnation(conn, seg, now, out):
             return
+        if seg.payload:     # we answered this request ourselves: the rest of it goes nowhere
+            self.stats.drops["after_response"] += 1
         if seg.flags & ACK and seq_diff(seg.ack, resp.end) >= 0:
             conn.resp_acked = True
             if conn.reset_after:
