@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from frontend_helpers import ACK, NOW, PSH, Client, make_cfg, sends
 from miresga.frontend.engine import Engine
+from miresga.frontend.segment import Segment
 
 
 def test_data_after_our_own_answer_is_counted():
@@ -17,3 +18,13 @@ def test_data_after_our_own_answer_is_counted():
     assert eng.segment(cl.seg(b"more of the body"), NOW) == []
     assert eng.stats.drops["after_response"] == 1
 
+
+def test_backend_segment_to_the_vip_is_not_adopted():
+    """Invariants "nothing sent to an address nobody talked to" and "no state without a
+    connection": a segment from a back-end's service ip:port addressed to the VIP (any port) was
+    adopted as a connection whose client is the VIP, and relayed to VIP:port."""
+    eng = Engine(make_cfg())
+    bip, bport = eng.backends[0]
+    seg = Segment(bip, bport, eng.vip, 49784, 1000, 1, ACK | PSH, 500, b"", b"HTTP/1.1 200 OK\r\n\r\n")
+    assert eng.segment(seg, NOW) == []
+    assert not eng.conns and eng.stats.drops["not_ours"] == 1

@@ -189,7 +189,7 @@ class Engine:
             b = None
         else:
             b = self.by_service.get((seg.src, seg.sport))
-            if b is None:
+            if b is None or seg.dst == self.vip:   # the VIP is nobody's client: never adopt or relay to it
                 self.stats.drops["not_ours"] += 1
                 return out
             key = (seg.dst, seg.dport)
