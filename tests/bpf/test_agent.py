@@ -1,28 +1,32 @@
-"""The back-end agent's programs as data: one PacketCase per branch, run through BPF_PROG_TEST_RUN.
+"""The back-end agent's programs as data: tables of cases run through BPF_PROG_TEST_RUN by one runner.
 
-Each case sets the flow table up, runs one packet through agent_ingress or agent_egress, compares
-the whole output packet (checksums recomputed independently by scapy) and then the table and the
-counters. Names: c = client ISN, s = switch ISN (the cookie), b = back-end ISN, diff = b - s.
+Each case sets the flow table up, runs its packets through agent_ingress or agent_egress, compares
+each whole output packet (checksums recomputed independently by scapy) and then the table and the
+counters. Below the tables: packets that must pass byte for byte untouched, malformed options
+(compared as raw bytes), and properties against a Python model.
+Names: c = client ISN, s = switch ISN (the cookie), b = back-end ISN, diff = b - s.
 """
 
 from __future__ import annotations
 
 import ctypes
 import socket
+from dataclasses import dataclass
+from typing import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
-from scapy.packet import Raw
+from scapy.packet import Packet, Raw
 
 from miresga.agent.manager import (AGENT_FLOW_ESTABLISHED, AGENT_FLOW_SYN, AGENT_WSCALE_NONE, AgentSettings,
                                    AgentStat, flow_key, percpu_sum)
 from miresga.bpf.drop_reasons import DropReason
 from miresga.bpf.layouts import AgentConfig, AgentFlow
 from miresga.bpf.libbpf import BpfObject, object_path
-from miresga.bpf.testrun import TC_ACT_OK, TC_ACT_SHOT, PacketCase, check_case, checksums_ok, run_packet
+from miresga.bpf.testrun import TC_ACT_OK, TC_ACT_SHOT, PacketCase, check_case, run_packet
 
 CLIENT, CPORT, BACKEND, SPORT, DIRECT = "10.0.1.2", 40000, "10.0.4.2", 80, 8080
 C_MAC, B_MAC = "02:4d:0a:00:01:02", "02:4d:0a:00:04:02"
@@ -116,44 +120,266 @@ def test_settings_from_config():
         cfg.switch.window_scale, cfg.agent.capacity, cfg.agent.idle_timeout_s)
 
 
+# --- the runner ------------------------------------------------------------------------------
+
+Check = Callable[[BpfObject], None]
+
+
+@dataclass
+class Step:
+    """One packet through agent_<direction>, compared whole (PacketCase); then `expect`."""
+
+    direction: str
+    input: Packet
+    output: Packet | None = None
+    verdict: int = TC_ACT_OK
+    expect: tuple[Check, ...] = ()
+
+
+@dataclass
+class AgentCase:
+    """Flows put in the table, then packets in order; `expect` checks table and counters after."""
+
+    description: str
+    steps: list[Step]
+    flows: tuple[dict, ...] = ()          # put_flow(**flow) each, before the first step
+    expect: tuple[Check, ...] = ()
+    setup: Check | None = None
+
+
+def flow_has(port=CPORT, **want) -> Check:
+    def check(o):
+        f = get_flow(o, port=port)
+        assert f is not None, f"no flow for port {port}"
+        assert {k: getattr(f, k) for k in want} == want
+    return check
+
+
+def no_flow(port=CPORT) -> Check:
+    def check(o):
+        assert get_flow(o, port=port) is None, f"flow for port {port} still there"
+    return check
+
+
+def counted(**want: int) -> Check:
+    """These agent counters have these values (others are not checked)."""
+    def check(o):
+        assert {k: stat(o, AgentStat[k]) for k in want} == want
+    return check
+
+
+def dropped(reason: DropReason, n: int = 1) -> Check:
+    def check(o):
+        assert drops(o, reason) == n
+    return check
+
+
+def flow(s, diff=None, **kw) -> dict:
+    return dict(s=s, diff=diff, **kw)
+
+
+def run_agent_case(o, case: AgentCase) -> None:
+    for f in case.flows:
+        put_flow(o, **f)
+    if case.setup:
+        case.setup(o)
+    for i, st_ in enumerate(case.steps):
+        run(o, st_.direction, PacketCase(f"{case.description}, step {i}", st_.input, st_.verdict, st_.output))
+        for check in st_.expect:
+            check(o)
+    for check in case.expect:
+        check(o)
+
+
 # --- handshake ------------------------------------------------------------------------------
 
 SYN_OPTS = [("MSS", 1460), ("SAckOK", b""), ("NOP", None), ("WScale", 7)]
+_SYNACK_OPTS = [("MSS", 1460), ("NOP", None), ("NOP", None), ("SAckOK", b""), ("NOP", None), ("WScale", 9)]
 
 
-def test_splice_syn_stores_switch_isn_and_clears_ack(agent):
-    c, s = 1_000_000, 0xDEADBEEF
-    run(agent, "ingress", PacketCase(
-        "splice SYN", to_backend("S", seq=c, ack=s, options=SYN_OPTS, window=64240), TC_ACT_OK,
-        output=to_backend("S", seq=c, ack=0, options=SYN_OPTS, window=64240)))
-    f = get_flow(agent)
-    assert (f.state, f.switch_isn) == (AGENT_FLOW_SYN, s)
-    assert stat(agent, AgentStat.SPLICE_SYN) == 1
+def _fill_table(o):
+    for i in range(o.map("agent_flows").max_entries):
+        put_flow(o, 1, port=10000 + i)
 
 
-def test_synack_stores_diff_and_rewrites_seq(agent):
-    c, s, b = 1_000_000, 0xDEADBEEF, 123_456
-    put_flow(agent, s)
-    opts = [("MSS", 1460), ("NOP", None), ("NOP", None), ("SAckOK", b""), ("NOP", None), ("WScale", 9)]
-    run(agent, "egress", PacketCase(
-        "SYN-ACK", from_backend("SA", seq=b, ack=c + 1, options=opts, window=65160), TC_ACT_OK,
-        output=from_backend("SA", seq=s, ack=c + 1, options=opts, window=65160)))  # SYN window unscaled
-    f = get_flow(agent)
-    assert (f.state, f.diff, f.backend_wscale, f.promised_wscale) == (
-        AGENT_FLOW_ESTABLISHED, (b - s) % M32, 9, 7)
-    assert stat(agent, AgentStat.SYNACK) == 1
+HANDSHAKE_CASES = [
+    AgentCase("splice SYN stores the switch ISN and clears the ack", [
+        Step("ingress", to_backend("S", seq=1_000_000, ack=0xDEADBEEF, options=SYN_OPTS, window=64240),
+             to_backend("S", seq=1_000_000, ack=0, options=SYN_OPTS, window=64240))],
+        expect=(flow_has(state=AGENT_FLOW_SYN, switch_isn=0xDEADBEEF), counted(SPLICE_SYN=1))),
+    AgentCase("SYN-ACK stores diff and its seq goes into switch space (SYN window unscaled)", [
+        Step("egress", from_backend("SA", seq=123_456, ack=1_000_001, options=_SYNACK_OPTS, window=65160),
+             from_backend("SA", seq=0xDEADBEEF, ack=1_000_001, options=_SYNACK_OPTS, window=65160))],
+        flows=(flow(0xDEADBEEF),),
+        expect=(flow_has(state=AGENT_FLOW_ESTABLISHED, diff=(123_456 - 0xDEADBEEF) % M32, backend_wscale=9,
+                         promised_wscale=7), counted(SYNACK=1))),
+    AgentCase("retransmitted splice SYN keeps the state, a re-splice replaces it", [
+        Step("ingress", to_backend("S", seq=1, ack=5000), to_backend("S", seq=1, ack=0),
+             expect=(flow_has(diff=777), counted(SYN_RETRANS=1))),
+        Step("ingress", to_backend("S", seq=9, ack=6000), to_backend("S", seq=9, ack=0))],
+        flows=(flow(5000, diff=777),),
+        expect=(flow_has(state=AGENT_FLOW_SYN, switch_isn=6000), counted(RESPLICE=1))),
+    AgentCase("table full refuses and counts; an existing flow can still be re-spliced", [
+        Step("ingress", to_backend("S", seq=1, ack=2, sport=CPORT), verdict=TC_ACT_SHOT,
+             expect=(no_flow(), counted(INSERT_REFUSED=1), dropped(DropReason.AGENT_TABLE_FULL))),
+        Step("ingress", to_backend("S", seq=1, ack=99, sport=10000), to_backend("S", seq=1, ack=0, sport=10000))],
+        setup=_fill_table, expect=(flow_has(port=10000, switch_isn=99),)),
+    AgentCase("segment before the SYN-ACK is dropped", [
+        Step("ingress", to_backend("A", seq=2, ack=5001, load=b"GET /"), verdict=TC_ACT_SHOT)],
+        flows=(flow(5000),), expect=(dropped(DropReason.AGENT_NOT_SPLICED),)),
+]
 
 
-def test_resplice_replaces_state_and_syn_retransmit_keeps_it(agent):
-    put_flow(agent, 5000, diff=777)
-    run(agent, "ingress", PacketCase("retransmitted splice SYN", to_backend("S", seq=1, ack=5000),
-                                     TC_ACT_OK, output=to_backend("S", seq=1, ack=0)))
-    assert get_flow(agent).diff == 777 and stat(agent, AgentStat.SYN_RETRANS) == 1
-    run(agent, "ingress", PacketCase("re-splice SYN (new back-end)", to_backend("S", seq=9, ack=6000),
-                                     TC_ACT_OK, output=to_backend("S", seq=9, ack=0)))
-    f = get_flow(agent)
-    assert (f.state, f.switch_isn) == (AGENT_FLOW_SYN, 6000) and stat(agent, AgentStat.RESPLICE) == 1
+# --- data both ways, wrap-around, SACK blocks --------------------------------------------------
 
+def _both_ways(desc, s, b):
+    c, diff = 0xFFFF_FF00, (b - s) % M32
+    req, body = b"GET /obj/1m HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 5
+    return AgentCase(f"data both ways: {desc}", [
+        Step("ingress", to_backend("PA", seq=c + 1, ack=s + 1 + 100, load=req),        # ack in switch space
+             to_backend("PA", seq=c + 1, ack=b + 1 + 100, load=req)),
+        Step("egress", from_backend("A", seq=b + 1 + 100, ack=c + 1 + len(req), load=body),   # seq into it
+             from_backend("A", seq=s + 1 + 100, ack=c + 1 + len(req), load=body))],
+        flows=(flow(s, diff=diff),), expect=(counted(XLATE_IN=1, XLATE_OUT=1),))
+
+
+def sack_opts(blocks, lead=(("NOP", None), ("NOP", None))):
+    return [*lead, ("SAck", tuple(x % M32 for blk in blocks for x in blk))]
+
+
+def _sack_blocks(n):
+    s, b = 0xFFFF_0000, 0x0000_F000  # edges cross 2^32 after translation
+    diff = (b - s) % M32
+    blocks = [(s + 1 + 3000 * (i + 1), s + 1 + 3000 * (i + 1) + 1448) for i in range(n)]
+    lead = (("NOP", None), ("NOP", None)) if n < 4 else ()  # 4 blocks fill 34 of 40 bytes
+    return AgentCase(f"{n} SACK blocks translated", [
+        Step("ingress", to_backend("A", seq=5, ack=s + 1, options=sack_opts(blocks, lead)),
+             to_backend("A", seq=5, ack=b + 1, options=sack_opts([(x + diff, y + diff) for x, y in blocks], lead)))],
+        flows=(flow(s, diff=diff),), expect=(counted(SACK_BLOCKS=n),))
+
+
+def _dsack():
+    s, b = 100, 5_000_000
+    diff = b - s
+    blocks = [(s + 1, s + 1 + 1448), (s + 1 + 4344, s + 1 + 5792)]  # first block below ack: DSACK
+    return AgentCase("DSACK block translated", [
+        Step("ingress", to_backend("A", seq=5, ack=s + 1 + 2896, options=sack_opts(blocks)),
+             to_backend("A", seq=5, ack=b + 1 + 2896, options=sack_opts([(x + diff, y + diff) for x, y in blocks])))],
+        flows=(flow(s, diff=diff),))
+
+
+def _sack_at_odd_offset():
+    s, b = 0x1234_5678, 0x9ABC_DEF0
+    diff = (b - s) % M32
+    blocks = [(s + 3001, s + 4449)]
+    lead = (("NOP", None),)  # SACK option at offset 1: its edges sit on odd offsets (checksums: the runner)
+    return AgentCase("SACK at an odd offset keeps the checksum right", [
+        Step("ingress", to_backend("A", seq=5, ack=s + 1, options=sack_opts(blocks, lead) + [("NOP", None)]),
+             to_backend("A", seq=5, ack=b + 1,
+                        options=sack_opts([(x + diff, y + diff) for x, y in blocks], lead) + [("NOP", None)]))],
+        flows=(flow(s, diff=diff),))
+
+
+_BE_SACK = [("NOP", None), ("NOP", None), ("SAck", (10 + 100, 10 + 200))]
+
+DATA_CASES = [
+    _both_ways("diff wraps (b < s)", 0xDEADBEEF, 123_456),
+    _both_ways("back-end's stream wraps within the transfer", 1000, 0xFFFF_FFF0),
+    _both_ways("switch stream wraps: s + 1 + 100 crosses 2^32", 0xFFFF_FFF8, 0x10),
+    _both_ways("diff 0", 7, 7),
+    # the back-end SACKs the client's data, which is in the client's own space: no translation
+    AgentCase("egress SACK leaves the client's space alone", [
+        Step("egress", from_backend("A", seq=90_000 + 1, ack=10 + 50, options=_BE_SACK),
+             from_backend("A", seq=500 + 1, ack=10 + 50, options=_BE_SACK))],
+        flows=(flow(500, diff=90_000 - 500),)),
+    *[_sack_blocks(n) for n in (1, 2, 3, 4)],
+    _dsack(),
+    _sack_at_odd_offset(),
+]
+
+
+# --- window scale ----------------------------------------------------------------------------
+
+def _window(desc, be_ws, promised, win, want):
+    s, b = 1, 1001
+    return AgentCase(f"window: {desc}", [
+        Step("egress", from_backend("A", seq=b + 1, ack=7, window=win, load=b"x" * 10),
+             from_backend("A", seq=s + 1, ack=7, window=want, load=b"x" * 10))],
+        flows=(flow(s, diff=b - s, backend_wscale=be_ws, promised_wscale=promised),),
+        expect=(counted(WINDOW_RESCALED=1 if want != win else 0),))
+
+
+WINDOW_CASES = [
+    _window("back-end scales more: the field grows", 9, 7, 100, 400),
+    _window("back-end scales less: the field shrinks", 5, 7, 100, 25),
+    _window("a non-zero window never becomes zero", 5, 7, 3, 1),
+    _window("clamped to 16 bits", 11, 7, 8000, 65535),
+    _window("equal scales: untouched", 7, 7, 100, 100),
+    _window("no scaling negotiated: untouched", AGENT_WSCALE_NONE, 7, 100, 100),
+    _window("zero window stays zero", 9, 7, 0, 0),
+    AgentCase("SYN-ACK without window scale means no rescaling", [
+        Step("egress", from_backend("SA", seq=900, ack=2), from_backend("SA", seq=50, ack=2))],
+        flows=(flow(50),), expect=(flow_has(backend_wscale=AGENT_WSCALE_NONE),)),
+]
+
+
+# --- close ------------------------------------------------------------------------------------
+
+def _fins(order):
+    """Both FINs, each acknowledged: the flow goes with the last ACK, not before."""
+    s, b, c = 100, 900, 5000
+    kept = (flow_has(),)
+    if order == "client closes first":
+        steps = [
+            Step("ingress", to_backend("FA", seq=c, ack=s + 50), to_backend("FA", seq=c, ack=b + 50), expect=kept),
+            Step("egress", from_backend("A", seq=b + 50, ack=c + 1), from_backend("A", seq=s + 50, ack=c + 1),
+                 expect=kept),
+            Step("egress", from_backend("FA", seq=b + 50, ack=c + 1), from_backend("FA", seq=s + 50, ack=c + 1),
+                 expect=kept),
+            Step("ingress", to_backend("A", seq=c + 1, ack=s + 51), to_backend("A", seq=c + 1, ack=b + 51))]
+    else:
+        steps = [
+            Step("egress", from_backend("FA", seq=b + 50, ack=c + 1), from_backend("FA", seq=s + 50, ack=c + 1),
+                 expect=kept),
+            Step("ingress", to_backend("A", seq=c, ack=s + 51), to_backend("A", seq=c, ack=b + 51), expect=kept),
+            Step("ingress", to_backend("FA", seq=c, ack=s + 51), to_backend("FA", seq=c, ack=b + 51), expect=kept),
+            Step("egress", from_backend("A", seq=b + 51, ack=c + 1), from_backend("A", seq=s + 51, ack=c + 1))]
+    return AgentCase(f"FIN both ways acknowledged removes the flow: {order}", steps, flows=(flow(s, diff=b - s),),
+                     expect=(no_flow(), counted(REMOVED_FIN=1)))
+
+
+CLOSE_CASES = [
+    AgentCase("client RST translated, then the flow removed", [
+        Step("ingress", to_backend("RA", seq=5, ack=100 + 10), to_backend("RA", seq=5, ack=900 + 10))],
+        flows=(flow(100, diff=800),), expect=(no_flow(), counted(REMOVED_RST=1))),
+    AgentCase("back-end RST translated, then the flow removed", [
+        Step("egress", from_backend("R", seq=900 + 10), from_backend("R", seq=100 + 10))],
+        flows=(flow(100, diff=800),), expect=(no_flow(), counted(REMOVED_RST=1))),
+    _fins("client closes first"),
+    _fins("back-end closes first"),
+    AgentCase("FIN not yet acknowledged keeps the state", [
+        Step("ingress", to_backend("FA", seq=5000, ack=100 + 50), to_backend("FA", seq=5000, ack=900 + 50)),
+        Step("egress", from_backend("FA", seq=900 + 50, ack=5001),           # acks the client's FIN
+             from_backend("FA", seq=100 + 50, ack=5001)),
+        Step("ingress", to_backend("A", seq=5001, ack=100 + 40),             # acks part of the data, not the FIN
+             to_backend("A", seq=5001, ack=900 + 40))],
+        flows=(flow(100, diff=800),),
+        expect=(flow_has(fin_in=1, fin_out=1, fin_in_acked=1, fin_out_acked=0, fin_in_end=5001, fin_out_end=951),)),
+]
+
+CASES = HANDSHAKE_CASES + DATA_CASES + WINDOW_CASES + CLOSE_CASES
+
+
+def test_case_descriptions_are_unique():
+    assert len({c.description for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.description for c in CASES])
+def test_packet(agent, case):
+    run_agent_case(agent, case)
+
+
+# --- byte for byte: what the agent must leave alone, malformed options ---------------------------
 
 def test_plain_syn_forgets_stale_state(agent):
     put_flow(agent, 5000, diff=777)
@@ -161,101 +387,10 @@ def test_plain_syn_forgets_stale_state(agent):
     assert get_flow(agent) is None and stat(agent, AgentStat.REMOVED_PLAIN_SYN) == 1
 
 
-def test_table_full_refuses_and_counts(agent):
-    cap = agent.map("agent_flows").max_entries
-    for i in range(cap):
-        put_flow(agent, 1, port=10000 + i)
-    r = run_packet(agent.program("agent_ingress"), to_backend("S", seq=1, ack=2, sport=CPORT))
-    assert r.verdict == TC_ACT_SHOT
+def test_rst_during_handshake_removes(agent):
+    put_flow(agent, 100)
+    untouched(agent, "egress", from_backend("RA", seq=0, ack=6))  # back-end refused the SYN
     assert get_flow(agent) is None
-    assert stat(agent, AgentStat.INSERT_REFUSED) == 1 and drops(agent, DropReason.AGENT_TABLE_FULL) == 1
-    # an existing flow can still be re-spliced when the table is full
-    run(agent, "ingress", PacketCase("re-splice at full table", to_backend("S", seq=1, ack=99, sport=10000),
-                                     TC_ACT_OK, output=to_backend("S", seq=1, ack=0, sport=10000)))
-    assert get_flow(agent, port=10000).switch_isn == 99
-
-
-def test_segment_before_synack_is_dropped(agent):
-    put_flow(agent, 5000)
-    r = run_packet(agent.program("agent_ingress"), to_backend("A", seq=2, ack=5001, load=b"GET /"))
-    assert r.verdict == TC_ACT_SHOT and drops(agent, DropReason.AGENT_NOT_SPLICED) == 1
-
-
-# --- data both ways, wrap-around -------------------------------------------------------------
-
-@pytest.mark.parametrize("s,b", [
-    (0xDEADBEEF, 123_456),             # diff wraps (b < s)
-    (1000, 0xFFFF_FFF0),               # back-end's stream wraps within the transfer
-    (0xFFFF_FFF8, 0x10),               # switch stream wraps: s + 1 + 100 crosses 2^32
-    (7, 7),                            # diff 0
-])
-def test_data_both_ways(agent, s, b):
-    c = 0xFFFF_FF00
-    diff = (b - s) % M32
-    put_flow(agent, s, diff=diff)
-    req = b"GET /obj/1m HTTP/1.1\r\nHost: x\r\n\r\n"
-    run(agent, "ingress", PacketCase(
-        "request, ack in switch space", to_backend("PA", seq=c + 1, ack=s + 1 + 100, load=req), TC_ACT_OK,
-        output=to_backend("PA", seq=c + 1, ack=b + 1 + 100, load=req)))
-    body = bytes(range(256)) * 5
-    run(agent, "egress", PacketCase(
-        "response, seq into switch space", from_backend("A", seq=b + 1 + 100, ack=c + 1 + len(req), load=body),
-        TC_ACT_OK, output=from_backend("A", seq=s + 1 + 100, ack=c + 1 + len(req), load=body)))
-    assert stat(agent, AgentStat.XLATE_IN) == 1 and stat(agent, AgentStat.XLATE_OUT) == 1
-
-
-def test_egress_with_sack_leaves_client_space_alone(agent):
-    # the back-end SACKs the client's data, which is in the client's own space: no translation
-    s, b, c = 500, 90_000, 10
-    put_flow(agent, s, diff=b - s)
-    opts = [("NOP", None), ("NOP", None), ("SAck", (c + 100, c + 200))]
-    run(agent, "egress", PacketCase(
-        "back-end SACK", from_backend("A", seq=b + 1, ack=c + 50, options=opts), TC_ACT_OK,
-        output=from_backend("A", seq=s + 1, ack=c + 50, options=opts)))
-
-
-# --- SACK blocks ---------------------------------------------------------------------------
-
-def sack_opts(blocks, lead=(("NOP", None), ("NOP", None))):
-    return [*lead, ("SAck", tuple(x % M32 for blk in blocks for x in blk))]
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 4])
-def test_sack_blocks_translated(agent, n):
-    s, b = 0xFFFF_0000, 0x0000_F000  # edges cross 2^32 after translation
-    diff = (b - s) % M32
-    put_flow(agent, s, diff=diff)
-    blocks = [(s + 1 + 3000 * (i + 1), s + 1 + 3000 * (i + 1) + 1448) for i in range(n)]
-    lead = (("NOP", None), ("NOP", None)) if n < 4 else ()  # 4 blocks fill 34 of 40 bytes
-    run(agent, "ingress", PacketCase(
-        f"{n} SACK blocks", to_backend("A", seq=5, ack=s + 1, options=sack_opts(blocks, lead)), TC_ACT_OK,
-        output=to_backend("A", seq=5, ack=b + 1,
-                          options=sack_opts([(x + diff, y + diff) for x, y in blocks], lead))))
-    assert stat(agent, AgentStat.SACK_BLOCKS) == n
-
-
-def test_dsack_block_translated(agent):
-    s, b = 100, 5_000_000
-    diff = b - s
-    put_flow(agent, s, diff=diff)
-    blocks = [(s + 1, s + 1 + 1448), (s + 1 + 4344, s + 1 + 5792)]  # first block below ack: DSACK
-    run(agent, "ingress", PacketCase(
-        "DSACK", to_backend("A", seq=5, ack=s + 1 + 2896, options=sack_opts(blocks)), TC_ACT_OK,
-        output=to_backend("A", seq=5, ack=b + 1 + 2896, options=sack_opts([(x + diff, y + diff) for x, y in blocks]))))
-
-
-def test_sack_at_odd_offset_keeps_checksum_right(agent):
-    s, b = 0x1234_5678, 0x9ABC_DEF0
-    diff = (b - s) % M32
-    put_flow(agent, s, diff=diff)
-    blocks = [(s + 3001, s + 4449)]
-    lead = (("NOP", None),)  # SACK option at offset 1: its edges sit on odd offsets
-    inp = to_backend("A", seq=5, ack=s + 1, options=sack_opts(blocks, lead) + [("NOP", None)])
-    r = run(agent, "ingress", PacketCase(
-        "SACK at odd offset", inp, TC_ACT_OK,
-        output=to_backend("A", seq=5, ack=b + 1,
-                          options=sack_opts([(x + diff, y + diff) for x, y in blocks], lead) + [("NOP", None)])))
-    assert checksums_ok(r.packet)
 
 
 @pytest.mark.parametrize("desc,raw_opts", [
@@ -297,96 +432,6 @@ def test_sack_before_malformed_option_still_translated(agent):
     assert r.raw == bytes(build(b + 1, b + 3000, b + 4000))
     assert stat(agent, AgentStat.SACK_BLOCKS) == 1 and stat(agent, AgentStat.BAD_OPTIONS) == 1
 
-
-# --- window scale ----------------------------------------------------------------------------
-
-@pytest.mark.parametrize("be_ws,promised,win,want", [
-    (9, 7, 100, 400),      # back-end scales more: the field grows
-    (5, 7, 100, 25),       # back-end scales less: the field shrinks
-    (5, 7, 3, 1),          # ... but a non-zero window never becomes zero
-    (11, 7, 8000, 65535),  # clamped to 16 bits
-    (7, 7, 100, 100),      # equal: untouched
-    (AGENT_WSCALE_NONE, 7, 100, 100),  # no scaling negotiated: untouched
-    (9, 7, 0, 0),          # zero window stays zero
-])
-def test_window_rescaled_to_promised_scale(agent, be_ws, promised, win, want):
-    s, b = 1, 1001
-    put_flow(agent, s, diff=b - s, backend_wscale=be_ws, promised_wscale=promised)
-    run(agent, "egress", PacketCase(
-        "window rescale", from_backend("A", seq=b + 1, ack=7, window=win, load=b"x" * 10), TC_ACT_OK,
-        output=from_backend("A", seq=s + 1, ack=7, window=want, load=b"x" * 10)))
-    assert stat(agent, AgentStat.WINDOW_RESCALED) == (1 if want != win else 0)
-
-
-def test_synack_without_wscale_means_no_rescale(agent):
-    put_flow(agent, 50)
-    run(agent, "egress", PacketCase(
-        "SYN-ACK without options", from_backend("SA", seq=900, ack=2), TC_ACT_OK,
-        output=from_backend("SA", seq=50, ack=2)))
-    assert get_flow(agent).backend_wscale == AGENT_WSCALE_NONE
-
-
-# --- close ------------------------------------------------------------------------------------
-
-def test_rst_from_client_translated_then_removed(agent):
-    s, b = 100, 900
-    put_flow(agent, s, diff=b - s)
-    run(agent, "ingress", PacketCase("client RST", to_backend("RA", seq=5, ack=s + 10), TC_ACT_OK,
-                                     output=to_backend("RA", seq=5, ack=b + 10)))
-    assert get_flow(agent) is None and stat(agent, AgentStat.REMOVED_RST) == 1
-
-
-def test_rst_from_backend_translated_then_removed(agent):
-    s, b = 100, 900
-    put_flow(agent, s, diff=b - s)
-    run(agent, "egress", PacketCase("back-end RST", from_backend("R", seq=b + 10), TC_ACT_OK,
-                                    output=from_backend("R", seq=s + 10)))
-    assert get_flow(agent) is None and stat(agent, AgentStat.REMOVED_RST) == 1
-
-
-def test_rst_during_handshake_removes(agent):
-    put_flow(agent, 100)
-    untouched(agent, "egress", from_backend("RA", seq=0, ack=6))  # back-end refused the SYN
-    assert get_flow(agent) is None
-
-
-@pytest.mark.parametrize("order", ["client closes first", "back-end closes first"])
-def test_fin_both_ways_acknowledged_removes(agent, order):
-    s, b, c = 100, 900, 5000
-    diff = b - s
-    put_flow(agent, s, diff=diff)
-    client_fin = (to_backend("FA", seq=c, ack=s + 50), to_backend("FA", seq=c, ack=b + 50))
-    be_ack_of_it = (from_backend("A", seq=b + 50, ack=c + 1), from_backend("A", seq=s + 50, ack=c + 1))
-    be_fin = (from_backend("FA", seq=b + 50, ack=c + 1), from_backend("FA", seq=s + 50, ack=c + 1))
-    client_ack_of_it = (to_backend("A", seq=c + 1, ack=s + 51), to_backend("A", seq=c + 1, ack=b + 51))
-    steps = ([("ingress", client_fin), ("egress", be_ack_of_it), ("egress", be_fin), ("ingress", client_ack_of_it)]
-             if order == "client closes first" else
-             [("egress", be_fin), ("ingress", (to_backend("A", seq=c, ack=s + 51), to_backend("A", seq=c, ack=b + 51))),
-              ("ingress", (to_backend("FA", seq=c, ack=s + 51), to_backend("FA", seq=c, ack=b + 51))),
-              ("egress", (from_backend("A", seq=b + 51, ack=c + 1), from_backend("A", seq=s + 51, ack=c + 1)))])
-    for i, (direction, (inp, out)) in enumerate(steps):
-        assert get_flow(agent) is not None, f"removed too early, before step {i}"
-        run(agent, direction, PacketCase(f"{order} step {i}", inp, TC_ACT_OK, output=out))
-    assert get_flow(agent) is None
-    assert stat(agent, AgentStat.REMOVED_FIN) == 1
-
-
-def test_fin_not_yet_acknowledged_keeps_state(agent):
-    s, b, c = 100, 900, 5000
-    put_flow(agent, s, diff=b - s)
-    run(agent, "ingress", PacketCase("client FIN", to_backend("FA", seq=c, ack=s + 50), TC_ACT_OK,
-                                     output=to_backend("FA", seq=c, ack=b + 50)))
-    run(agent, "egress", PacketCase("back-end FIN, acking the client's", from_backend("FA", seq=b + 50, ack=c + 1),
-                                    TC_ACT_OK, output=from_backend("FA", seq=s + 50, ack=c + 1)))
-    # client acks only part of the back-end's data, not its FIN
-    run(agent, "ingress", PacketCase("old ack", to_backend("A", seq=c + 1, ack=s + 40), TC_ACT_OK,
-                                     output=to_backend("A", seq=c + 1, ack=b + 40)))
-    f = get_flow(agent)
-    assert f is not None and (f.fin_in, f.fin_out, f.fin_in_acked, f.fin_out_acked) == (1, 1, 1, 0)
-    assert f.fin_in_end == c + 1 and f.fin_out_end == b + 51
-
-
-# --- what the agent must leave alone ------------------------------------------------------------
 
 def test_unknown_flows_untouched(agent):
     put_flow(agent, 100, diff=800, port=CPORT + 1)  # someone else's flow
