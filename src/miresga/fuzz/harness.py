@@ -82,10 +82,11 @@ class Target:
     default_budget: int = 1_000_000
 
 
-# One entry per entry point family. The front-end kernel path joins by adding its line.
+# One entry per entry point family: adding a program to the campaign is one line here (and its harness).
 TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("switch", "switch_fuzz", "SwitchHarness", "switch"),
     Target("agent", "agent_fuzz", "AgentHarness", "agent"),
+    Target("frontend", "frontend_fuzz", "FrontendHarness", "frontend"),
     Target("engine", "engine_fuzz", "EngineHarness", None),
 ]}
 
