@@ -104,7 +104,7 @@ def _held(args: argparse.Namespace) -> int:
     try:
         counts = [int(float(x)) for x in _csv(args.connections_held)]
         r = run_connections(load_config(args.config), args.out, counts, idle_s=args.duration or 10.0,
-                            max_connections=args.max_connections, progress=lambda m: print(f"[connections] {m}",
+                            max_connections=args.max_connections, partial=args.partial, progress=lambda m: print(f"[connections] {m}",
                                                                                           flush=True))
     except ValueError as e:
         print(f"miresga bench: {e}", file=sys.stderr)
@@ -144,6 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "writes connections.md/.json")
     b.add_argument("--max-connections", type=int,
                    help="with --connections-held: frontend.max_connections of that testbed (beyond it: refused)")
+    b.add_argument("--partial", action="store_true",
+                   help="with --connections-held: hold each connection with an unfinished request header (engine "
+                        "state only, no back-end connection: beyond the back-ends' descriptor limit)")
     b.add_argument("--paper", action="store_true",
                    help="the paper's evaluation: direct, nginx, haproxy, miresga, prism over the paper's sizes "
                         "and the mixes under the tofino profile; adds paper.md, paper_throughput.png, "

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 PORTS_PER_SOURCE = 25000
+PER_PROCESS = 18000   # below this container's hard limit of 20,000 descriptors per process
 
 
 # ---------------------------------------------------------------- the generator (client namespace)
@@ -47,12 +48,16 @@ def _complete(buf: bytes | bytearray) -> bool:
 
 
 def hold(vip: str, port: int, count: int, sources: Sequence[str], window: int, path: str,
-         timeout: float = 30.0, out=sys.stdout) -> None:
+         timeout: float = 30.0, out=sys.stdout, partial: bool = False) -> None:
+    """`partial`: send the request without its final CRLF and hold the connection right away (the
+    front-end keeps it in its header state: engine state, no back-end connection)."""
     want = count + 2048
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
     req = f"GET {path} HTTP/1.1\r\nHost: {vip}\r\n\r\n".encode()
+    if partial:
+        req = req[:-2]
     sel = selectors.DefaultSelector()
     held: list[socket.socket] = []
     counts = {"opened": 0, "held": 0, "reset": 0, "timeout": 0, "error": 0}
@@ -69,6 +74,9 @@ def hold(vip: str, port: int, count: int, sources: Sequence[str], window: int, p
         while len(pending) < window and counts["opened"] < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setblocking(False)
+            # the port is picked at connect() for the whole 4-tuple: binding a source address
+            # alone would search the port range for each of tens of thousands of sockets
+            s.setsockopt(socket.SOL_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
             s.bind((sources[(counts["opened"] // PORTS_PER_SOURCE) % len(sources)], 0))
             rc = s.connect_ex((vip, port))
             counts["opened"] += 1
@@ -90,6 +98,12 @@ def hold(vip: str, port: int, count: int, sources: Sequence[str], window: int, p
                         fail(s, "reset" if err == errno.ECONNRESET else "error")  # type: ignore[arg-type]
                         continue
                     s.send(req)  # type: ignore[union-attr]
+                    if partial:
+                        sel.unregister(s)
+                        del pending[s]  # type: ignore[arg-type]
+                        held.append(s)  # type: ignore[arg-type]
+                        counts["held"] += 1
+                        continue
                     st[1] = "response"
                     sel.modify(s, selectors.EVENT_READ)
                     continue
@@ -160,12 +174,11 @@ def _fe_state(tb) -> dict[str, dict[str, Any]]:
     return out
 
 
-def client_sources(tb, count: int) -> list[str]:
-    """The client's own address, plus enough further addresses of its network for `count`."""
+def client_sources(tb, need: int) -> list[str]:
+    """The client's own address, plus further addresses of its network: `need` in all."""
     import ipaddress
     c = tb.cfg.hosts.clients[0]
     net = c.address.network
-    need = max(1, -(-count // PORTS_PER_SOURCE))
     taken = {h.ip for h in tb.cfg.hosts.all()} | {net.network_address + 1}
     extra = [ip for ip in net.hosts() if ip not in taken][:need - 1]
     for ip in extra:
@@ -173,27 +186,38 @@ def client_sources(tb, count: int) -> list[str]:
     return [str(c.ip)] + [str(ipaddress.ip_address(ip)) for ip in extra]
 
 
+def split(count: int, per: int = PER_PROCESS) -> list[int]:
+    """Connections per generator process."""
+    n = max(1, -(-count // per))
+    return [count // n + (1 if i < count % n else 0) for i in range(n)]
+
+
 def measure_count(tb, count: int, idle_s: float, window: int, progress: Callable[[str], None],
-                  path: str = "/obj/1k") -> dict[str, Any]:
+                  path: str = "/obj/1k", partial: bool = False) -> dict[str, Any]:
     vip = tb.status()["vip"]
     client = tb.cfg.hosts.clients[0].name
-    sources = client_sources(tb, count)
+    parts = split(count)
+    sources = client_sources(tb, len(parts))   # one address per process: < 25k ports each
     before = _fe_state(tb)
-    argv = [sys.executable, "-m", "miresga.bench.connhold", "hold", "--vip", vip["address"], "--port",
-            str(vip["port"]), "--count", str(count), "--sources", ",".join(sources), "--window", str(window),
-            "--path", path]
-    p = subprocess.Popen(["ip", "netns", "exec", tb.ns(client), *argv], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
-    done: dict[str, Any] = {}
+    procs = []
     t0 = time.monotonic()
-    assert p.stdout is not None
-    for line in p.stdout:
-        d = json.loads(line)
-        if "done" in d:
-            done = d
-            break
-        if int(d["t"]) % 5 == 0:
-            progress(f"  {count:,}: {d['progress']} after {d['t']:.0f} s")
+    for i, n in enumerate(parts):
+        argv = [sys.executable, "-m", "miresga.bench.connhold", "hold", "--vip", vip["address"], "--port",
+                str(vip["port"]), "--count", str(n), "--sources", sources[i], "--window",
+                str(max(1, window // len(parts))), "--path", path, *(["--partial"] if partial else [])]
+        procs.append(subprocess.Popen(["ip", "netns", "exec", tb.ns(client), *argv], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True))
+    done: dict[str, Any] = {"done": {}}
+    for p in procs:
+        assert p.stdout is not None
+        for line in p.stdout:
+            d = json.loads(line)
+            if "done" in d:
+                for k, v in d["done"].items():
+                    done["done"][k] = done["done"].get(k, 0) + v
+                break
+            if int(d["t"]) % 5 == 0:
+                progress(f"  {count:,}: {d['progress']} after {d['t']:.0f} s (one generator of {len(parts)})")
     setup_s = time.monotonic() - t0
     time.sleep(1.0)  # the last hand-overs and ACKs
     held_state = _fe_state(tb)
@@ -201,9 +225,11 @@ def measure_count(tb, count: int, idle_s: float, window: int, progress: Callable
     time.sleep(idle_s)
     idle_state = _fe_state(tb)
     idle_wall = time.monotonic() - t_idle
-    assert p.stdin is not None
-    p.stdin.close()   # the generator closes every connection and exits
-    p.wait(120)
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.close()   # the generator closes every connection and exits
+    for p in procs:
+        p.wait(120)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:   # until the front-ends forgot them (FIN, linger)
         after = _fe_state(tb)
@@ -211,7 +237,8 @@ def measure_count(tb, count: int, idle_s: float, window: int, progress: Callable
             break
         time.sleep(1.0)
     held = sum(v["connections"] for v in held_state.values())
-    res = {"count": count, "sources": len(sources), "generator": done.get("done", {}), "setup_s": round(setup_s, 1),
+    res = {"count": count, "state": "header (partial request)" if partial else "keep-alive after one response",
+           "sources": len(sources), "generator": done.get("done", {}), "setup_s": round(setup_s, 1),
            "frontends": {}}
     for name in held_state:
         b, h, i = before[name], held_state[name], idle_state[name]
@@ -233,7 +260,8 @@ def measure_count(tb, count: int, idle_s: float, window: int, progress: Callable
 
 
 def run_connections(cfg, out_dir: str | Path, counts: Sequence[int], *, idle_s: float = 10.0, window: int = 1000,
-                    max_connections: int | None = None, progress: Callable[[str], None] = print) -> dict[str, Any]:
+                    max_connections: int | None = None, progress: Callable[[str], None] = print,
+                    partial: bool = False) -> dict[str, Any]:
     """Bring up a testbed, hold each count of connections in turn, write connections.json/.md."""
     from miresga.bench.systems import with_objects
     from miresga.testbed import Testbed
@@ -242,18 +270,24 @@ def run_connections(cfg, out_dir: str | Path, counts: Sequence[int], *, idle_s: 
     d = with_objects(cfg, [1024]).model_dump(mode="json")
     if max_connections:
         d["frontend"]["max_connections"] = max_connections
+    # idle longer than the set-up of 10^5 connections takes: the measurement is about holding them
+    d["frontend"]["idle_timeout_s"] = max(d["frontend"]["idle_timeout_s"], 600.0)
+    d["agent"]["idle_timeout_s"] = max(d["agent"]["idle_timeout_s"], 600.0)
+    if partial:   # held in the header state for the whole measurement
+        d["frontend"]["header_timeout_s"] = max(d["frontend"]["header_timeout_s"], 600.0)
     from miresga.control.config import Deployment
     cfg = Deployment.model_validate(d)
     results = []
     with Testbed(cfg, lb="miresga") as tb:
         progress(f"testbed {tb.instance} up; frontend.max_connections {cfg.frontend.max_connections:,}")
         for n in counts:
-            r = measure_count(tb, n, idle_s, window, progress)
+            r = measure_count(tb, n, idle_s, window, progress, partial=partial)
             progress(f"{n:,} connections: {r['connections_held']:,} held by the front-ends, "
                      f"{r['bytes_per_connection']} bytes each, idle CPU {r['idle_cpu_pct']} %, generator "
                      f"{r['generator']}")
             results.append(r)
-    report = {"max_connections": cfg.frontend.max_connections, "frontends": len(cfg.hosts.frontends),
+    report = {"state": "header (partial request)" if partial else "keep-alive after one response",
+              "max_connections": cfg.frontend.max_connections, "frontends": len(cfg.hosts.frontends),
               "idle_s": idle_s, "results": results}
     (out / "connections.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "connections.md").write_text(render_connections_markdown(report))
@@ -262,6 +296,7 @@ def run_connections(cfg, out_dir: str | Path, counts: Sequence[int], *, idle_s: 
 
 def render_connections_markdown(r: Mapping[str, Any]) -> str:
     lines = ["# Connections held by the front-ends", "",
+             f"- connections held in the front-end state: {r.get('state', '?')}",
              f"- {r['frontends']} front-ends, `frontend.max_connections` {r['max_connections']:,} each; "
              f"idle for {r['idle_s']:g} s after the last connection was set up", "",
              "| connections opened | held by front-ends | in kernel path | bytes / connection | idle CPU % (all "
@@ -292,8 +327,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     h.add_argument("--sources", required=True)
     h.add_argument("--window", type=int, default=1000)
     h.add_argument("--path", default="/obj/1k")
+    h.add_argument("--partial", action="store_true")
     a = ap.parse_args(argv)
-    hold(a.vip, a.port, a.count, a.sources.split(","), a.window, a.path)
+    hold(a.vip, a.port, a.count, a.sources.split(","), a.window, a.path, partial=a.partial)
     return 0
 
 
