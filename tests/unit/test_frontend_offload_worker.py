@@ -203,3 +203,24 @@ def test_retried_delete_is_kept_when_its_write_fails():
     cycle(link, fake, [], NOW + 0.5)                            # the retry's Write fails too
     cycle(link, fake, [], NOW + 1)
     assert fake.table == {}, "the retried deletes outlived their failed Write"
+
+
+def test_second_delete_of_a_key_in_one_batch_is_retried_when_its_write_fails():
+    """delete k, insert k, delete k in one batch take three Writes; when only the last fails, the
+    first delete's answer must not stand for the second."""
+    fake, link, k = FakeSwitchClient(), OffloadBatcher("fe1", "10.0.2.2"), (1, 2)
+    fake.table[k] = 0
+    writes = []
+    real_write = fake.write
+
+    def write(ins, dels):
+        writes.append((ins, dels))
+        if len(writes) == 3:
+            raise ConnectionError("controller unreachable")
+        return real_write(ins, dels)
+    fake.write = write
+    cycle(link, fake, [OffloadDelete(*k), OffloadInsert(*k, 0, 8), OffloadDelete(*k)], NOW)
+    assert len(writes) == 3 and fake.table == {k: 0}
+    assert link.retry_deletes == [k]
+    cycle(link, fake, [], NOW + 0.5)
+    assert fake.table == {}

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -77,13 +77,13 @@ class OffloadBatcher:
         self._in_flight: tuple[str, Call, Any] | None = None
         self._retrying: list[Key] = []          # this cycle's retried deletes
         self._answered: set[int] = set()        # gens of this cycle's inserts the controller answered
-        self._deleted: set[Key] = set()         # keys of this cycle's deletes the controller answered
+        self._deleted: Counter[Key] = Counter()   # this cycle's deletes the controller answered, per key
 
     def start(self, actions: list[Any], now: float) -> None:
         # What failed() consults is this cycle's alone, from before the first call: a failed
         # reconnect must not see the last cycle's answers (a reused client ip:port's delete
         # would look answered and never be retried).
-        self._answered, self._deleted = set(), set()
+        self._answered, self._deleted = set(), Counter()
         self._retrying, self.retry_deletes = list(dict.fromkeys(self.retry_deletes)), []
         self._checks = [a for a in actions if isinstance(a, OffloadCheck)]
         self._batch = [a for a in actions if not isinstance(a, OffloadCheck)]
@@ -187,13 +187,20 @@ class OffloadBatcher:
         self._steps.clear()
         self._calls.clear()
         out: list[tuple] = []
-        self.retry_deletes += [k for k in self._retrying if k not in self._deleted]
+        answered = self._deleted     # a key's deletes go out in order: the answered are its first ones
+
+        def unanswered(key: Key) -> bool:
+            if answered[key]:
+                answered[key] -= 1
+                return False
+            return True
+        self.retry_deletes += [k for k in self._retrying if unanswered(k)]
         for a in self._batch:
             key = (a.client_ip, a.client_port)
             if isinstance(a, OffloadInsert) and a.gen not in self._answered:
                 out.append(("offload", a.client_ip, a.client_port, a.gen, "error"))
                 self.retry_deletes.append(key)
-            elif isinstance(a, OffloadDelete) and key not in self._deleted:
+            elif isinstance(a, OffloadDelete) and unanswered(key):
                 self.retry_deletes.append(key)
         self._batch, self._retrying = [], []
         return out
