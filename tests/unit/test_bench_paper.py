@@ -180,3 +180,25 @@ def test_cli_refuses_prism_without_miresga(tmp_path):
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "needs --lb miresga" in p.stderr
     json.dumps(p.returncode)
+
+
+# ---------------------------------------------------------------- many connections
+
+def test_connhold_pure_parts():
+    from miresga.bench.connhold import _complete, per_connection, render_connections_markdown, split
+    assert split(100000) == [16667] * 4 + [16666] * 2 and split(10) == [10] and sum(split(50001)) == 50001
+    assert max(split(100000)) <= 18000
+    assert _complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+    assert not _complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab")
+    assert not _complete(b"HTTP/1.1 200 OK\r\nContent-Len")
+    assert per_connection({"rss": 1000}, {"rss": 41000}, 10) == 4000.0 and per_connection({}, {}, 0) is None
+    r = {"state": "keep-alive after one response", "max_connections": 1000, "frontends": 2, "idle_s": 3.0,
+         "results": [{"count": 3000, "connections_held": 2000, "bytes_per_connection": 4159.5, "idle_cpu_pct": 3.0,
+                      "setup_s": 1.2, "cleaned_up": True,
+                      "generator": {"opened": 3000, "held": 2000, "reset": 1000, "timeout": 0},
+                      "frontends": {"fe1": {"connections": 1000, "kernel_connections": 1000, "rss_before_mb": 69.8,
+                                            "rss_held_mb": 73.7, "bytes_per_connection": 4169.7,
+                                            "setup_cpu_s": 0.2, "idle_cpu_pct": 1.3, "conn_limit_drops": 504}}}]}
+    md = render_connections_markdown(r)
+    assert "| 3,000 | 2,000 | 1,000 | 4159.5 | 3.0 | 1.2 s | 1,000 | 0 | yes |" in md
+    assert "refused at the limit 504" in md
