@@ -28,3 +28,16 @@ def test_backend_segment_to_the_vip_is_not_adopted():
     seg = Segment(bip, bport, eng.vip, 49784, 1000, 1, ACK | PSH, 500, b"", b"HTTP/1.1 200 OK\r\n\r\n")
     assert eng.segment(seg, NOW) == []
     assert not eng.conns and eng.stats.drops["not_ours"] == 1
+
+
+def test_first_segment_beyond_max_held_bytes_is_refused_not_raised():
+    """Invariant "no exception": a connection's first segment that does not start a request and
+    is larger than max_held_bytes was refused by the reorder buffer, which then was empty, and
+    `_find_start` raised ValueError (min() of nothing) out of Engine.segment — out of the
+    server's loop. Reachable when max_held_bytes is set below the 64 KB a GSO frame carries."""
+    from frontend_helpers import RULES
+    eng = Engine(make_cfg(RULES.replace("syn_retries: 2", "syn_retries: 2, max_held_bytes: 1024")))
+    cl = Client(eng)
+    assert eng.segment(cl.seg(b"X" * 1500), NOW) == []
+    assert eng.stats.drops["reorder_full"] == 1
+    assert sum(c.ooo_bytes for c in eng.conns.values()) == 0

@@ -716,6 +716,8 @@ class Engine:
         """The stream's first byte is not known yet: wait for a segment that looks like the
         start of a request and has no lower segment before it (its predecessor may be lost)."""
         self._stash(conn, seg)
+        if not conn.ooo:     # refused (larger than max_held_bytes; counted): nothing to start from yet
+            return
         first = min(conn.ooo.values(), key=lambda x: seq_diff(x.seq, seg.seq))
         if looks_like_request_start(first.payload):
             del conn.ooo[first.seq]
