@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from miresga.bench.report import BUSY_PCT
 from miresga.bench.systems import DIRECT, MIRESGA, PRISM
 from miresga.testbed.objects import PAPER_SIZES, size_name
 
@@ -104,8 +105,12 @@ def render_paper_markdown(records: Sequence[Record], claims: Mapping[str, Any], 
     for c in crow:
         lines.append(f"| {c['label']} | {c['paper_throughput']:.1f}x | {_x(c['ours_throughput'])} | "
                      f"{c['paper_latency']:.1f}x | {_x(c['ours_latency'])} | {c['where']} |")
+    busy = sum(1 for r in records if _contended(r))
     lines += ["", "Throughput = requests/s ratio, latency = p50 ratio (below 1 is better), same run, same "
-              "workload. Small objects: <= 16 KB; large: >= 1 MB.", "",
+              "workload. Small objects: <= 16 KB; large: >= 1 MB."
+              + (f" {busy} of {len(records)} points ran while processes outside the testbed used more than "
+                 f"{BUSY_PCT:g} % CPU (`other CPU %` in report.md): those ratios measure the neighbours too."
+                 if busy else ""), "",
               "## Miresga relative to HAProxy and to prism, per workload", "",
               "| workload | throughput vs haproxy | latency vs haproxy | throughput vs prism | latency vs prism |",
               "|---|---:|---:|---:|---:|"]
@@ -124,6 +129,10 @@ def render_paper_markdown(records: Sequence[Record], claims: Mapping[str, Any], 
 
 _STYLE = {"direct": ("#7f7f7f", "s", ":"), "nginx": ("#2a9d3a", "o", "-"), "haproxy": ("#1f6fb4", "^", "-"),
           MIRESGA: ("#d62728", "D", "-"), PRISM: ("#ff7f0e", "v", "-")}
+
+
+def _contended(r: Record) -> bool:
+    return (r.get("other_cpu_pct") or 0) > BUSY_PCT
 
 
 def _style(system: str) -> tuple[str, str, str]:
@@ -158,6 +167,11 @@ def render_paper_plot(records: Sequence[Record], path: Path, metric: str, title:
                          and r["keepalive"] == keepalive and value(r))
             if pts:
                 ax.plot(*zip(*pts), linestyle=ls, marker=marker, color=color, label=s, linewidth=2, markersize=7)
+                busy = sorted((r["size_bytes"], value(r)) for r in singles if r["system"] == s
+                              and r["keepalive"] == keepalive and value(r) and _contended(r))
+                if busy:   # measured while other processes were busy: hollow
+                    ax.plot(*zip(*busy), linestyle="none", marker=marker, color=color, markersize=7,
+                            markerfacecolor="white", markeredgewidth=1.5)
             if metric == "latency":
                 pts = sorted((r["size_bytes"], value(r, True)) for r in singles if r["system"] == s
                              and r["keepalive"] == keepalive and value(r, True))
@@ -196,7 +210,10 @@ def render_paper_plot(records: Sequence[Record], path: Path, metric: str, title:
     else:
         ax.text(0.5, 0.5, "no mixes measured", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("mixes T1-T3 (keep-alive)")
-    fig.suptitle(title or ("Throughput" if metric == "throughput" else "Latency") + " against object size")
+    title = title or ("Throughput" if metric == "throughput" else "Latency") + " against object size"
+    if any(_contended(r) for r in records):
+        title += f"\nhollow markers: other processes used > {BUSY_PCT:g} % CPU during that point"
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
