@@ -10,6 +10,7 @@ service port (DESIGN.md §4).
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 
 from miresga.control.config import Backend, LbHost
@@ -40,7 +41,13 @@ _HTTP = """\
 
 
 def _common(run: Path, conns: int) -> str:
-    return _COMMON.format(run=run, conns=conns, nofile=max(16384, 2 * conns + 1024) if conns > 8000 else 16384)
+    # nginx may not raise its descriptor limit beyond the hard limit it inherits (no CAP_SYS_RESOURCE
+    # in a container): ask for no more, or it logs an alert at every start
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = max(16384, 2 * conns + 1024) if conns > 8000 else 16384
+    if hard != resource.RLIM_INFINITY and nofile > hard:
+        nofile, conns = hard, min(conns, hard - 1024)
+    return _COMMON.format(run=run, conns=conns, nofile=nofile)
 
 
 def backend_nginx_conf(b: Backend, run: Path, objects_root: Path) -> str:
