@@ -3,6 +3,7 @@
     miresga fuzz                                   # every target, 10^6 inputs each, a random seed (printed)
     miresga fuzz --seed 7 --budget 20000 --targets switch,agent
     miresga fuzz --replay tests/fuzz_cases/*.json  # run saved failing inputs again
+    miresga flood --seconds 10 --out DIR           # floods on a testbed while a client downloads
 
 Exit status 0 when no invariant was violated (and no target skipped), 1 otherwise.
 """
@@ -59,6 +60,20 @@ def register(sub) -> None:
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--replay", nargs="+", metavar="CASE", help="replay saved cases instead of fuzzing")
     p.set_defaults(func=_fuzz)
+    f = sub.add_parser("flood", help="floods on a fresh testbed while a client downloads (docs/hardening.md)")
+    f.add_argument("--seconds", type=float, default=10.0, help="per flood")
+    f.add_argument("--holders", type=int, default=1000, help="half-header / garbage connections")
+    f.add_argument("--out", default="flood-out", help="floods.json goes here")
+    f.set_defaults(func=_flood)
+
+
+def _flood(args: argparse.Namespace) -> int:
+    from miresga.fuzz.flood import run
+    report = run(args.seconds, Path(args.out), args.holders)
+    bad = [r["flood"] for r in report["floods"]
+           if r["client"].get("responses_bad") or r["client"].get("errors") or any(r["left_after"].values())]
+    print("FAILED: " + ", ".join(bad) if bad else "ok: every response byte-exact, nothing left")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

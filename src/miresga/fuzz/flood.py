@@ -88,18 +88,34 @@ def role_hold(kind: str, n: int, seconds: float, vip: str, vport: int, seed: int
         except OSError:
             failed += 1
     time.sleep(seconds)
-    closed_by_peer = 0
+    answered = closed = reset = silent = 0
+    statuses: dict[str, int] = {}
     for c in socks:
         c.setblocking(False)
+        got, state = b"", "open"
         try:
-            if c.recv(4096, socket.MSG_PEEK) == b"":
-                closed_by_peer += 1
+            while True:
+                chunk = c.recv(65536)
+                if not chunk:
+                    state = "closed"
+                    break
+                got += chunk
         except BlockingIOError:
             pass
+        except ConnectionResetError:
+            state = "reset"
         except OSError:
-            closed_by_peer += 1
+            state = "reset"
+        if got:
+            answered += 1
+            st = got.split(b"\r\n", 1)[0].decode("latin-1")[:40]
+            statuses[st] = statuses.get(st, 0) + 1
+        closed += state == "closed"
+        reset += state == "reset"
+        silent += not got and state == "open"
         c.close()
-    return {"kind": kind, "opened": len(socks), "connect_failed": failed, "closed_by_peer": closed_by_peer}
+    return {"kind": kind, "opened": len(socks), "connect_failed": failed, "answered": answered,
+            "answers": statuses, "closed_by_peer": closed, "reset_by_peer": reset, "still_open": silent}
 
 
 def role_client(seconds: float, vip: str, vport: int, objects: dict[str, str]) -> dict:
@@ -167,7 +183,9 @@ def run(seconds: float, out_dir: Path, holders: int = 1000) -> dict:
     from miresga.control.config import load_config
     from miresga.testbed import Testbed
     cfg = load_config()
-    fe = cfg.frontend.model_copy(update={"header_timeout_s": 5.0})
+    # Short timers, so that "nothing left" is judged within seconds: a client that gave up
+    # mid-flood leaves a connection the front-end ends on its idle timer.
+    fe = cfg.frontend.model_copy(update={"header_timeout_s": 5.0, "idle_timeout_s": 15.0})
     cfg = cfg.model_copy(update={"frontend": fe})
     report: dict = {"seconds_per_flood": seconds, "floods": []}
     with Testbed(cfg, lb="miresga") as tb:
@@ -195,12 +213,15 @@ def run(seconds: float, out_dir: Path, holders: int = 1000) -> dict:
                 rec["flooder"] = _result(flooder, seconds + 180)
             after = _counters(tb)
             rec["switch_counters"] = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
-            deadline = time.monotonic() + fe.header_timeout_s + 15
+            # an adopted orphan may take up to three idle periods (check, slow path, expiry)
+            ended = time.monotonic()
+            deadline = ended + 3 * fe.idle_timeout_s + fe.header_timeout_s + 10
             left = _leftovers(tb)
             while any(left.values()) and time.monotonic() < deadline:
                 time.sleep(1)
                 left = _leftovers(tb)
             rec["left_after"] = left
+            rec["seconds_to_clean"] = round(time.monotonic() - ended, 1)
             print(json.dumps(rec), flush=True)
             report["floods"].append(rec)
     out_dir.mkdir(parents=True, exist_ok=True)
