@@ -200,7 +200,8 @@ class AgentHarness(Harness):
         return self._in(fl, rng.choice([SYN, ACK, ACK | PSH]), fl.c, fl.s, b"", b"", dport=self.direct)
 
     def _gen_other(self, rng, fl):
-        f = l3_frame(self.cmac, self.bmac, fl.ip, self.bip, rng.choice([17, 1]), b"\x00\x50\x00\x50\x00\x0c\x00\x00abcd")
+        f = l3_frame(self.cmac, self.bmac, fl.ip, self.bip, rng.choice([17, 1]),
+                     b"\x00\x50\x00\x50\x00\x0c\x00\x00abcd")
         return rng.choice(["agent_ingress", "agent_egress"]), f
 
     # ------------------------------------------------------------------ checks

@@ -216,7 +216,10 @@ class EngineHarness(Harness):
         if r < 0.80:
             return self._backend_input(rng)
         if r < 0.86:
-            return Input("engine", extra={"ev": ("tick", rng.choice([0.001, 0.006, 0.05, 0.3, 1.0, 2.0, 6.0, 12.0, 70.0] if rng.random() < 0.3 else [0.001, 0.006, 0.05, 0.3]))})
+            steps = [0.001, 0.006, 0.05, 0.3]
+            if rng.random() < 0.3:
+                steps += [1.0, 2.0, 6.0, 12.0, 70.0]
+            return Input("engine", extra={"ev": ("tick", rng.choice(steps))})
         if r < 0.89:
             return Input("engine", extra={"ev": ("flush",)})
         if r < 0.94:
@@ -312,7 +315,8 @@ class EngineHarness(Harness):
             if r < 0.65:
                 if sent == 0 or rng.random() < 0.2:
                     n = rng.choice([100, 5000, 70000, 10 ** 7, 0])
-                    payload = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n + rng.randbytes(rng.choice([0, 50, 1400]))
+                    payload = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n
+                               + rng.randbytes(rng.choice([0, 50, 1400])))
                 else:
                     payload = rng.randbytes(rng.choice([1, 1448, 1448, 2896, 9000]))
                 flags, kind = ACK | PSH, "b_data"
