@@ -13,7 +13,6 @@ connections must agree. Scenarios are data; a hypothesis test runs random segmen
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import struct
