@@ -408,3 +408,18 @@ def test_restart_replaces_a_dead_predecessors_program():
         first.obj.close()
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_offloaded_connection_stays_with_the_engine(bpf):
+    """Once the switch carries a connection (entry installed), only its requests and its close
+    reach the front-end: the engine keeps it after its next request instead of handing it back."""
+    t = Twin(*bpf)
+    c = opened(t, "/dl/x", backend=2)            # offload: always -> insert at the splice
+    for eng in (t.ref, t.sys.eng):
+        gen = eng.conns[c.cl.key].offload_gen
+        assert eng.offload_result(c.cl.ip, c.cl.port, gen, "ok", NOW) == []
+    t.segment(_respond(c))
+    assert t.sys.eng.conns[c.cl.key].kernel      # handed over before the entry was confirmed
+    t.segment(c.cl.seg(get("/dl/y")))             # next request: taken back, kept
+    assert not t.sys.eng.conns[c.cl.key].kernel and not list(t.sys.maps.conns.keys())
+    t.segment(_respond(c))

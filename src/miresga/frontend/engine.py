@@ -414,9 +414,13 @@ class Engine:
     def _handover(self, conn: Conn, out: list[Action], idle_s: float = 0.0) -> None:
         """Give an established connection to the kernel when nothing in it waits for the engine:
         no request being collected, nothing held, reordered or owed to the back-end. Put first,
-        so the entry is in place before the segments of this step leave."""
+        so the entry is in place before the segments of this step leave. Not a connection whose
+        switch entry is installed: the switch carries its responses and ACKs, only its requests
+        (which the engine routes) and its close reach us, so a hand-over would only add a
+        take-back and a hand-over to each request."""
         if (conn.kernel or conn.state not in (State.SPLICED, State.CLOSING) or conn.rtx is not None
-                or conn.holding or conn.ooo or conn.ack_held is not None or conn.backend is None or conn.nxt is None):
+                or conn.holding or conn.ooo or conn.ack_held is not None or conn.backend is None
+                or conn.nxt is None or conn.offload is Offload.INSTALLED):
             return
         ip, port = self.backends[conn.backend]
         w = conn.watch is not None
