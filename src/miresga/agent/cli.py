@@ -13,16 +13,22 @@ import sys
 import threading
 
 from miresga.agent.manager import AgentManager, AgentSettings, pin_dir
+from miresga.agent.metrics import AgentMetrics
 from miresga.control.config import ConfigError, load_config
+from miresga.metrics import Endpoint
 
 
-def _settings(args: argparse.Namespace) -> AgentSettings | None:
+def _config(args: argparse.Namespace):
     try:
-        cfg = load_config(args.config)
+        return load_config(args.config)
     except ConfigError as e:
         print(f"invalid config:\n{e}", file=sys.stderr)
         return None
-    return AgentSettings.from_config(cfg, args.backend)
+
+
+def _settings(args: argparse.Namespace) -> AgentSettings | None:
+    cfg = _config(args)
+    return AgentSettings.from_config(cfg, args.backend) if cfg is not None else None
 
 
 def _attach(args: argparse.Namespace) -> int:
@@ -36,16 +42,20 @@ def _attach(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Attach, sweep idle flows until SIGINT/SIGTERM, detach."""
-    s = _settings(args)
-    if s is None:
+    """Attach, serve metrics (in the agent's namespace), sweep idle flows until SIGINT/SIGTERM,
+    detach."""
+    cfg = _config(args)
+    if cfg is None:
         return 1
+    s = AgentSettings.from_config(cfg, args.backend)
+    a = cfg.agent
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with AgentManager(s, args.netns, args.iface, pin=True) as m:
+    with AgentManager(s, args.netns, args.iface, pin=True) as m, \
+            Endpoint(AgentMetrics(m), a.metrics_port, str(a.metrics_address), netns=args.netns):
         print(f"agent running on {args.iface} in {args.netns or 'host'}; sweeping flows idle > "
-              f"{s.idle_timeout_s}s", flush=True)
+              f"{s.idle_timeout_s}s; metrics on {a.metrics_address}:{a.metrics_port}", flush=True)
         m.run_forever(stop)
         print(json.dumps(m.stats()))
     return 0

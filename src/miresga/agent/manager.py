@@ -237,13 +237,14 @@ class AgentManager:
     def counters(self) -> dict[str, int]:
         return {s.name.lower(): percpu_sum(self.maps["agent_stats"], s) for s in AgentStat}
 
-    def drops(self) -> dict[str, int]:
+    def drops(self, zeros: bool = False) -> dict[str, int]:
+        """Drops by reason (`zeros`: also every reason the map can count and has not)."""
         m = self.maps["agent_drops"]
         out = {}
         for r in DropReason:
             if -r < m.max_entries:
                 n = percpu_sum(m, -r)
-                if n:
+                if n or zeros:
                     out[r.name.lower()] = n
         return out
 

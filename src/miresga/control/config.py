@@ -121,6 +121,11 @@ class Switch(Strict):
     sack: bool = True
     cookie: Cookie
     control: ControlApi
+    metrics_port: int = Field(default=9101, ge=1, le=65535,
+                              description="Prometheus endpoint of `miresga switch` (miresga_switch_*)")
+    metrics_address: ipaddress.IPv4Address = Field(
+        default=ipaddress.IPv4Address("127.0.0.1"), description="where the switch's Prometheus endpoint "
+        "listens (in the switch's namespace): loopback or a management address, never a fabric address")
 
 
 class Match(Strict):
@@ -192,6 +197,11 @@ class Frontend(Strict):
 class Agent(Strict):
     capacity: int = Field(default=65536, ge=16)
     idle_timeout_s: float = Field(default=120.0, gt=0)
+    metrics_port: int = Field(default=9102, ge=1, le=65535,
+                              description="Prometheus endpoint of `miresga agent run` (miresga_agent_*)")
+    metrics_address: ipaddress.IPv4Address = Field(
+        default=ipaddress.IPv4Address("127.0.0.1"), description="where the agent's Prometheus endpoint listens "
+        "(in the back-end's namespace): loopback or a management address")
 
 
 class Objects(Strict):

@@ -5,12 +5,9 @@ while it changes)."""
 from __future__ import annotations
 
 import threading
-import urllib.request
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.parser import text_string_to_metric_families
+from miresga.metrics import Endpoint, family, scrape_samples
 
 P = "miresga_frontend_"
 
@@ -22,10 +19,8 @@ class MetricsPublisher:
         self.kernel_stats = None   # callable -> {counter: n} of the kernel path, when it runs
         self._snap: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._server = None
+        self._endpoint: Endpoint | None = None
         self.publish()
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(self)
 
     def publish(self) -> None:
         e, st = self.engine, self.engine.stats
@@ -65,15 +60,11 @@ class MetricsPublisher:
         s = self.snapshot()
 
         def fam(kind, name, doc, label, values):
-            m = (CounterMetricFamily if kind == "c" else GaugeMetricFamily)(P + name, doc, labels=[label])
-            for k, v in sorted(values.items()):
-                m.add_metric([str(k)], v)
-            return m
+            return family(kind, P + name, doc, [label], values)
 
         yield fam("g", "connections", "connections by state", "state", s["connections"])
-        g = GaugeMetricFamily(P + "offloaded_connections", "connections with a confirmed switch entry")
-        g.add_metric([], s["offloaded"])
-        yield g
+        yield family("g", P + "offloaded_connections", "connections with a confirmed switch entry",
+                     values=s["offloaded"])
         yield fam("c", "requests", "requests per rule", "rule", s["requests_rule"])
         yield fam("c", "backend_requests", "requests per back-end", "backend", s["requests_backend"])
         yield fam("c", "offload", "offload requests and outcomes", "event", s["offload"])
@@ -90,28 +81,20 @@ class MetricsPublisher:
                   "(connections: held by the kernel now)", "counter", s["kernel"])
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        self._server = start_http_server(port, addr=addr, registry=self.registry)
+        self._endpoint = Endpoint(self, port, addr)
 
     def close(self) -> None:
-        if self._server is not None:
-            try:
-                self._server[0].shutdown()
-            except Exception:  # noqa: BLE001
-                pass
+        if self._endpoint is not None:
+            self._endpoint.close()
 
 
 def scrape(url: str, timeout: float = 2.0) -> dict[str, dict[str, float]]:
     """Read a front-end's metrics endpoint into {metric: {label value: number}} (for `status`)."""
-    text = urllib.request.urlopen(url, timeout=timeout).read().decode()
     out: dict[str, dict[str, float]] = {}
-    for fam in text_string_to_metric_families(text):
-        if not fam.name.startswith(P):
-            continue
-        for s in fam.samples:
-            if s.name.endswith("_created"):
-                continue
-            label = next(iter(s.labels.values()), "")
-            out.setdefault(fam.name[len(P):], {})[label] = s.value
+    for name, samples in scrape_samples(url, timeout).items():
+        if name.startswith(P):
+            for labels, value in samples.items():
+                out.setdefault(name[len(P):].removesuffix("_total"), {})[labels[0][1] if labels else ""] = value
     return out
 
 

@@ -57,7 +57,9 @@ def _switch(args: argparse.Namespace) -> int:
             return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _enter_netns(args.netns)
+    from miresga.metrics import Endpoint
     from miresga.switch.dataplane import SwitchDataplane, default_pin_dir, frontend_hops, open_pinned, ports_for
+    from miresga.switch.metrics import SwitchMetrics
     from miresga.switch.server import ControlPlane, ControlServer, MapTables, internal_addresses
 
     pin_dir = default_pin_dir(args.netns)
@@ -75,9 +77,12 @@ def _switch(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         cp = ControlPlane(cfg, MapTables(maps, frontend_hops(cfg, ports)), dead_after_s=args.dead_after)
-        with ControlServer(cp, args.listen or internal_addresses(cfg), tls=tls) as srv:
+        sw = cfg.switch
+        with ControlServer(cp, args.listen or internal_addresses(cfg), tls=tls) as srv, \
+                Endpoint(SwitchMetrics(cp), sw.metrics_port, str(sw.metrics_address)):
             print(f"miresga switch: {how}; control API on port {srv.port} "
-                  f"({'mutual TLS' if tls else 'no TLS, token only'}), profile {cp.profile.name}", flush=True)
+                  f"({'mutual TLS' if tls else 'no TLS, token only'}), profile {cp.profile.name}; "
+                  f"metrics on {sw.metrics_address}:{sw.metrics_port}", flush=True)
             stop.wait()
     finally:
         if dp is not None:

@@ -30,6 +30,11 @@ class Status(str, enum.Enum):
     QUEUED = "queued"
 
 
+# What each kind of write can answer (metrics export every pair, zeros included).
+WRITE_STATUSES = {"insert": (Status.OK, Status.EXISTS, Status.TABLE_FULL, Status.QUEUED),
+                  "delete": (Status.OK, Status.NOT_FOUND, Status.QUEUED)}
+
+
 class EntryState(str, enum.Enum):
     INSTALLED = "installed"
     QUEUED = "queued"
@@ -92,6 +97,8 @@ class OffloadTable:
         self.tokens = profile.burst
         self.last_refill = now
         self.stats = collections.Counter()
+        self.writes: collections.Counter[tuple[str, str]] = collections.Counter()  # (insert|delete, status)
+        self.applied: collections.Counter[str] = collections.Counter()              # insert|delete, by the driver
 
     # --- API ------------------------------------------------------------------------------
     def write(self, inserts: list[tuple[int, int, int]], deletes: list[tuple[int, int]], now: float) -> list[Status]:
@@ -105,10 +112,13 @@ class OffloadTable:
                                f"insert {i}: backend index {backend} unknown (have {self.n_backends})")
             checked_i.append((key, backend))
         checked_d = [_check_key(len(inserts) + i, ip, port) for i, (ip, port) in enumerate(deletes)]
-        out = [self._insert(k, b) for k, b in checked_i] + [self._delete(k) for k in checked_d]
-        for s in out:
-            self.stats[s.value] += 1
-        return out
+        ins = [self._insert(k, b) for k, b in checked_i]
+        dels = [self._delete(k) for k in checked_d]
+        for kind, sts in (("insert", ins), ("delete", dels)):
+            for s in sts:
+                self.stats[s.value] += 1
+                self.writes[(kind, s.value)] += 1
+        return ins + dels
 
     def _queued_or_ok(self) -> Status:
         return Status.QUEUED if self.profile.limited else Status.OK
@@ -173,6 +183,7 @@ class OffloadTable:
         while self.inflight and self.inflight[0][0] <= now:
             done.extend(self.inflight.popleft()[1])
         for op in done:
+            self.applied[op.kind] += 1
             if op.kind == "insert":
                 self.installed[op.key] = op.backend
             else:
@@ -343,4 +354,6 @@ class Controller:
         return {"profile": t.profile.name, "capacity": t.profile.capacity, "rate": t.profile.rate,
                 "installed": len(t.installed), "intended": len(t.intended), "queue": t.queue_length(),
                 "ops": dict(t.stats), "unauthenticated": self.unauthenticated,
+                "writes": {k: {s.value: t.writes[(k, s.value)] for s in WRITE_STATUSES[k]} for k in WRITE_STATUSES},
+                "applied": {k: t.applied[k] for k in WRITE_STATUSES},
                 "members": self.members.view(), "bucket_moves": self.members.moves}

@@ -102,8 +102,9 @@ def fill_static_tables(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort
 
 
 def guarded_ports(cfg: Deployment) -> list[int]:
-    """TCP ports of the switch's own addresses that only front-ends may reach."""
-    return sorted({cfg.switch.control.port, *cfg.switch.control.guard_ports})
+    """TCP ports of the switch's own addresses that only front-ends may reach (the metrics port
+    too: should it listen on a gateway, clients still must not reach it)."""
+    return sorted({cfg.switch.control.port, cfg.switch.metrics_port, *cfg.switch.control.guard_ports})
 
 
 def frontend_hops(cfg: Deployment, ports: list[SwitchPort]) -> dict:
