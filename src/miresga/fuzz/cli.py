@@ -4,6 +4,7 @@
     miresga fuzz --seed 7 --budget 20000 --targets switch,agent
     miresga fuzz --replay tests/fuzz_cases/*.json  # run saved failing inputs again
     miresga flood --seconds 10 --out DIR           # floods on a testbed while a client downloads
+    miresga soak --minutes 30 --out DIR            # mixes and faults; RSS and state over time
 
 Exit status 0 when no invariant was violated (and no target skipped), 1 otherwise.
 """
@@ -65,6 +66,19 @@ def register(sub) -> None:
     f.add_argument("--holders", type=int, default=1000, help="half-header / garbage connections")
     f.add_argument("--out", default="flood-out", help="floods.json goes here")
     f.set_defaults(func=_flood)
+    k = sub.add_parser("soak", help="mixes T1-T3 with faults on a testbed; RSS, connections, entries over time")
+    k.add_argument("--minutes", type=float, default=30.0)
+    k.add_argument("--out", default="soak-out", help="soak.json and soak.png go here")
+    k.add_argument("--sample", type=float, default=5.0, help="seconds between samples")
+    k.add_argument("--rss-tolerance", type=float, default=0.25, help="allowed RSS growth after warm-up")
+    k.set_defaults(func=_soak)
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from miresga.fuzz.soak import run
+    rep = run(args.minutes, Path(args.out), args.sample, args.rss_tolerance)
+    print(json.dumps(rep["verdict"], indent=1))
+    return 0 if rep["verdict"]["ok"] else 1
 
 
 def _flood(args: argparse.Namespace) -> int:

@@ -1,0 +1,239 @@
+"""`miresga soak --minutes N --out DIR`: hours of ordinary life in minutes (issue 15, third part).
+
+On a fresh testbed with Miresga, wrk cycles through the mixes T1, T2, T3 with keep-alive and with
+a new connection per request (one segment per mix and mode), while faults are injected: a
+back-end killed and restarted at 25 % and 75 % of the run, one front-end killed and restarted at
+50 %. Every `--sample` seconds: each front-end's RSS and connections, switch entries, agent
+flows. Afterwards the load stops and the run waits for the state to drain. Written to DIR:
+`soak.json` (samples, wrk segments, faults, verdict) and `soak.png` (each series over time, fault
+windows shaded). Verdict: RSS at the end within `--rss-tolerance` of the first sample after
+warm-up, zero wrk errors in segments that do not overlap a fault window, nothing left at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from miresga.bench.runner import mix_paths
+from miresga.bench.workloads import mix_workload
+from miresga.bench.wrk import mix_script, parse_wrk_output, wrk_argv
+
+FAULT_WINDOW_S = 25.0    # a fault, and the time its effects may take to settle
+
+
+def _rss_kb(pid: int) -> int | None:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _nginx_pids(ns: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+    pids = []
+    for p in map(int, out):
+        try:
+            if open(f"/proc/{p}/comm").read().strip() == "nginx":
+                pids.append(p)
+        except OSError:
+            pass
+    return pids
+
+
+class Soak:
+    def __init__(self, tb, sample_s: float):
+        self.tb, self.sample_s = tb, sample_s
+        self.t0 = time.monotonic()
+        self.samples: list[dict] = []
+        self.faults: list[dict] = []
+        self.stop = threading.Event()
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 1)
+
+    def sample(self) -> dict:
+        tb = self.tb
+        s: dict = {"t": self.now()}
+        try:
+            st = tb.switch_stats()
+            s["switch_entries"] = st["installed"] + st["queue"]
+        except Exception:  # noqa: BLE001 - a sample that failed is recorded as missing
+            s["switch_entries"] = None
+        for f in tb.cfg.hosts.frontends:
+            pid = tb.state["procs"].get(f"frontend-{f.name}")
+            s[f"rss_kb_{f.name}"] = _rss_kb(pid) if pid else None
+            s[f"pid_{f.name}"] = pid
+            try:
+                m = tb.frontend_metrics(f.name)
+                s[f"conns_{f.name}"] = int(sum(m.get("connections", {}).values()))
+            except Exception:  # noqa: BLE001
+                s[f"conns_{f.name}"] = None
+        for b in tb.cfg.hosts.backends:
+            try:
+                s[f"flows_{b.name}"] = tb.agent_stats(b.name)["flows"]
+            except Exception:  # noqa: BLE001
+                s[f"flows_{b.name}"] = None
+        return s
+
+    def sampler(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append(self.sample())
+            self.stop.wait(self.sample_s)
+
+    def kill_backend(self, name: str) -> None:
+        tb = self.tb
+        t = self.now()
+        for p in _nginx_pids(tb.ns(name)):
+            os.kill(p, signal.SIGKILL)
+        time.sleep(5)
+        run = tb.run_dir / name
+        subprocess.run(["ip", "netns", "exec", tb.ns(name), "nginx", "-c", str(run / "nginx.conf"), "-e",
+                        str(run / "error.log")], check=True)
+        self.faults.append({"t": t, "what": f"{name} nginx killed, restarted 5 s later"})
+
+    def kill_frontend(self, name: str) -> None:
+        tb = self.tb
+        t = self.now()
+        key = f"frontend-{name}"
+        os.kill(tb.state["procs"][key], signal.SIGKILL)
+        time.sleep(3)
+        conf = tb.run_dir / "config.yaml"
+        tb._spawn(key, ["frontend", "--config", str(conf), "--name", name, "--netns", tb.ns(name)])
+        self.faults.append({"t": t, "what": f"{name} killed (SIGKILL), restarted 3 s later"})
+
+
+def run(minutes: float, out_dir: Path, sample_s: float = 5.0, rss_tolerance: float = 0.25,
+        connections: int = 16) -> dict:
+    from miresga.testbed import Testbed
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = minutes * 60
+    segments = [(m, ka) for m in ("T1", "T2", "T3") for ka in (True, False)]
+    # Cycles of the six segments repeat; the first cycle is the warm-up (it reaches each mix's
+    # working set once), later cycles must stay where it ended.
+    seg_s = max(10.0, min(60.0, total / 12))
+    with Testbed(lb="miresga") as tb, tempfile.TemporaryDirectory() as tmp:
+        paths = {o["size"]: o["path"] for o in tb.status()["objects"]}
+        url = f"http://{tb.cfg.vip.address}:{tb.cfg.vip.port}"
+        soak = Soak(tb, sample_s)
+        th = threading.Thread(target=soak.sampler, daemon=True)
+        th.start()
+        plan = [(0.25, lambda: soak.kill_backend(tb.cfg.hosts.backends[1].name)),
+                (0.50, lambda: soak.kill_frontend(tb.cfg.hosts.frontends[0].name)),
+                (0.75, lambda: soak.kill_backend(tb.cfg.hosts.backends[2].name))]
+        faults = [threading.Timer(total * f, fn) for f, fn in plan]
+        for f in faults:
+            f.start()
+        wrk_runs = []
+        end = time.monotonic() + total
+        i = 0
+        while time.monotonic() < end - 5:
+            mix, ka = segments[i % len(segments)]
+            i += 1
+            w = mix_workload(mix, keepalive=ka)
+            script = Path(tmp) / f"{w.name}.lua"
+            script.write_text(mix_script(mix_paths(w, paths)))
+            dur = int(min(seg_s, end - time.monotonic()))   # wrk takes whole seconds
+            if dur < 5:
+                break
+            t = soak.now()
+            argv = wrk_argv(url + "/", duration_s=dur, connections=connections, threads=1, script=str(script),
+                            keepalive=ka, timeout_s=10)
+            p = tb.run("c1", *argv, check=False, timeout=dur + 60)
+            rec = {"t_start": t, "t_end": soak.now(), "workload": w.name}
+            try:
+                r = parse_wrk_output(p.stdout)
+                rec.update(requests=r.requests, requests_per_s=round(r.requests_per_s, 1), errors=r.errors_total,
+                           errors_by_kind={k: v for k, v in r.errors.items() if v}, latency_ms=r.latency_ms)
+            except Exception as e:  # noqa: BLE001
+                rec.update(failure=str(e)[:200], errors=None)
+            wrk_runs.append(rec)
+            print(json.dumps(rec), flush=True)
+            if sum(1 for r in wrk_runs[-3:] if r.get("failure")) == 3:
+                break                                       # the load itself is broken: stop, report
+        for f in faults:
+            f.join()
+        # drain: idle entries and connections go by their timers
+        drain_end = time.monotonic() + tb.cfg.frontend.idle_timeout_s + tb.cfg.switch.idle_timeout_s + 30
+        last = soak.sample()
+        while time.monotonic() < drain_end and any(v for k, v in last.items()
+                                                   if k.startswith(("switch_", "conns_", "flows_"))):
+            time.sleep(2)
+            last = soak.sample()
+        soak.stop.set()
+        th.join(timeout=30)
+        soak.samples.append(last)
+    report = {"minutes": minutes, "sample_s": sample_s, "segment_s": seg_s, "warmup_s": seg_s * len(segments),
+              "samples": soak.samples, "wrk": wrk_runs, "faults": soak.faults, "end_state": last}
+    report["verdict"] = verdict(report, rss_tolerance)
+    (out_dir / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, out_dir / "soak.png")
+    return report
+
+
+def verdict(rep: dict, tol: float) -> dict:
+    fault_t = [f["t"] for f in rep["faults"]]
+
+    def in_fault(r):
+        return any(r["t_start"] - FAULT_WINDOW_S <= t <= r["t_end"] for t in fault_t)
+    errors_outside = sum(r.get("errors") or 0 for r in rep["wrk"] if not in_fault(r))
+    failed_outside = [r["workload"] for r in rep["wrk"] if r.get("failure") and not in_fault(r)]
+    rss = {}
+    ok_rss = True
+    warmup = rep["warmup_s"]
+    for k in [k for k in rep["samples"][0] if k.startswith("rss_kb_")]:
+        fe = k[7:]
+        pid = rep["end_state"].get(f"pid_{fe}") or rep["samples"][-1].get(f"pid_{fe}")
+        mine = [s for s in rep["samples"] if s.get(f"pid_{fe}") == pid and s.get(k)]
+        if not mine:
+            continue
+        born = mine[0]["t"]        # a restarted front-end is judged after its own warm-up
+        series = [s[k] for s in mine if s["t"] >= max(warmup, born + warmup if born > 0 else 0)]
+        if len(series) < 2:
+            rss[fe] = {"judged": False, "why": "fewer than two samples after its warm-up (restarted late, or a short run)",
+                       "first_kb": mine[0][k], "last_kb": mine[-1][k]}
+            continue
+        start, end = series[0], series[-1]
+        grew = (end - start) / start
+        rss[fe] = {"judged": True, "start_kb": start, "end_kb": end, "growth": round(grew, 3)}
+        ok_rss &= grew <= tol
+    left = {k: v for k, v in rep["end_state"].items() if k.startswith(("switch_", "conns_", "flows_")) and v}
+    return {"rss": rss, "rss_flat": ok_rss, "errors_outside_faults": errors_outside,
+            "failed_segments_outside_faults": failed_outside, "left_at_end": left,
+            "ok": ok_rss and errors_outside == 0 and not failed_outside and not left}
+
+
+def plot(rep: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    s = rep["samples"]
+    t = [x["t"] for x in s]
+    fig, ax = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
+    groups = [("front-end RSS (MB)", "rss_kb_", 1 / 1024), ("front-end connections", "conns_", 1),
+              ("agent flows", "flows_", 1), ("switch entries", "switch_entries", 1)]
+    for a, (title, prefix, scale) in zip(ax, groups):
+        for k in sorted({k for x in s for k in x if k.startswith(prefix)}):
+            a.plot(t, [x[k] * scale if x.get(k) is not None else None for x in s], label=k.replace(prefix, "") or k)
+        a.set_title(title)
+        a.legend(loc="upper left", fontsize=7)
+        for f in rep["faults"]:
+            a.axvspan(f["t"], f["t"] + FAULT_WINDOW_S, color="red", alpha=0.12)
+    for r in rep["wrk"]:
+        ax[0].annotate(r["workload"], (r["t_start"], 0), fontsize=6, rotation=90, va="bottom")
+    ax[-1].set_xlabel("seconds (red: fault windows)")
+    v = rep["verdict"]
+    fig.suptitle(f"soak {rep['minutes']} min: {'OK' if v['ok'] else 'NOT OK'} — errors outside faults "
+                 f"{v['errors_outside_faults']}, left {v['left_at_end'] or 'nothing'}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
