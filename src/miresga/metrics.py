@@ -9,7 +9,10 @@ The reference of every metric: docs/metrics.md.
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.request
+from pathlib import Path
 from typing import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -75,3 +78,34 @@ def scrape_in(netns: str | None, address: str, port: int, timeout: float = 2.0):
     """scrape_samples() of http://address:port/metrics from inside `netns`."""
     with in_netns(netns):
         return scrape_samples(f"http://{address}:{port}/metrics", timeout)
+
+
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+                "offset", "inf", "nan"}
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: identifiers that are not functions, keywords,
+    label names (in {...} or by/without/on/ignoring lists), durations or Grafana variables."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)                # strings (label values)
+    e = re.sub(r"\{[^}]*\}", "", e)                                 # label matchers
+    e = re.sub(r"\[[^\]]*\]", "", e)                                # ranges
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    e = re.sub(r"\$\{?\w+\}?", " ", e)                              # $__rate_interval, ${var}
+    names = set()
+    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
+        word, rest = m.group(0), e[m.end():].lstrip()
+        if rest.startswith("(") or word.lower() in PROMQL_WORDS or e[m.start() - 1:m.start()].isdigit():
+            continue  # a function, a keyword, or a duration's unit (5m)
+        names.add(word)
+    return names
+
+
+def dashboard_metrics(path: str | Path) -> set[str]:
+    """Every metric name the PromQL targets of a Grafana dashboard JSON read (rows' nested panels too)."""
+    def panels(ps):
+        for p in ps:
+            yield p
+            yield from panels(p.get("panels", []))
+    d = json.loads(Path(path).read_text())
+    return {n for p in panels(d["panels"]) for t in p.get("targets", []) for n in promql_metrics(t.get("expr", ""))}

@@ -11,7 +11,7 @@ from miresga.agent.manager import AgentStat
 from miresga.agent.metrics import AgentMetrics
 from miresga.bpf.drop_reasons import DropReason
 from miresga.control.config import load_config
-from miresga.metrics import Endpoint, scrape_samples
+from miresga.metrics import Endpoint, dashboard_metrics, promql_metrics, scrape_samples
 from miresga.switch.maps import counter_names
 from miresga.switch.metrics import SwitchMetrics
 from miresga.switch.server import ControlPlane, MemoryTables
@@ -142,35 +142,6 @@ def test_agent_metrics():
 
 # ---------------------------------------------------------------- dashboard and reference
 
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-                "offset", "inf", "nan"}
-
-
-def promql_metrics(expr: str) -> set[str]:
-    """The metric names an expression reads: identifiers that are not functions, keywords, label
-    names (in {...} or by/without/on/ignoring lists), durations or template variables."""
-    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)                  # strings (label values)
-    e = re.sub(r"\{[^}]*\}", "", e)                                 # label matchers
-    e = re.sub(r"\[[^\]]*\]", "", e)                                # ranges
-    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
-    e = re.sub(r"\$\{?\w+\}?", " ", e)                              # $__rate_interval, ${var}
-    names = set()
-    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
-        word, rest = m.group(0), e[m.end():].lstrip()
-        if rest.startswith("(") or word.lower() in PROMQL_WORDS or re.fullmatch(r"\d", e[m.start() - 1:m.start()]):
-            continue
-        names.add(word)
-    return names
-
-
-def dashboard_metrics(dashboard: dict) -> set[str]:
-    out = set()
-    for panel in dashboard["panels"]:
-        for t in panel.get("targets", []):
-            out |= promql_metrics(t["expr"])
-    return out
-
-
 def documented_metrics() -> set[str]:
     """Metric names from the reference's tables (first column, in backticks)."""
     return set(re.findall(r"^\| `(miresga_[a-z0-9_]+)`", REFERENCE.read_text(), re.M))
@@ -186,7 +157,7 @@ def test_promql_metric_extraction():
 
 def test_dashboard_uses_only_documented_miresga_metrics():
     d = json.loads(DASHBOARD.read_text())
-    used = dashboard_metrics(d)
+    used = dashboard_metrics(DASHBOARD)
     assert used, "no PromQL expressions found"
     assert {n for n in used if not n.startswith("miresga_")} == set()
     assert used - documented_metrics() == set()
