@@ -172,3 +172,16 @@ def test_reference_lists_what_switch_and_agent_export():
     exported = set(served(SwitchMetrics(cp))) | set(served(AgentMetrics(FakeAgent())))
     documented = {n for n in documented_metrics() if n.startswith(("miresga_switch_", "miresga_agent_"))}
     assert exported == documented
+
+
+def test_endpoint_names_the_address_it_cannot_take():
+    class Empty:
+        def collect(self):
+            return []
+    with Endpoint(Empty(), 0) as ep:
+        try:
+            Endpoint(Empty(), ep.port)
+        except OSError as e:
+            assert f"metrics endpoint 127.0.0.1:{ep.port}" in str(e)
+        else:
+            raise AssertionError("a second endpoint took the same port")

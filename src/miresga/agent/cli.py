@@ -52,11 +52,16 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with AgentManager(s, args.netns, args.iface, pin=True) as m, \
-            Endpoint(AgentMetrics(m), a.metrics_port, str(a.metrics_address), netns=args.netns):
-        print(f"agent running on {args.iface} in {args.netns or 'host'}; sweeping flows idle > "
-              f"{s.idle_timeout_s}s; metrics on {a.metrics_address}:{a.metrics_port}", flush=True)
-        m.run_forever(stop)
+    with AgentManager(s, args.netns, args.iface, pin=True) as m:
+        try:
+            endpoint = Endpoint(AgentMetrics(m), a.metrics_port, str(a.metrics_address), netns=args.netns)
+        except OSError as e:
+            print(f"agent: {e}", file=sys.stderr)
+            return 2  # detached on the way out
+        with endpoint:
+            print(f"agent running on {args.iface} in {args.netns or 'host'}; sweeping flows idle > "
+                  f"{s.idle_timeout_s}s; metrics on {a.metrics_address}:{a.metrics_port}", flush=True)
+            m.run_forever(stop)
         print(json.dumps(m.stats()))
     return 0
 

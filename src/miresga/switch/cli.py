@@ -84,6 +84,9 @@ def _switch(args: argparse.Namespace) -> int:
                   f"({'mutual TLS' if tls else 'no TLS, token only'}), profile {cp.profile.name}; "
                   f"metrics on {sw.metrics_address}:{sw.metrics_port}", flush=True)
             stop.wait()
+    except OSError as e:  # a listening address taken or missing (control API, metrics)
+        print(f"miresga switch: {e}", file=sys.stderr)
+        return 2
     finally:
         if dp is not None:
             dp.close()
