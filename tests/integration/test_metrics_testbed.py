@@ -75,6 +75,12 @@ def test_every_dashboard_metric_is_in_a_scrape(lb):
     assert len(curl(lb, "/download/1m")) == 1 << 20   # offloaded part-way (64 KB threshold)
     assert curl(lb, "/api/x")
     send_bad_cookie_segment(lb)
+    # The switch's metrics port on its fabric addresses is guarded like the control API: a client's
+    # connection attempt to its gateway on that port is dropped (and counted), not even refused.
+    c1 = lb.topo.node("c1")
+    with in_netns(c1.netns), socket.socket() as s:
+        s.settimeout(1.0)
+        assert s.connect_ex((str(c1.gateway), lb.cfg.switch.metrics_port)) != 0
 
     deadline = time.monotonic() + 20  # front-ends publish once a second
     while True:
@@ -98,6 +104,7 @@ def test_every_dashboard_metric_is_in_a_scrape(lb):
     assert total(sw, "miresga_switch_frontend_buckets") == 256
     assert total(sw, "miresga_switch_packets_total", decision="synack") >= 3
     assert total(sw, "miresga_switch_offload_applied_total", op="insert") >= 1
+    assert total(sw, "miresga_switch_drops_total", reason="guarded_port") >= 1
     assert sum(total(f, "miresga_frontend_requests_total") for f in fes) >= 3
     assert sum(total(f, "miresga_frontend_drops_total", reason="bad_cookie") for f in fes) >= 1
     assert sum(total(a, "miresga_agent_stats_total", counter="splice_syn") for a in agents) >= 3
