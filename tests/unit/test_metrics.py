@@ -165,13 +165,24 @@ def test_dashboard_uses_only_documented_miresga_metrics():
         len({p["id"] for p in d["panels"]}) == len(d["panels"])
 
 
-def test_reference_lists_what_switch_and_agent_export():
-    """Every family the switch and agent collectors yield is in docs/metrics.md, and the reference
-    names no switch or agent metric they do not export."""
-    cp = ControlPlane(load_config(), CountingTables())
-    exported = set(served(SwitchMetrics(cp))) | set(served(AgentMetrics(FakeAgent())))
-    documented = {n for n in documented_metrics() if n.startswith(("miresga_switch_", "miresga_agent_"))}
-    assert exported == documented
+def wire_names(collector) -> set[str]:
+    """The names a collector's families carry on the wire (counters with _total)."""
+    return {f.name + ("_total" if f.type == "counter" else "") for f in collector.collect()}
+
+
+def test_reference_lists_exactly_what_the_collectors_export():
+    """Every family the switch, front-end and agent collectors yield is in docs/metrics.md, and
+    the reference names nothing they do not export."""
+    from miresga.frontend.engine import Engine
+    from miresga.frontend.health import HealthTracker
+    from miresga.frontend.metrics import MetricsPublisher
+    from miresga.frontend.packetio import IoStats
+    cfg = load_config()
+    names = [b.name for b in cfg.hosts.backends]
+    fe = MetricsPublisher(Engine(cfg), IoStats(), {}, HealthTracker(len(names)), names)
+    exported = (wire_names(SwitchMetrics(ControlPlane(cfg, CountingTables()))) | wire_names(AgentMetrics(FakeAgent()))
+                | wire_names(fe))
+    assert exported == documented_metrics()
 
 
 def test_endpoint_names_the_address_it_cannot_take():
