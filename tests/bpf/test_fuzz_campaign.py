@@ -1,4 +1,4 @@
-"""The fuzz campaign in `make test` (docs/hardening.md): every target, a fixed seed, a small budget
+"""The fuzz campaign in `make test` (docs/hardening.md): every target, a fixed seed, 100k inputs
 and at most 12 s each (under a minute in all); no invariant may be violated. Saved failing inputs replay clean."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from miresga.fuzz.campaign import replay_case, run_campaign, summary
 from miresga.fuzz.harness import TARGETS
 
 SEED = 20261128
-BUDGET = 20_000
+BUDGET = 100_000
 TIME_LIMIT_S = 12.0
 MIN_UNITS = 2_000        # even on a loaded machine, a run that did less would prove little
 CASES = sorted((Path(__file__).parents[1] / "fuzz_cases").glob("*.json"))
