@@ -24,8 +24,6 @@
 #define TCP_WINDOW_OFF offsetof(struct tcphdr, window)
 #define TCP_SEQ_OFF offsetof(struct tcphdr, seq)
 #define TCP_ACK_OFF offsetof(struct tcphdr, ack_seq)
-/* Headers we may need in the linear area: Ethernet + IPv4 with options + TCP with options. */
-#define AGENT_PULL_LEN (14 + 60 + 60)
 
 static __always_inline int agent_drop(int reason)
 {
@@ -35,26 +33,6 @@ static __always_inline int agent_drop(int reason)
 	if (c)
 		*c += 1;
 	return TC_ACT_SHOT;
-}
-
-/* Parse, pulling the headers into the linear area once if they are not there yet. One parse
- * call site in a real (not unrolled) loop: two inlined copies made clang merge their paths into
- * reads of registers the verifier sees as uninitialised. */
-static __always_inline int agent_parse(struct __sk_buff *skb, struct pkt *p)
-{
-	int rc = 0;
-
-#pragma clang loop unroll(disable)
-	for (int attempt = 0; attempt < 2; attempt++) {
-		__u32 want = skb->len < AGENT_PULL_LEN ? skb->len : AGENT_PULL_LEN;
-
-		rc = parse_tcp_ipv4((void *)(long)skb->data, (void *)(long)skb->data_end, p);
-		if (rc != DROP_TRUNCATED_IP && rc != DROP_TRUNCATED_TCP)
-			break;
-		if (attempt || skb->data_end - skb->data >= want || bpf_skb_pull_data(skb, want))
-			break;
-	}
-	return rc;
 }
 
 static __always_inline struct agent_config *agent_cfg(void)
@@ -80,7 +58,7 @@ static __always_inline struct agent_config *service_segment(struct __sk_buff *sk
 							    struct agent_flow_key *key, int egress)
 {
 	struct agent_config *cfg;
-	int rc = agent_parse(skb, p);
+	int rc = parse_tcp_ipv4_skb(skb, p);
 
 	if (rc != PARSE_TCP) {
 		if (rc < 0) /* broken, not merely another protocol: the kernel will judge it */
