@@ -125,3 +125,61 @@ def test_relay_packets_per_second(relay_net, record_property):
     assert "Non-2xx" not in p.stdout and "Socket errors" not in p.stdout, p.stdout
     # every frame taken was sent on (a few may be in flight when the counters are read)
     assert 0 <= rx - tx < 64 and pps > 2000
+
+
+def test_kernel_guard_leaves_a_management_interface_alone():
+    """The guard acts on the fabric interface only: a connection to the host's management
+    address survives the guard's install and removal, and the forwarding setting is untouched."""
+    import os
+    import socket
+    import subprocess
+    import threading
+    ns, peer = f"mgkg{os.getpid() % 100000}", f"mgkp{os.getpid() % 100000}"
+
+    def sh(*a):
+        subprocess.run(a, check=True, capture_output=True)
+    try:
+        for n in (ns, peer):
+            sh("ip", "netns", "add", n)
+        sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "fab0")
+        sh("ip", "-n", ns, "link", "add", "mgmt0", "type", "veth", "peer", "name", "mgmt1", "netns", peer)
+        sh("ip", "-n", ns, "addr", "add", "10.98.2.2/24", "dev", "eth0")
+        sh("ip", "-n", ns, "addr", "add", "192.168.77.2/24", "dev", "mgmt0")
+        sh("ip", "-n", peer, "addr", "add", "192.168.77.1/24", "dev", "mgmt1")
+        for n, dev in ((ns, "eth0"), (ns, "mgmt0"), (ns, "lo"), (peer, "mgmt1"), (peer, "lo")):
+            sh("ip", "-n", n, "link", "set", dev, "up")
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        with in_netns(ns):
+            srv = socket.create_server(("192.168.77.2", 2222))
+        accepted: list = []
+        t = threading.Thread(target=lambda: accepted.append(srv.accept()[0]), daemon=True)
+        t.start()
+        with in_netns(peer):
+            cli = socket.create_connection(("192.168.77.2", 2222), timeout=5)
+        t.join(5)
+        conn = accepted[0]
+
+        def echo(msg: bytes) -> bytes:
+            cli.sendall(msg)
+            got = conn.recv(100)
+            conn.sendall(got)
+            return cli.recv(100)
+        with in_netns(ns):
+            install_kernel_guard("10.98.2.2", "eth0")
+        try:
+            assert echo(b"during") == b"during"
+            with in_netns(peer):
+                s2 = socket.create_connection(("192.168.77.2", 2222), timeout=5)   # a new one too
+            s2.close()
+        finally:
+            with in_netns(ns):
+                remove_kernel_guard()
+        assert echo(b"after") == b"after"
+        out = subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-n", "net.ipv4.ip_forward"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == "1"
+        for s in (cli, conn, srv):
+            s.close()
+    finally:
+        for n in (ns, peer):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)

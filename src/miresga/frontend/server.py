@@ -42,18 +42,18 @@ def switch_port_mac(gateway: str) -> str:
 GUARD_TABLE = "miresga_fe"
 
 
-def install_kernel_guard(own_ip: str) -> None:
+def install_kernel_guard(own_ip: str, iface: str = "eth0") -> None:
     """The spliced traffic is addressed to the VIP and to clients, never to this host: make sure
-    this namespace's kernel neither forwards it nor answers it (RST, ICMP)."""
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-        f.write("0")
+    this namespace's kernel neither forwards it nor answers it (RST, ICMP). Only on the fabric
+    interface: a management interface (SSH) and the host's forwarding setting are left alone —
+    packets for other addresses are dropped before routing, so none is ever forwarded."""
     rules = f"""
 table ip {GUARD_TABLE} {{
   chain pre {{ type filter hook prerouting priority raw; policy accept;
-    iif != lo ip daddr != {own_ip} counter drop comment "spliced traffic: the front-end's packet socket handles it"
+    iifname "{iface}" ip daddr != {own_ip} counter drop comment "spliced traffic: the front-end's packet socket handles it"
   }}
   chain out {{ type filter hook output priority raw; policy accept;
-    ip saddr != {{ {own_ip}, 127.0.0.0/8 }} counter drop comment "never answer for the VIP or a client"
+    oifname "{iface}" ip saddr != {own_ip} counter drop comment "never answer for the VIP or a client"
   }}
 }}
 """
@@ -120,7 +120,7 @@ class FrontendServer:
         backends = [(str(b.ip), b.port) for b in cfg.hosts.backends]
         try:
             if opts.guard:
-                install_kernel_guard(str(host.ip))
+                install_kernel_guard(str(host.ip), opts.iface)
             self.io = PacketIO(opts.iface, opts.gateway_mac or switch_port_mac(str(host.gateway)),
                                filter_spec=(str(cfg.vip.address), cfg.vip.port, backends),
                                checksum=cfg.frontend.checksum)
