@@ -121,3 +121,16 @@ def test_testbed_instances_get_their_own_secrets(tmp_path):
     mine = load_config().model_copy(update={"switch": load_config().switch.model_copy(update={
         "cookie": load_config().switch.cookie.model_copy(update={"secret": "my-own-secret-0123456789"})})})
     assert instance_config(mine, tmp_path).switch.cookie.secret == "my-own-secret-0123456789"  # kept
+
+
+@pytest.mark.parametrize("match,key", [
+    ('{path_regex: "(unclosed"}', "rules.0.match.path_regex"),
+    ('{headers: {x-a: "[z-a]"}}', "rules.0.match.headers"),
+])
+def test_rule_regex_must_compile(tmp_path, match, key):
+    """A bad regex fails `check-config` naming the key, instead of crashing a front-end at start."""
+    text = DEFAULT_CONFIG.read_text().replace("match: {path_prefix: /video/}", f"match: {match}", 1)
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    p = _cli("check-config", str(f))
+    assert p.returncode != 0 and key in p.stderr and "regular expression" in p.stderr, p.stderr

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -135,6 +136,31 @@ class Match(Strict):
     path_regex: str | None = None
     method: str | None = None
     headers: dict[str, str] = Field(default_factory=dict, description="header name -> regex")
+
+    @field_validator("path_regex")
+    @classmethod
+    def _path_regex_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            _compiles(v)
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _header_regexes_compile(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, pattern in v.items():
+            try:
+                _compiles(pattern)
+            except ValueError as e:
+                raise ValueError(f"header {name!r}: {e}") from None
+        return v
+
+
+def _compiles(pattern: str) -> None:
+    """A rule's regex must compile here, not when a front-end starts (it would crash there)."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression ({e}): {pattern!r}") from None
 
 
 class Rule(Strict):
