@@ -189,7 +189,10 @@ def render_paper_plot(records: Sequence[Record], path: Path, metric: str, title:
         ax.grid(True, which="both", alpha=0.3)
         if ax.lines:
             ax.legend(loc="best", fontsize=9)
-    axes[1].sharey(axes[0])
+    vals = [v for r in singles for v in (value(r), value(r, True) if metric == "latency" else None) if v]
+    if vals:   # one scale for both panels, wide enough for every point of either
+        for ax in axes[:2]:
+            ax.set_ylim(min(vals) / 1.5, max(vals) * 1.5)
     ax = axes[2]
     names = list(dict.fromkeys(r["workload"] for r in mixes))
     if names:
