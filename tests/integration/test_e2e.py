@@ -70,33 +70,9 @@ def wait_for(pred, timeout: float, what: str, step: float = 0.2):
                          f"(last: {last!r})")
 
 
-def kernel_entries(ns: str) -> int:
-    """Entries in the fe_conns map of the kernel path attached in namespace `ns` (read the way
-    an operator would: bpftool, from the program on eth0 to its maps)."""
-    def tool(*args, netns=None):
-        cmd = (["ip", "netns", "exec", netns] if netns else []) + ["bpftool", "-j", *args]
-        return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-    progs = [p["id"] for d in tool("net", "show", "dev", "eth0", netns=ns) for p in d.get("tc", [])
-             if p.get("name", "").startswith("frontend_ingres")]  # names are cut at 15
-    n = 0
-    for pid in progs:
-        for mid in tool("prog", "show", "id", str(pid)).get("map_ids", []):
-            if tool("map", "show", "id", str(mid)).get("name") == "fe_conns":
-                n += len(tool("map", "dump", "id", str(mid)))
-    return n
-
-
 def leftovers(tb) -> dict:
     """Offload entries, agent flows, front-end connections and kernel-path entries still held."""
-    st = tb.switch_stats()
-    out = {"switch_entries": st["installed"] + st["queue"]}
-    for b in tb.cfg.hosts.backends:
-        out[f"agent_{b.name}"] = tb.agent_stats(b.name)["flows"]
-    for f in tb.cfg.hosts.frontends:
-        m = tb.frontend_metrics(f.name)
-        out[f"fe_{f.name}"] = int(sum(m.get("connections", {}).values()))
-        out[f"fe_{f.name}_kernel"] = kernel_entries(tb.ns(f.name))
-    return out
+    return tb.leftovers()
 
 
 # ------------------------------------------------------------------ objects, byte-exact
@@ -238,7 +214,7 @@ def test_open_connection_is_held_by_the_kernel(lb):
         r.read()
         c.request("GET", "/obj/1k")
         assert sha(c.getresponse().read()) == k1
-        held = sum(kernel_entries(lb.ns(f.name)) for f in lb.cfg.hosts.frontends)
+        held = sum(lb.frontend_kernel_entries(f.name) for f in lb.cfg.hosts.frontends)
         c.close()
     assert held == 1
     wait_for(lambda: not any(leftovers(lb).values()), 10, "nothing left after the close")

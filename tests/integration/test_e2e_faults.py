@@ -23,15 +23,7 @@ def lb():
 
 
 def nginx_pids(tb, host: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", tb.ns(host)], capture_output=True, text=True).stdout.split()
-    pids = []
-    for p in map(int, out):
-        try:
-            if open(f"/proc/{p}/comm").read().strip() == "nginx":
-                pids.append(p)
-        except OSError:
-            pass
-    return pids
+    return tb.pids_of(host, "nginx")
 
 
 def whoami(tb, timeout=5) -> str:

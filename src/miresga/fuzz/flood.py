@@ -169,14 +169,7 @@ def _counters(tb) -> dict[str, int]:
 
 
 def _leftovers(tb) -> dict[str, int]:
-    st = tb.switch_stats()
-    out = {"switch_entries": st["installed"] + st["queue"]}
-    for b in tb.cfg.hosts.backends:
-        out[f"agent_{b.name}_flows"] = tb.agent_stats(b.name)["flows"]
-    for f in tb.cfg.hosts.frontends:
-        m = tb.frontend_metrics(f.name)
-        out[f"fe_{f.name}_connections"] = int(sum(m.get("connections", {}).values()))
-    return out
+    return tb.leftovers()
 
 
 def run(seconds: float, out_dir: Path, holders: int = 1000) -> dict:

@@ -38,18 +38,6 @@ def _rss_kb(pid: int) -> int | None:
     return None
 
 
-def _nginx_pids(ns: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-    pids = []
-    for p in map(int, out):
-        try:
-            if open(f"/proc/{p}/comm").read().strip() == "nginx":
-                pids.append(p)
-        except OSError:
-            pass
-    return pids
-
-
 class Soak:
     def __init__(self, tb, sample_s: float):
         self.tb, self.sample_s = tb, sample_s
@@ -93,7 +81,7 @@ class Soak:
     def kill_backend(self, name: str) -> None:
         tb = self.tb
         t = self.now()
-        for p in _nginx_pids(tb.ns(name)):
+        for p in tb.pids_of(name, "nginx"):
             os.kill(p, signal.SIGKILL)
         time.sleep(5)
         run = tb.run_dir / name

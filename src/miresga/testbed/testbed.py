@@ -214,6 +214,46 @@ class Testbed:
             for mp in m.maps.values():
                 mp.close()
 
+    def frontend_kernel_entries(self, name: str) -> int:
+        """Entries in the fe_conns map of the kernel path on a front-end's eth0, read the way an
+        operator would (bpftool: from the program on the interface to its maps)."""
+        def tool(*args: str, netns: str | None = None) -> Any:
+            cmd = (["ip", "netns", "exec", netns] if netns else []) + ["bpftool", "-j", *args]
+            return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        progs = [p["id"] for d in tool("net", "show", "dev", "eth0", netns=self.ns(name))
+                 for p in d.get("tc", []) if p.get("name", "").startswith("frontend_ingres")]  # names are cut at 15
+        n = 0
+        for pid in progs:
+            for mid in tool("prog", "show", "id", str(pid)).get("map_ids", []):
+                if tool("map", "show", "id", str(mid)).get("name") == "fe_conns":
+                    n += len(tool("map", "dump", "id", str(mid)))
+        return n
+
+    def leftovers(self) -> dict[str, int]:
+        """State still held anywhere: switch entries (installed or queued), agent flows, front-end
+        connections and kernel-path entries. All zero once every connection has ended."""
+        st = self.switch_stats()
+        out = {"switch_entries": st["installed"] + st["queue"]}
+        for b in self.cfg.hosts.backends:
+            out[f"agent_{b.name}"] = self.agent_stats(b.name)["flows"]
+        for f in self.cfg.hosts.frontends:
+            m = self.frontend_metrics(f.name)
+            out[f"fe_{f.name}"] = int(sum(m.get("connections", {}).values()))
+            out[f"fe_{f.name}_kernel"] = self.frontend_kernel_entries(f.name)
+        return out
+
+    def pids_of(self, host: str, comm: str) -> list[int]:
+        """Processes named `comm` in a host's namespace."""
+        out = subprocess.run(["ip", "netns", "pids", self.ns(host)], capture_output=True, text=True).stdout.split()
+        pids = []
+        for p in map(int, out):
+            try:
+                if open(f"/proc/{p}/comm").read().strip() == comm:
+                    pids.append(p)
+            except OSError:
+                pass
+        return pids
+
     def _wait_frontends(self, timeout: float) -> None:
         """Until every front-end is registered with the switch controller and holds buckets."""
         want = {f.name for f in self.cfg.hosts.frontends}
