@@ -7,46 +7,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from frontend_helpers import ACK, FIN, NOW, PSH, RST, SYN, Backend, Client, get, make_cfg, seq_add
-from miresga.frontend.engine import Engine, OffloadDelete, OffloadInsert, Send
+from miresga.frontend.engine import Engine, Send
 from miresga.frontend.segment import Segment
+from miresga.fuzz.engine_fuzz import FakeSwitch  # the controller's table, shared with the engine fuzz target
 
 CFG = make_cfg()
 PAYLOADS = [b"", get("/big/x")[:7], get("/big/x")[7:], get("/big/x"), get("/api/a"), get("/dl/f"),
             get("/a") + get("/api/b"), b"\x00\xffgarbage", b"X" * 700,
             b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\nxxxx", b"HTTP/1.1 200 OK\r\n\r\n"]
-
-
-class FakeSwitch:
-    """The offload table as the controller would keep it: inserts may be refused or queued."""
-
-    def __init__(self):
-        self.table: dict[tuple[int, int], int] = {}
-        self.queued: dict[tuple[int, int], tuple[int, int]] = {}   # key -> (backend, gen)
-        self.pending: list[tuple[int, int, int, str]] = []         # results not yet delivered
-
-    def apply(self, actions, mode: str):
-        for a in actions:
-            if isinstance(a, OffloadInsert):
-                key = (a.client_ip, a.client_port)
-                if mode == "full":
-                    st_ = "table_full"
-                elif key in self.table:
-                    st_ = "exists"
-                elif mode == "queue":
-                    self.queued[key] = (a.backend, a.gen)
-                    st_ = "queued"
-                else:
-                    self.table[key] = a.backend
-                    st_ = "ok"
-                self.pending.append((a.client_ip, a.client_port, a.gen, st_))
-            elif isinstance(a, OffloadDelete):
-                self.table.pop((a.client_ip, a.client_port), None)
-
-    def install_queued(self):
-        for key, (b, gen) in list(self.queued.items()):
-            self.table[key] = b
-            self.pending.append((key[0], key[1], gen, "installed"))
-        self.queued.clear()
 
 
 @st.composite
