@@ -203,8 +203,7 @@ class Engine:
         conn = self.conns.get(key)
         if conn is None:
             self._no_flow(seg, key, ev, now, out)
-            if self.kernel:
-                self._handover_key(key, out)
+            self._handover_key(key, out)
             return out
         if conn.kernel:
             # The adapter takes a connection back (take_back) before it gives us its segments;
@@ -224,8 +223,7 @@ class Engine:
         getattr(self, "_" + handler)(conn, seg, now, out)
         if conn.rtx is not None and conn.state is State.SPLICED:
             conn.deadline = min(conn.deadline, conn.rtx_at)
-        if self.kernel:
-            self._handover_key(key, out)
+        self._handover_key(key, out)
         return out
 
     def flush(self, now: float) -> list[Action]:
@@ -238,8 +236,7 @@ class Engine:
                 break
             del held[key]
             self._release_acks(conn, out)
-            if self.kernel:
-                self._handover_key(key, out)
+            self._handover_key(key, out)
         return out
 
     def next_flush(self) -> float | None:
@@ -272,8 +269,7 @@ class Engine:
         if waiting and self.conns.get(key) is conn and conn.offload not in (Offload.REQUESTED, Offload.QUEUED):
             # the request held for this entry goes now: on the fast path, or (refused) the slow one
             self._release_held(conn, out, now)  # type: ignore[arg-type]
-            if self.kernel:
-                self._handover_key(key, out)
+            self._handover_key(key, out)
         return out
 
     def _offload_result(self, client_ip: int, client_port: int, gen: int, status: str,
@@ -408,7 +404,7 @@ class Engine:
 
     def _handover_key(self, key: Key, out: list[Action]) -> None:
         conn = self.conns.get(key)
-        if conn is not None:
+        if conn is not None and self.kernel:
             self._handover(conn, out)
 
     def _handover(self, conn: Conn, out: list[Action], idle_s: float = 0.0) -> None:
@@ -418,7 +414,7 @@ class Engine:
         switch entry is installed: the switch carries its responses and ACKs, only its requests
         (which the engine routes) and its close reach us, so a hand-over would only add a
         take-back and a hand-over to each request."""
-        if (conn.kernel or conn.state not in (State.SPLICED, State.CLOSING) or conn.rtx is not None
+        if (not self.kernel or conn.kernel or conn.state not in (State.SPLICED, State.CLOSING) or conn.rtx is not None
                 or conn.holding or conn.ooo or conn.ack_held is not None or conn.backend is None
                 or conn.nxt is None or conn.offload is Offload.INSTALLED):
             return

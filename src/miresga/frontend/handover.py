@@ -54,7 +54,7 @@ class KernelEvent:
     to_client_bytes: int = 0
     seq: int = 0             # COPY: the segment's sequence number
     payload_len: int = 0     # COPY: its whole payload length
-    data: bytes = b""        # COPY: its first bytes (at most FE_COPY_MAX)
+    data: bytes = b""        # COPY: its first bytes (at most FE_COPY_MAX, bpf/frontend.h)
 
 
 @dataclass(slots=True)

@@ -19,7 +19,6 @@ from miresga.bpf import layouts as L
 from miresga.bpf.libbpf import BpfObject, Map, RingBuffer, TcAttachment, map_ops, object_path
 from miresga.frontend.handover import EvKind, Key, KernelEntry, KernelEvent
 
-FE_COPY_MAX = 1024
 _EV_SIZE = ctypes.sizeof(L.FeEvent)
 
 
@@ -115,9 +114,6 @@ class KernelMaps:
 
     def stats(self) -> dict[str, int]:
         return {s.name.lower(): self.stats_map.percpu_u64_sum(ctypes.c_uint32(s)) for s in FeStat}
-
-    def entries(self) -> int:
-        return sum(1 for _ in self.conns.keys())
 
     def close(self) -> None:
         self.ring.close()
