@@ -63,15 +63,9 @@ static __always_inline int relay(struct __sk_buff *skb, struct pkt *p, __u32 ip_
 			 : bounce(skb, p, FE_STAT_TO_BACKEND, FE_STAT_TO_BACKEND_BYTES);
 }
 
-/* Tell Python about the entry at key (no copy). */
-static __always_inline void report(__u32 kind, struct fe_key *key, struct fe_conn *e)
+/* An event about the entry at key, with the entry's state as it is now. */
+static __always_inline void fill_event(struct fe_event *ev, __u32 kind, struct fe_key *key, struct fe_conn *e)
 {
-	struct fe_event *ev = bpf_ringbuf_reserve(&fe_events, sizeof(*ev), 0);
-
-	if (!ev) {
-		fe_count(FE_STAT_EVENTS_LOST);
-		return;
-	}
 	ev->kind = kind;
 	ev->addr = key->addr;
 	ev->port = key->port;
@@ -82,6 +76,32 @@ static __always_inline void report(__u32 kind, struct fe_key *key, struct fe_con
 	ev->srv_end = e->srv_end;
 	ev->cli_nxt = e->cli_nxt;
 	ev->to_client_bytes = e->to_client_bytes;
+}
+
+/* Client -> back-end: the destination becomes the entry's back-end. */
+static __always_inline int to_backend(struct __sk_buff *skb, struct pkt *p, struct fe_conn *e)
+{
+	return relay(skb, p, offsetof(struct iphdr, daddr), p->ip->daddr, e->backend_ip, offsetof(struct tcphdr, dest),
+		     p->tcp->dest, e->backend_port, 0);
+}
+
+/* Back-end -> client: the source becomes VIP:port. */
+static __always_inline int to_client(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg)
+{
+	return relay(skb, p, offsetof(struct iphdr, saddr), p->ip->saddr, cfg->vip, offsetof(struct tcphdr, source),
+		     p->tcp->source, cfg->vport, 1);
+}
+
+/* Tell Python about the entry at key (no copy). */
+static __always_inline void report(__u32 kind, struct fe_key *key, struct fe_conn *e)
+{
+	struct fe_event *ev = bpf_ringbuf_reserve(&fe_events, sizeof(*ev), 0);
+
+	if (!ev) {
+		fe_count(FE_STAT_EVENTS_LOST);
+		return;
+	}
+	fill_event(ev, kind, key, e);
 	bpf_ringbuf_submit(ev, 0);
 }
 
@@ -107,15 +127,9 @@ static __always_inline void copy_response(struct __sk_buff *skb, struct pkt *p, 
 		fe_count(FE_STAT_EVENTS_LOST);
 		return;
 	}
-	c->h.kind = FE_EV_COPY;
-	c->h.addr = key->addr;
-	c->h.port = key->port;
+	fill_event(&c->h, FE_EV_COPY, key, e);
 	c->h.seq = seq;
 	c->h.payload_len = p->payload_len;
-	c->h.cli_ack = e->cli_ack;
-	c->h.srv_end = e->srv_end;
-	c->h.cli_nxt = e->cli_nxt;
-	c->h.to_client_bytes = e->to_client_bytes;
 	if (len < 1 || len > FE_COPY_MAX || bpf_skb_load_bytes(skb, p->l4_off + p->tcp_hlen, c->data, len)) {
 		len = 0;
 	}
@@ -139,14 +153,11 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, str
 	struct tcphdr *th = p->tcp;
 	__u8 f = TCP_FLAGS(th);
 	__u32 seq = bpf_ntohl(th->seq);
-	__u32 old_ip = p->ip->daddr, new_ip = e->backend_ip;
-	__u16 old_port = th->dest, new_port = e->backend_port;
 	int rc;
 
 	e->last_seen_ns = bpf_ktime_get_ns();
 	if (f & F_RST) {
-		rc = relay(skb, p, offsetof(struct iphdr, daddr), old_ip, new_ip, offsetof(struct tcphdr, dest),
-			   old_port, new_port, 0);
+		rc = to_backend(skb, p, e);
 		fe_count(FE_STAT_CLIENT_RST);
 		report(FE_EV_CLIENT_RST, key, e);
 		bpf_map_delete_elem(&fe_conns, key);
@@ -160,8 +171,7 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, str
 			e->cli_nxt = seq + 1;
 		} else if (e->cli_fin && seq + 1 == e->cli_nxt) {
 			/* A retransmission: relayed, and (as in the engine) its ack is not news. */
-			return relay(skb, p, offsetof(struct iphdr, daddr), old_ip, new_ip,
-				     offsetof(struct tcphdr, dest), old_port, new_port, 0);
+			return to_backend(skb, p, e);
 		} else {
 			return pass(FE_STAT_PASS_OTHER); /* out of order: the engine reassembles */
 		}
@@ -170,8 +180,7 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, str
 		e->cli_ack = bpf_ntohl(th->ack_seq);
 	if (f & F_FIN)
 		maybe_closing(key, e);
-	return relay(skb, p, offsetof(struct iphdr, daddr), old_ip, new_ip, offsetof(struct tcphdr, dest), old_port,
-		     new_port, 0);
+	return to_backend(skb, p, e);
 }
 
 /* A segment of the connection's back-end (service ip:port) to its client. */
@@ -181,14 +190,11 @@ static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, st
 	struct tcphdr *th = p->tcp;
 	__u8 f = TCP_FLAGS(th);
 	__u32 seq = bpf_ntohl(th->seq), end;
-	__u32 old_ip = p->ip->saddr;
-	__u16 old_port = th->source;
 	int rc;
 
 	e->last_seen_ns = bpf_ktime_get_ns();
 	if (f & F_RST) {
-		rc = relay(skb, p, offsetof(struct iphdr, saddr), old_ip, cfg->vip, offsetof(struct tcphdr, source),
-			   old_port, cfg->vport, 1);
+		rc = to_client(skb, p, cfg);
 		fe_count(FE_STAT_BACKEND_RST);
 		report(FE_EV_BACKEND_RST, key, e);
 		bpf_map_delete_elem(&fe_conns, key);
@@ -210,8 +216,7 @@ static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, st
 		e->srv_fin = 1;
 		maybe_closing(key, e);
 	}
-	return relay(skb, p, offsetof(struct iphdr, saddr), old_ip, cfg->vip, offsetof(struct tcphdr, source), old_port,
-		     cfg->vport, 1);
+	return to_client(skb, p, cfg);
 }
 
 SEC("tc")
