@@ -231,11 +231,13 @@ def test_spliced_requests_through_frontend_and_agent(system):
         assert hashlib.sha256(body).digest() == hashlib.sha256((www / name).read_bytes()).digest(), name
     st = srv.engine.stats
     assert st.requests_rule["default"] == 1 and st.requests_rule["big"] == 1
-    # the (refused) offload answer comes back through the worker thread: the download may finish first
+    # The refusal comes back through the worker thread; with the kernel path the 1 MB download
+    # can end (its close drops the request) before it does, and it is then a stale answer.
     end = time.monotonic() + 5
-    while not st.offload["refused_table_full"] and time.monotonic() < end:
+    while not (st.offload["refused_table_full"] + st.offload["stale_result"]) and time.monotonic() < end:
         time.sleep(0.05)
-    assert st.offload["requested"] == 1 and st.offload["refused_table_full"] == 1   # no switch: slow path
+    assert st.offload["requested"] == 1   # no switch: slow path
+    assert st.offload["refused_table_full"] + st.offload["stale_result"] == 1 and not st.offload["installed"]
     c = agent.counters()
     assert c["splice_syn"] == 2 and c["synack"] == 2
     # both connections end cleanly: no engine state, no agent flow
