@@ -19,7 +19,7 @@ from miresga import cookie
 from miresga.bpf.netns import in_netns, run
 from miresga.bpf.testrun import checksums_ok
 from miresga.switch.controller import home_assignment
-from miresga.switch.dataplane import SwitchDataplane, ports_for, vip_mac
+from miresga.switch.dataplane import SwitchDataplane, ports_for
 from miresga.switch.hashing import hash8
 
 pytestmark = pytest.mark.netns
@@ -242,18 +242,25 @@ def test_other_traffic_routed_by_the_switch(net):
     assert dp.maps.read_counters()["routed"] >= before + 4
 
 
-def test_arp_for_vip_answered_by_switch(net):
+def test_arp_for_gateway_answered_with_the_ports_own_mac_and_vip_not_at_all(net):
+    """The switch answers ARP for its gateway addresses with the MAC of the interface the kernel
+    gave that port (read, not derived); the VIP lies on no link and is routed, never ARPed."""
     tb, dp = net
     cfg = tb.cfg
     c = cfg.hosts.clients[0]
-    # ask from the client namespace (arping would need the VIP on-link; send the request raw)
     from scapy.layers.l2 import ARP
+
+    from miresga.neighbours import link_mac
+    port_mac = link_mac(c.interface, tb.ns_switch)
     cmac = ":".join(f"{b:02x}" for b in (2, 0x4D, *c.ip.packed))
-    req = Ether(src=cmac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=cmac, psrc=str(c.ip), pdst=str(cfg.vip.address))
-    cap = Capture(tb.ns("c1"))
-    try:
-        _send_from(tb.ns("c1"), bytes(req))
-        got = cap.packets(lambda p: ARP in p and p[ARP].op == 2 and p[ARP].psrc == str(cfg.vip.address))
-    finally:
-        cap.close()
-    assert got and got[0][0][ARP].hwsrc == vip_mac(cfg)
+    got = {}
+    for target in (str(c.gateway), str(cfg.vip.address)):
+        req = Ether(src=cmac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=cmac, psrc=str(c.ip), pdst=target)
+        cap = Capture(tb.ns("c1"))
+        try:
+            _send_from(tb.ns("c1"), bytes(req))
+            got[target] = cap.packets(lambda p: ARP in p and p[ARP].op == 2 and p[ARP].psrc == target)
+        finally:
+            cap.close()
+    assert got[str(c.gateway)] and got[str(c.gateway)][0][0][ARP].hwsrc == port_mac
+    assert not got[str(cfg.vip.address)]

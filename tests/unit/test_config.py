@@ -134,3 +134,52 @@ def test_rule_regex_must_compile(tmp_path, match, key):
     f.write_text(text)
     p = _cli("check-config", str(f))
     assert p.returncode != 0 and key in p.stderr and "regular expression" in p.stderr, p.stderr
+
+
+# --- real machines: interfaces, MACs, shared subnets, routers; lb and clients optional ----------
+
+REAL = """
+vip: {address: 203.0.113.10, port: 443}
+switch:
+  cookie: {secret: 0123456789abcdef0123}
+  control: {token: 0123456789abcdef0123}
+hosts:
+  frontends:
+    - {name: fe1, address: 10.1.0.11/24, interface: ens1f0, nic: ens5}
+  backends:
+    - {name: be1, address: 10.2.0.21/24, interface: ens1f1, mac: "52:54:00:aa:bb:01"}
+    - {name: be2, address: 10.2.0.22/24, interface: ens1f1}
+  routers:
+    - {name: up, address: 192.0.2.2/30, interface: ens2, gateway: 192.0.2.1, routes: [0.0.0.0/0]}
+rules:
+  - {name: all, pool: [be1, be2]}
+"""
+
+
+def test_real_machines_config():
+    cfg = parse_config(REAL)
+    assert cfg.hosts.clients == [] and cfg.hosts.lb is None
+    be1, be2 = cfg.hosts.backends
+    assert be1.address.network == be2.address.network
+    assert be1.gateway == be2.gateway == __import__("ipaddress").IPv4Address("10.2.0.1")
+    assert be1.mac == "52:54:00:aa:bb:01" and be2.mac == "auto" and cfg.hosts.frontends[0].nic == "ens5"
+    assert [str(r) for r in cfg.hosts.routers[0].routes] == ["0.0.0.0/0"]
+
+
+@pytest.mark.parametrize("edit,key", [
+    (('mac: "52:54:00:aa:bb:01"', 'mac: "52:54:00:aa:bb"'), "hosts.backends.0.mac"),
+    (("interface: ens1f0", "interface: 'eth 0'"), "hosts.frontends.0.interface"),
+    (("10.2.0.22/24, interface: ens1f1", "10.2.0.22/24, interface: ens1f2"), "share 10.2.0.0/24"),
+    (("10.2.0.22/24", "10.2.0.22/25"), "overlap"),
+    (("gateway: 192.0.2.1", "gateway: 192.0.2.9"), "hosts.routers.0"),
+    (("routes: [0.0.0.0/0]", "routes: []"), "hosts.routers.0.routes"),
+])
+def test_real_machines_errors_name_the_key(edit, key):
+    with pytest.raises(ConfigError) as e:
+        parse_config(REAL.replace(*edit, 1))
+    assert key in str(e.value)
+
+
+def test_check_config_missing_file_is_a_message_not_a_traceback(tmp_path):
+    p = _cli("check-config", str(tmp_path / "nope.yaml"))
+    assert p.returncode != 0 and "cannot read config" in p.stderr and "Traceback" not in p.stderr

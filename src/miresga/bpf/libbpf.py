@@ -70,6 +70,7 @@ for name, res, args in [
     ("bpf_program__fd", ctypes.c_int, [_P]),
     ("bpf_map__fd", ctypes.c_int, [_P]),
     ("bpf_map__set_max_entries", ctypes.c_int, [_P, ctypes.c_uint32]),
+    ("bpf_map__reuse_fd", ctypes.c_int, [_P, ctypes.c_int]),
     ("bpf_map__key_size", ctypes.c_uint32, [_P]),
     ("bpf_map__value_size", ctypes.c_uint32, [_P]),
     ("bpf_map__max_entries", ctypes.c_uint32, [_P]),
@@ -298,7 +299,10 @@ class Program:
 class BpfObject:
     """One compiled `.bpf.o`: open, optionally resize maps, load; close releases everything."""
 
-    def __init__(self, path: str | Path, max_entries: dict[str, int] | None = None):
+    def __init__(self, path: str | Path, max_entries: dict[str, int] | None = None,
+                 reuse: dict[str, "Map"] | None = None):
+        """`reuse`: maps of an earlier load (e.g. pinned) that this object's programs use instead of
+        creating their own, with their contents (a restart or an upgrade keeps the tables)."""
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: BPF object not built (run `make bpf`)")
@@ -312,6 +316,13 @@ class BpfObject:
                     raise KeyError(f"{self.path.name}: no map {name!r}")
                 if _lib.bpf_map__set_max_entries(m, n) != 0:
                     raise _err(f"resize {name}")
+            for name, old in (reuse or {}).items():
+                m = _lib.bpf_object__find_map_by_name(self._obj, name.encode())
+                if not m:
+                    raise KeyError(f"{self.path.name}: no map {name!r}")
+                rc = _lib.bpf_map__reuse_fd(m, old.fd)
+                if rc != 0:
+                    raise _err(f"reuse map {name}", rc)
             rc = _lib.bpf_object__load(self._obj)
             if rc != 0:
                 raise _err(f"load {self.path} (verifier log above)", rc)

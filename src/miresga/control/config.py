@@ -29,23 +29,53 @@ class Endpoint(Strict):
     port: int = Field(ge=1, le=65535)
 
 
+MAC_RE = r"^(auto|[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5})$"
+IFNAME_RE = r"^[A-Za-z0-9_.@-]{1,15}$"
+
+
 class Host(Strict):
     """One machine of the fabric: a namespace on the testbed, a real host elsewhere.
 
-    `address` carries its prefix; the switch's port toward this host holds the first address of
-    that network (the host's gateway).
+    `address` carries its prefix. `interface` is the switch's interface behind which the host
+    lies; `gateway` is the switch's address on that network (default: its first address), the
+    host's default route. `mac` is the host's MAC as the switch must write it: `auto` reads it from
+    the switch host's neighbour table (resolving it by ARP first). Several hosts may share one
+    network (same prefix, same interface and gateway).
     """
 
     name: str = Field(pattern=r"^[a-z][a-z0-9]{0,7}$")
     address: ipaddress.IPv4Interface
+    interface: str | None = Field(default=None, pattern=IFNAME_RE, description="the switch's interface "
+                                  "toward this host (the testbed fills in its veth, p-<name>)")
+    mac: str = Field(default="auto", pattern=MAC_RE, description="this host's MAC: auto = the switch host's "
+                     "neighbour table (ARP), or aa:bb:cc:dd:ee:ff")
+    nic: str = Field(default="eth0", pattern=IFNAME_RE, description="the host's own interface on the fabric "
+                     "(where a front-end or an agent attaches)")
+    gateway: ipaddress.IPv4Address = Field(
+        default=None, validate_default=False, description="the switch's address on this host's network "
+        "(default: the network's first address)")
 
     @property
     def ip(self) -> ipaddress.IPv4Address:
         return self.address.ip
 
-    @property
-    def gateway(self) -> ipaddress.IPv4Address:
-        return next(self.address.network.hosts())
+    @model_validator(mode="before")
+    @classmethod
+    def _default_gateway(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("gateway") is None and "address" in data:
+            try:
+                net = ipaddress.IPv4Interface(data["address"]).network
+                data = {**data, "gateway": str(next(net.hosts()))}
+            except (ValueError, StopIteration, TypeError):
+                pass  # the address's own error names the key
+        return data
+
+    @model_validator(mode="after")
+    def _gateway_on_link(self) -> "Host":
+        gw = self.gateway
+        if gw not in self.address.network or gw == self.ip:
+            raise ValueError(f"gateway {gw} must be another address of {self.address.network}")
+        return self
 
 
 class Backend(Host):
@@ -62,26 +92,49 @@ class LbHost(Host):
     haproxy_port: int = Field(default=81, ge=1, le=65535)
 
 
+class Router(Host):
+    """A next hop toward clients that are not directly attached (an upstream router): the switch
+    sends traffic for `routes` to it. `0.0.0.0/0` makes it the default route (clients anywhere)."""
+
+    routes: list[ipaddress.IPv4Network] = Field(min_length=1, description="destinations behind this router")
+
+
 class Hosts(Strict):
-    clients: list[Host] = Field(min_length=1)
+    clients: list[Host] = Field(default_factory=list, description="directly attached clients (optional: "
+                                "clients behind `routers` need no entry)")
     frontends: list[Host] = Field(min_length=1)
     backends: list[Backend] = Field(min_length=1)
-    lb: LbHost
+    routers: list[Router] = Field(default_factory=list)
+    lb: LbHost | None = Field(default=None, description="testbed/benchmark only: host of the peer LBs")
 
     def all(self) -> list[Host]:
-        return [*self.clients, *self.frontends, *self.backends, self.lb]
+        return [*self.clients, *self.frontends, *self.backends, *self.routers, *([self.lb] if self.lb else [])]
 
     @model_validator(mode="after")
     def _unique(self) -> "Hosts":
-        names = [h.name for h in self.all()]
+        hosts = self.all()
+        names = [h.name for h in hosts]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"host names must be unique, repeated: {sorted(dup)}")
-        nets = [h.address.network for h in self.all()]
-        for i, a in enumerate(nets):
-            for b in nets[i + 1:]:
-                if a.overlaps(b):
-                    raise ValueError(f"host networks overlap: {a} and {b}")
+        ips = [h.ip for h in hosts]
+        dup_ip = {str(a) for a in ips if ips.count(a) > 1}
+        if dup_ip:
+            raise ValueError(f"host addresses must be unique, repeated: {sorted(dup_ip)}")
+        # Hosts may share a network (several back-ends on one subnet) if they agree on it: same
+        # prefix, same switch interface, same gateway. Networks that only partly overlap are an error.
+        for i, a in enumerate(hosts):
+            for b in hosts[i + 1:]:
+                na, nb = a.address.network, b.address.network
+                if not na.overlaps(nb):
+                    continue
+                if na != nb:
+                    raise ValueError(f"host networks overlap: {a.name} {na} and {b.name} {nb}")
+                if a.interface != b.interface or a.gateway != b.gateway:
+                    raise ValueError(f"{a.name} and {b.name} share {na}: they need the same interface and "
+                                     f"gateway (have {a.interface}/{a.gateway} and {b.interface}/{b.gateway})")
+            if a.gateway in ips:
+                raise ValueError(f"{a.name}'s gateway {a.gateway} is another host's address")
         return self
 
 

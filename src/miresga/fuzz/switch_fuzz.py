@@ -38,7 +38,8 @@ from miresga.fuzz.mutate import Pools, mutate
 from miresga.fuzz.wire import (ACK, ETH_P_IP, FIN, PSH, RST, SYN, Layout, arp_frame, ip_residue, l3_frame,
                                l4_residue, tcp_fields, tcp_frame)
 from miresga.switch.controller import home_assignment
-from miresga.switch.dataplane import SwitchPort, _mac, fill_static_tables, guarded_ports, vip_mac
+from miresga.switch.dataplane import SwitchPort, fill_static_tables, guarded_ports
+from miresga.testbed.topology import host_mac, switch_port_mac
 from miresga.switch.hashing import hash8
 from miresga.switch.maps import HOP_INTERNAL, HOP_LOCAL, Counter, SwitchMaps, counter_names, drop_index, mac_bytes
 
@@ -65,8 +66,9 @@ class SwitchHarness(Harness):
     def __init__(self, cfg: Deployment, offload_max: int = 1024):
         super().__init__(cfg)
         hosts = cfg.hosts.all()
-        self.ports = [SwitchPort(h.name, f"p-{h.name}", FIRST_IFINDEX + i, _mac(0x53, h.gateway), _mac(0x4D, h.ip),
-                                 h.address) for i, h in enumerate(hosts)]
+        # MACs as the testbed sets them (the harness has no interfaces to read them from)
+        self.ports = [SwitchPort(h.name, f"p-{h.name}", FIRST_IFINDEX + i, switch_port_mac(h.gateway), host_mac(h.ip),
+                                 h.address, h.gateway) for i, h in enumerate(hosts)]
         self.by_if = {p.ifindex: p for p in self.ports}
         self.by_host = {p.host: p for p in self.ports}
         self.obj = BpfObject(object_path("switch"), max_entries={"sw_offload": offload_max})
@@ -85,7 +87,6 @@ class SwitchHarness(Harness):
     def _setup_model(self, cfg: Deployment) -> None:
         clients = {h.name for h in cfg.hosts.clients}
         self.vip, self.vport = ip_int(cfg.vip.address), cfg.vip.port
-        self.vip_mac = mac_bytes(vip_mac(cfg))
         routes = []
         for p in self.ports:
             net = p.address.network
@@ -94,7 +95,7 @@ class SwitchHarness(Harness):
             routes.append((ip_int(p.gateway), 0xFFFFFFFF, 32, p.ifindex, HOP_LOCAL))
         self.routes = sorted(routes, key=lambda r: -r[2])
         self.gateways = {ip_int(p.gateway): mac_bytes(p.port_mac) for p in self.ports}
-        self.arp_targets = {self.vip: self.vip_mac, **self.gateways}
+        self.arp_targets = dict(self.gateways)  # never the VIP: it is routed, not on a link
         self.backends = [(ip_int(b.ip), b.port, self.by_host[b.name].ifindex) for b in cfg.hosts.backends]
         self.backend_src = {(ip, port): i for i, (ip, port, _) in enumerate(self.backends)}
         self.buckets = [self.by_host[n].ifindex for n in home_assignment([f.name for f in cfg.hosts.frontends])]

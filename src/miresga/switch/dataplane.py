@@ -1,66 +1,98 @@
-"""Load the switch data plane (build/bpf/switch.bpf.o) into a switch namespace, fill its tables
-from the config, attach it to TC ingress of every port, and remove exactly that on close.
+"""Load the switch data plane (build/bpf/switch.bpf.o), fill its tables from the config, attach
+it to TC ingress of every port, and remove exactly that on close.
 
-    ports = ports_for(cfg, "mgab12-sw")           # naming/MAC conventions of the testbed
+    ports = ports_for(cfg, "mgab12-sw")      # interfaces from the config, MACs from the kernel
     with SwitchDataplane(cfg, "mgab12-sw", ports) as dp:
-        ...                                        # dp.maps: typed table access (SwitchMaps)
+        ...                                   # dp.maps: typed table access (SwitchMaps)
 
 The maps are pinned (default: /sys/fs/bpf/miresga/switch/<netns>/) so that the controller
-(`miresga switch`) can run in another process; `open_pinned(netns)` gives them back.
+(`miresga switch`) can run in another process; `open_pinned(netns)` gives them back. A data plane
+found pinned is *adopted*: a new program is loaded on the same maps, the configuration tables are
+reconciled with the config (what changed is written, what went is removed, offloaded connections
+stay), and it replaces the old program on every port in one step; `close(keep=True)` leaves the
+data plane running for the next start.
 """
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
+import logging
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from miresga import cookie
-from miresga.bpf.libbpf import BpfObject, Map, TcAttachment, ensure_bpffs, object_path
+from miresga.bpf.layouts import BackendEntry
+from miresga.bpf.libbpf import BpfError, BpfObject, Map, TcAttachment, ensure_bpffs, object_path
 from miresga.bpf.netns import ifindex as ns_ifindex
-from miresga.control.config import Deployment
+from miresga.control.config import Deployment, Host
+from miresga.neighbours import NeighbourError, link_mac, resolve
 from miresga.switch.controller import home_assignment
-from miresga.switch.maps import HOP_INTERNAL, HOP_LOCAL, HOP_VALID, SW_F_TRACE, SwitchMaps, hop
+from miresga.switch.maps import (BACKENDS, HOP_INTERNAL, HOP_LOCAL, HOP_VALID, SW_F_TRACE, SwitchMaps, hop)
 from miresga.switch.profiles import profile_from_config
+
+log = logging.getLogger("miresga.switch")
 
 PIN_BASE = Path("/sys/fs/bpf/miresga/switch")
 MAP_NAMES = ("sw_config", "sw_keys", "sw_arp", "sw_backend_src", "sw_offload", "sw_buckets", "sw_backends", "sw_routes",
              "sw_counters", "sw_trace", "sw_guarded_ports", "sw_ctl_peers")
+# Tables that are a function of the config alone: on adoption they are made equal to it.
+CONFIG_TABLES = ("sw_arp", "sw_backend_src", "sw_routes", "sw_guarded_ports", "sw_ctl_peers")
 SWITCH_PRIORITY = 10  # after anything at priority 1 that passes packets on (e.g. per-port counters)
+
+
+class PortError(Exception):
+    """A host's switch port that cannot be set up; the message names the config key."""
 
 
 @dataclass(frozen=True)
 class SwitchPort:
-    """One port of the switch host, facing one host of the fabric."""
+    """One host of the fabric as the switch reaches it."""
 
     host: str                          # host name in the config
-    ifname: str                        # switch-side interface, p-<host>
+    ifname: str                        # switch-side interface (hosts.*.interface)
     ifindex: int                       # in the switch namespace
     port_mac: str                      # MAC of the switch-side interface
-    host_mac: str                      # MAC of the host's interface behind it
+    host_mac: str                      # MAC of the host (configured or from the neighbour table)
     address: ipaddress.IPv4Interface   # the host's address with its prefix (from the config)
-
-    @property
-    def gateway(self) -> ipaddress.IPv4Address:
-        return next(self.address.network.hosts())
+    gateway: ipaddress.IPv4Address     # the switch's address on that network
 
 
-def _mac(prefix: int, ip: ipaddress.IPv4Address) -> str:
-    return ":".join(f"{b:02x}" for b in (0x02, prefix, *ip.packed))
+def host_keys(cfg: Deployment) -> Iterator[tuple[str, Host]]:
+    """(dotted config key, host) of every host, for messages that name the key."""
+    for section in ("clients", "frontends", "backends", "routers"):
+        for i, h in enumerate(getattr(cfg.hosts, section)):
+            yield f"hosts.{section}.{i}", h
+    if cfg.hosts.lb is not None:
+        yield "hosts.lb", cfg.hosts.lb
 
 
-def vip_mac(cfg: Deployment) -> str:
-    return _mac(0x53, cfg.vip.address)
-
-
-def ports_for(cfg: Deployment, netns: str | None) -> list[SwitchPort]:
-    """Ports by the testbed's conventions (p-<host>; host 02:4d:<ip>, port 02:53:<gateway>)."""
-    out = []
-    for h in cfg.hosts.all():
-        name = f"p-{h.name}"
-        out.append(SwitchPort(h.name, name, ns_ifindex(netns, name), _mac(0x53, h.gateway), _mac(0x4D, h.ip),
-                              h.address))
+def ports_for(cfg: Deployment, netns: str | None, resolve_timeout: float = 3.0) -> list[SwitchPort]:
+    """The switch port of every host: the interface named in the config, its MAC read from the
+    kernel, and the host's MAC as configured or, for `mac: auto`, from the switch host's neighbour
+    table (resolved by ARP if missing)."""
+    out, errors = [], []
+    for key, h in host_keys(cfg):
+        if h.interface is None:
+            errors.append(f"{key}.interface: not set (the switch's interface toward {h.name})")
+            continue
+        try:
+            idx = ns_ifindex(netns, h.interface)
+            port_mac = link_mac(h.interface, netns)
+            host_mac = h.mac if h.mac != "auto" else resolve(str(h.ip), h.interface, netns, resolve_timeout)
+        except OSError:
+            errors.append(f"{key}.interface: no interface {h.interface!r} on the switch host"
+                          + (f" (namespace {netns})" if netns else ""))
+            continue
+        except NeighbourError as e:
+            errors.append(f"{key}.mac: {h.name} ({h.ip}): {e}; or set its MAC in the config")
+            continue
+        out.append(SwitchPort(h.name, h.interface, idx, port_mac, host_mac.lower(), h.address, h.gateway))
+    if errors:
+        raise PortError("\n".join(errors))
     return out
 
 
@@ -80,13 +112,12 @@ def fill_static_tables(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort
     maps.set_config(vip=str(cfg.vip.address), vport=cfg.vip.port, key=(key.k0, key.k1), mss=sw.mss,
                     wscale=sw.window_scale, sack=sw.sack, bucket_seconds=sw.cookie.bucket_seconds,
                     flags=SW_F_TRACE if trace else 0)
-    maps.set_arp(str(cfg.vip.address), vip_mac(cfg))
-    clients = {h.name for h in cfg.hosts.clients}
+    # The VIP is never ARPed for: it lies outside every attached network (the config checks), so
+    # clients and routers reach it through a gateway or a route to the switch.
+    for route, h in static_routes(cfg, ports):
+        maps.set_route(route, h)
     for p in ports:
         maps.set_arp(str(p.gateway), p.port_mac)
-        flags = HOP_VALID if p.host in clients else HOP_VALID | HOP_INTERNAL
-        maps.set_route(p.address.network, hop(p.ifindex, p.port_mac, p.host_mac, flags))
-        maps.set_route(f"{p.gateway}/32", hop(p.ifindex, p.port_mac, p.host_mac, HOP_VALID | HOP_LOCAL))
     for i, b in enumerate(cfg.hosts.backends):
         p = by_host[b.name]
         maps.set_backend(i, str(b.ip), b.port, hop(p.ifindex, p.port_mac, p.host_mac))
@@ -99,6 +130,34 @@ def fill_static_tables(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort
     for b, name in enumerate(home_assignment(names)):
         p = by_host[name]
         maps.set_bucket(b, hop(p.ifindex, p.port_mac, p.host_mac))
+
+
+def static_routes(cfg: Deployment, ports: list[SwitchPort]) -> list[tuple[ipaddress.IPv4Network, object]]:
+    """The routing table: every host by its /32 (its own MAC), every attached network (to its one
+    host; to the kernel when several share it, or none is listed there), every gateway to the
+    kernel, every router's destinations to the router. Clients and routers are outside the fabric;
+    the rest is internal (never "to client")."""
+    outside = {h.name for h in (*cfg.hosts.clients, *cfg.hosts.routers)}
+    by_host = {p.host: p for p in ports}
+    routes: dict[ipaddress.IPv4Network, object] = {}
+    per_net: dict[ipaddress.IPv4Network, list[SwitchPort]] = {}
+    for p in ports:
+        flags = HOP_VALID if p.host in outside else HOP_VALID | HOP_INTERNAL
+        per_net.setdefault(p.address.network, []).append(p)
+        routes[ipaddress.IPv4Network(f"{p.address.ip}/32")] = hop(p.ifindex, p.port_mac, p.host_mac, flags)
+        routes[ipaddress.IPv4Network(f"{p.gateway}/32")] = hop(p.ifindex, p.port_mac, p.host_mac,
+                                                               HOP_VALID | HOP_LOCAL)
+    for net, ps in per_net.items():
+        p = ps[0]
+        flags = HOP_VALID if p.host in outside else HOP_VALID | HOP_INTERNAL
+        if len(ps) > 1:
+            flags |= HOP_LOCAL  # addresses not listed: the switch host's kernel forwards (ARP)
+        routes.setdefault(net, hop(p.ifindex, p.port_mac, p.host_mac, flags))
+    for r in cfg.hosts.routers:
+        p = by_host[r.name]
+        for net in r.routes:
+            routes.setdefault(net, hop(p.ifindex, p.port_mac, p.host_mac, HOP_VALID))
+    return list(routes.items())
 
 
 def guarded_ports(cfg: Deployment) -> list[int]:
@@ -114,45 +173,78 @@ def frontend_hops(cfg: Deployment, ports: list[SwitchPort]) -> dict:
 
 
 class SwitchDataplane:
-    """Context manager: load, fill, attach on every port; close detaches, unpins and unloads."""
+    """Context manager: load (or adopt a pinned data plane), fill, attach on every port; close
+    detaches, unpins and unloads, or with keep=True leaves it running for the next start."""
 
     def __init__(self, cfg: Deployment, netns: str | None, ports: list[SwitchPort], *, trace: bool = False,
-                 pin_dir: Path | None | bool = True):
+                 pin_dir: Path | None | bool = True, adopt: bool = False):
+        """`adopt`: a data plane pinned at `pin_dir` is taken over (see the module doc) instead of
+        refused; `self.adopted` says which happened, `self.reconciled` what changed."""
         self.cfg, self.netns, self.ports = cfg, netns, list(ports)
         self.attachments: list[TcAttachment] = []
         self.pin_dir = default_pin_dir(netns) if pin_dir is True else (pin_dir or None)
         self._pinned = False
+        self.adopted = False
+        self.reconciled: dict[str, int] = {}
         capacity = profile_from_config(cfg.switch).capacity
-        self.obj = BpfObject(object_path("switch"), max_entries={"sw_offload": capacity})
+        old = None
+        if self.pin_dir and self.pin_dir.exists():
+            if not adopt:
+                raise FileExistsError(f"{self.pin_dir}: a switch data plane is already loaded for {netns}")
+            old = PinnedMaps(self.pin_dir)
+            pinned_capacity = old.map("sw_offload").max_entries
+            if pinned_capacity != capacity:
+                old.close()
+                raise AdoptError(f"the running data plane's offload table holds {pinned_capacity} entries, the "
+                                 f"config asks for {capacity}: a table cannot be resized in place; `miresga switch "
+                                 "unload` first (offloaded connections fall back to the slow path)")
         try:
+            try:
+                self.obj = BpfObject(object_path("switch"), max_entries={"sw_offload": capacity},
+                                     reuse={n: old.map(n) for n in MAP_NAMES} if old else None)
+            except BpfError as e:
+                if old is None:
+                    raise
+                raise AdoptError(f"cannot load the new program on the running data plane's maps ({e}): their "
+                                 "layout changed; `miresga switch unload` first") from None
             self.maps = SwitchMaps(self.obj)
-            fill_static_tables(self.maps, cfg, self.ports, trace)
-            if self.pin_dir:
-                ensure_bpffs()
-                if self.pin_dir.exists():
-                    raise FileExistsError(f"{self.pin_dir}: a switch data plane is already loaded for {netns}")
+            if old is not None:
+                self.adopted = True
                 self._pinned = True
-                for name in MAP_NAMES:
-                    self.obj.map(name).pin(self.pin_dir / name)
+                self.reconciled = reconcile(self.maps, cfg, self.ports, trace)
+            else:
+                fill_static_tables(self.maps, cfg, self.ports, trace)
+                if self.pin_dir:
+                    ensure_bpffs()
+                    self._pinned = True
+                    for name in MAP_NAMES:
+                        self.obj.map(name).pin(self.pin_dir / name)
             prog = self.obj.program("switch_ingress")
             for p in self.ports:
-                self.attachments.append(TcAttachment(netns, p.ifindex, "ingress", prog, priority=SWITCH_PRIORITY))
+                # replace: an adopted data plane's old program gives way in one step, per port
+                self.attachments.append(TcAttachment(netns, p.ifindex, "ingress", prog, priority=SWITCH_PRIORITY,
+                                                     replace=self.adopted))
         except BaseException:
-            self.close()
+            self.close(keep=self.adopted)
             raise
+        finally:
+            if old is not None:
+                old.close()
 
     @property
     def frontend_hops(self) -> dict:
         return frontend_hops(self.cfg, self.ports)
 
-    def close(self) -> None:
-        for a in reversed(self.attachments):
-            a.detach()
+    def close(self, keep: bool = False) -> None:
+        """`keep`: leave the program attached and the maps pinned (a restart adopts them)."""
+        if not keep:
+            for a in reversed(self.attachments):
+                a.detach()
+            if self._pinned and self.pin_dir:
+                shutil.rmtree(self.pin_dir, ignore_errors=True)
         self.attachments.clear()
-        if self._pinned and self.pin_dir:
-            shutil.rmtree(self.pin_dir, ignore_errors=True)
-            self._pinned = False
-        if self.obj is not None:
+        self._pinned = False
+        if getattr(self, "obj", None) is not None:
             self.obj.close()
             self.obj = None
 
@@ -161,6 +253,102 @@ class SwitchDataplane:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def detach_switch(netns: str | None, ifname: str) -> bool:
+    """Remove the switch program from `ifname`'s TC ingress if it is there (and only it)."""
+    import ctypes as C
+    import json
+    import subprocess
+
+    from miresga.bpf import libbpf as lb
+    try:
+        idx = ns_ifindex(netns, ifname)
+    except OSError:
+        return False
+    hook = lb._TcHook(sz=C.sizeof(lb._TcHook), ifindex=idx, attach_point=lb.BPF_TC_INGRESS)
+    opts = lb._TcOpts(sz=C.sizeof(lb._TcOpts), handle=1, priority=SWITCH_PRIORITY)
+    with lb.in_netns(netns):
+        if lb._lib.bpf_tc_query(C.byref(hook), C.byref(opts)) != 0:
+            return False
+    p = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(opts.prog_id)], capture_output=True, text=True)
+    if p.returncode != 0 or json.loads(p.stdout or "{}").get("name") != "switch_ingress":
+        return False
+    return lb.tc_detach_if(netns, idx, "ingress", 1, SWITCH_PRIORITY, opts.prog_id)
+
+
+class AdoptError(Exception):
+    """A pinned data plane that this start cannot take over; the message says what to do."""
+
+
+class _Recorder:
+    """Duck-types a Map: keeps the writes (key -> value) that fill_static_tables makes."""
+
+    def __init__(self, m: Map):
+        self.key_size, self.value_size, self.name = m.key_size, m.value_size, m.name
+        self.writes: dict[bytes, bytes] = {}
+
+    def update(self, key, value, flags: int = 0) -> None:
+        self.writes[bytes(key)] = bytes(value)
+
+
+class _RecordingObject:
+    def __init__(self, real: BpfObject):
+        self.recorders = {n: _Recorder(real.map(n)) for n in MAP_NAMES}
+
+    def map(self, name: str) -> _Recorder:
+        return self.recorders[name]
+
+
+def reconcile(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort], trace: bool = False) -> dict[str, int]:
+    """Make the configuration tables of a running data plane equal to what `cfg` gives, leaving
+    the offload table and the counters alone, except offload entries of a back-end slot that now
+    names another back-end (they would reach the wrong server). The buckets are the controller's
+    (it writes them at start). Returns the number of entries written or removed per table."""
+    rec = _RecordingObject(maps.obj)
+    fill_static_tables(SwitchMaps(rec), cfg, ports, trace)
+    changed: dict[str, int] = {}
+    for name in CONFIG_TABLES:
+        real, want = maps.obj.map(name), rec.recorders[name].writes
+        n = 0
+        for k in list(real.keys()):
+            if k not in want:
+                real.delete(k)
+                n += 1
+        for k, v in want.items():
+            if real.lookup(k) != v:
+                real.update(k, v)
+                n += 1
+        changed[name] = n
+    # Back-end slots: a slot whose ip:port changed loses its offloaded connections.
+    want = rec.recorders["sw_backends"].writes
+    stale, n = set(), 0
+    for i in range(BACKENDS):
+        k = struct.pack("=I", i)
+        cur = maps.backends.lookup(k)
+        new = want.get(k, bytes(ctypes.sizeof(BackendEntry)))
+        if cur == new:
+            continue
+        if cur is not None:
+            a, b = BackendEntry.from_buffer_copy(cur), BackendEntry.from_buffer_copy(new)
+            if (a.ip, a.port) != (b.ip, b.port) and a.ip:
+                stale.add(i)
+        maps.backends.update(k, new)
+        n += 1
+    changed["sw_backends"] = n
+    dropped = 0
+    if stale:
+        for (ip, port), e in list(maps.offload_items()):
+            if e.backend in stale:
+                maps.offload_delete(ip, port)
+                dropped += 1
+    changed["sw_offload (back-end changed)"] = dropped
+    # Config slot: VIP, TCP options, trace flag; the controller rotates the cookie key from here.
+    for name in ("sw_config", "sw_keys"):
+        for k, v in rec.recorders[name].writes.items():
+            maps.obj.map(name).update(k, v)
+    log.info("adopted the running data plane: %s", ", ".join(f"{k} {v}" for k, v in changed.items()))
+    return changed
 
 
 class PinnedMaps:

@@ -25,7 +25,7 @@ from miresga.control.certs import make_pki
 from miresga.control.config import Deployment, demo_secrets, load_config
 from miresga.testbed.objects import CACHE, CatalogObject, ensure_catalog
 from miresga.testbed.services import backend_nginx_conf, haproxy_conf, lb_nginx_conf
-from miresga.testbed.topology import Topology, build_topology, new_instance_id
+from miresga.testbed.topology import Topology, build_topology, new_instance_id, port_iface
 
 RUN_ROOT = Path(os.environ.get("MIRESGA_RUN", "/run/miresga"))
 PIN_ROOT = Path("/sys/fs/bpf/miresga")
@@ -337,7 +337,22 @@ def instance_config(cfg: Deployment, run_dir: Path) -> Deployment:
     control = sw.control.model_copy(update={
         **({"token": secrets.token_hex(32)} if "switch.control.token" in demo else {}),
         "tls_dir": run_dir / "pki"})
-    return cfg.model_copy(update={"switch": sw.model_copy(update={"cookie": cookie_cfg, "control": control})})
+    cfg = cfg.model_copy(update={"switch": sw.model_copy(update={"cookie": cookie_cfg, "control": control})})
+    return with_testbed_ports(cfg)
+
+
+def with_testbed_ports(cfg: Deployment) -> Deployment:
+    """The testbed as a user of the general config: every host's switch interface is the veth the
+    testbed makes for it (p-<host>, unless the config names one); MACs stay `auto` (the switch reads
+    them from its namespace's neighbour table, which the testbed fills)."""
+    if cfg.hosts.lb is None or not cfg.hosts.clients:
+        raise ValueError("the testbed needs hosts.lb (the peers' host) and at least one of hosts.clients")
+    d = cfg.model_dump(mode="json")
+    for section, hosts in d["hosts"].items():
+        for h in (hosts if isinstance(hosts, list) else [hosts]):
+            if h is not None and not h.get("interface"):
+                h["interface"] = port_iface(h["name"])
+    return Deployment.model_validate(d)
 
 
 def _is_zombie(pid: int) -> bool:

@@ -29,6 +29,11 @@ def switch_port_mac(gateway: ipaddress.IPv4Address) -> str:
     return mac_for(0x53, gateway)
 
 
+def port_iface(host: str) -> str:
+    """The testbed's name for the switch's veth toward `host` (hosts.*.interface in its config)."""
+    return f"p-{host}"
+
+
 def new_instance_id() -> str:
     return secrets.token_hex(2)
 
@@ -84,7 +89,7 @@ def build_topology(cfg: Deployment, instance: str) -> Topology:
     def node(role: str, h: Host) -> Node:
         gw = h.gateway
         return Node(role, h.name, ns_name(instance, h.name), HOST_IFACE, h.address, host_mac(h.ip),
-                    f"p-{h.name}", gw, switch_port_mac(gw))
+                    h.interface or port_iface(h.name), gw, switch_port_mac(gw))
 
     nodes = [*(node("client", h) for h in cfg.hosts.clients),
              *(node("frontend", h) for h in cfg.hosts.frontends),
