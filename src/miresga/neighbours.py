@@ -18,7 +18,7 @@ USABLE = {"PERMANENT", "REACHABLE", "STALE", "DELAY", "PROBE", "NOARP"}
 DISCARD_PORT = 9
 
 
-class NeighbourError(Exception):
+class NeighbourError(OSError):
     """A MAC the kernel does not know (and could not learn in time)."""
 
 

@@ -9,6 +9,7 @@ import ctypes.util
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -36,6 +37,8 @@ def _enter_netns(name: str | None) -> None:
 
 def _switch(args: argparse.Namespace) -> int:
     cfg = load_config_or_exit(args.config)
+    if args.unload:
+        return _unload(args, cfg)
     why = demo_refusal(cfg, "miresga switch")
     if why:
         print(why, file=sys.stderr)
@@ -58,25 +61,31 @@ def _switch(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _enter_netns(args.netns)
     from miresga.metrics import Endpoint
-    from miresga.switch.dataplane import SwitchDataplane, default_pin_dir, frontend_hops, open_pinned, ports_for
+    from miresga.switch.dataplane import AdoptError, PortError, SwitchDataplane, default_pin_dir, frontend_hops, ports_for
     from miresga.switch.metrics import SwitchMetrics
     from miresga.switch.server import ControlPlane, ControlServer, MapTables, internal_addresses
 
     pin_dir = default_pin_dir(args.netns)
-    ports = ports_for(cfg, None)
-    dp = pinned = None
-    if (pin_dir / "sw_config").exists():
-        maps, pinned = open_pinned(args.netns, pin_dir)
-        how = f"data plane already loaded (maps at {pin_dir})"
+    try:
+        ports = ports_for(cfg, None)
+        dp = SwitchDataplane(cfg, None, ports, pin_dir=pin_dir, adopt=True)
+    except (PortError, AdoptError) as e:
+        print(f"miresga switch: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # bpffs, the object file, the kernel refusing the program
+        print(f"miresga switch: cannot load the data plane: {e}", file=sys.stderr)
+        return 2
+    if dp.adopted:
+        changed = {k: v for k, v in dp.reconciled.items() if v}
+        how = (f"running data plane adopted on {len(ports)} ports (maps at {pin_dir}; offloaded connections kept; "
+               f"changed from config: {', '.join(f'{k} {v}' for k, v in changed.items()) or 'nothing'})")
     else:
-        dp = SwitchDataplane(cfg, None, ports, pin_dir=pin_dir)
-        maps = dp.maps
         how = f"data plane loaded on {len(ports)} ports"
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        cp = ControlPlane(cfg, MapTables(maps, frontend_hops(cfg, ports)), dead_after_s=args.dead_after)
+        cp = ControlPlane(cfg, MapTables(dp.maps, frontend_hops(cfg, ports)), dead_after_s=args.dead_after)
         sw = cfg.switch
         with ControlServer(cp, args.listen or internal_addresses(cfg), tls=tls) as srv, \
                 Endpoint(SwitchMetrics(cp), sw.metrics_port, str(sw.metrics_address)):
@@ -88,10 +97,26 @@ def _switch(args: argparse.Namespace) -> int:
         print(f"miresga switch: {e}", file=sys.stderr)
         return 2
     finally:
-        if dp is not None:
-            dp.close()
-        if pinned is not None:
-            pinned.close()
+        dp.close(keep=args.keep_dataplane)
+        if args.keep_dataplane:
+            print(f"miresga switch: stopped; data plane left running (maps at {pin_dir}): the next start "
+                  "adopts it, `miresga switch --unload` removes it", flush=True)
+    return 0
+
+
+def _unload(args: argparse.Namespace, cfg) -> int:
+    """Remove a data plane left running by --keep-dataplane (or by a killed switch)."""
+    from miresga.switch.dataplane import default_pin_dir, detach_switch
+    pin_dir = default_pin_dir(args.netns)
+    done = [i for i in sorted({h.interface for h in cfg.hosts.all() if h.interface})
+            if detach_switch(args.netns, i)]
+    had_pins = pin_dir.exists()
+    shutil.rmtree(pin_dir, ignore_errors=True)
+    if not done and not had_pins:
+        print("miresga switch --unload: no data plane found", file=sys.stderr)
+        return 1
+    print(f"miresga switch: data plane removed from {', '.join(sorted(set(done))) or 'no port'}"
+          + (f"; {pin_dir} unpinned" if had_pins else ""))
     return 0
 
 
@@ -146,6 +171,10 @@ def register(sub) -> None:
     p.add_argument("--dead-after", type=float, default=3.0, help="seconds without heartbeat before a front-end is out")
     p.add_argument("--insecure-control", action="store_true",
                    help="serve the control API without TLS (token only) when switch.control.tls_dir is unset")
+    p.add_argument("--keep-dataplane", action="store_true",
+                   help="on stop, leave the data plane forwarding (offloaded connections keep flowing); the next "
+                        "start adopts it and applies the config's changes (systemd units use this)")
+    p.add_argument("--unload", action="store_true", help="remove a data plane left running and exit")
     p.set_defaults(func=_switch)
     s = sub.add_parser("status", help="switch table occupancy, queue, counters, front-ends")
     s.add_argument("--config", help="deployment config (default: built-in)")

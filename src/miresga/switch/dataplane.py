@@ -83,12 +83,12 @@ def ports_for(cfg: Deployment, netns: str | None, resolve_timeout: float = 3.0) 
             idx = ns_ifindex(netns, h.interface)
             port_mac = link_mac(h.interface, netns)
             host_mac = h.mac if h.mac != "auto" else resolve(str(h.ip), h.interface, netns, resolve_timeout)
+        except NeighbourError as e:
+            errors.append(f"{key}.mac: {h.name} ({h.ip}): {e}; or set its MAC in the config")
+            continue
         except OSError:
             errors.append(f"{key}.interface: no interface {h.interface!r} on the switch host"
                           + (f" (namespace {netns})" if netns else ""))
-            continue
-        except NeighbourError as e:
-            errors.append(f"{key}.mac: {h.name} ({h.ip}): {e}; or set its MAC in the config")
             continue
         out.append(SwitchPort(h.name, h.interface, idx, port_mac, host_mac.lower(), h.address, h.gateway))
     if errors:
@@ -343,10 +343,13 @@ def reconcile(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort], trace:
                 maps.offload_delete(ip, port)
                 dropped += 1
     changed["sw_offload (back-end changed)"] = dropped
-    # Config slot: VIP, TCP options, trace flag; the controller rotates the cookie key from here.
-    for name in ("sw_config", "sw_keys"):
-        for k, v in rec.recorders[name].writes.items():
-            maps.obj.map(name).update(k, v)
+    # Config slot: VIP, TCP options, trace flag. The cookie keys stay (the controller rotates
+    # them); the slot in use is kept, so a handshake in flight keeps its key.
+    from miresga.bpf.layouts import SwConfig
+    k0 = struct.pack("=I", 0)
+    c = SwConfig.from_buffer_copy(rec.recorders["sw_config"].writes[k0])
+    c.key_slot = maps.get_config().key_slot
+    maps.config.update(k0, c)
     log.info("adopted the running data plane: %s", ", ".join(f"{k} {v}" for k, v in changed.items()))
     return changed
 

@@ -164,7 +164,7 @@ class Testbed:
         make_pki(self.cfg.switch.control.tls_dir, self.cfg.switch.name, [f.name for f in self.cfg.hosts.frontends])
         conf = self.run_dir / "config.yaml"
         _write_private(conf, yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
-        self._spawn("switch", ["switch", "--config", str(conf), "--netns", self.ns_switch])
+        self._spawn("switch", self.switch_argv())
         self._wait_log("switch", "control API on port", 20)
         for b in self.cfg.hosts.backends:
             self._spawn(f"agent-{b.name}", ["agent", "run", "--iface", "eth0", "--netns", self.ns(b.name),
@@ -179,11 +179,30 @@ class Testbed:
         self._save()
         self._log(f"Miresga up: VIP {self.cfg.vip.address}:{self.cfg.vip.port}")
 
-    def _wait_log(self, key: str, marker: str, timeout: float) -> None:
+    def switch_argv(self) -> list[str]:
+        """The switch's command line, as docs/deploy.md's unit runs it: a stop leaves the data plane
+        forwarding, the next start adopts it (teardown removes its pins with the namespaces)."""
+        return ["switch", "--config", str(self.run_dir / "config.yaml"), "--netns", self.ns_switch,
+                "--keep-dataplane"]
+
+    def restart_switch(self, timeout: float = 20.0) -> float:
+        """Stop `miresga switch` (SIGTERM) and start it again, as `systemctl restart` would;
+        returns the seconds its control API was away."""
+        pid = self.state["procs"]["switch"]
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        _wait_gone(pid, 10.0)
+        log_file = self.run_dir / "switch.log"
+        offset = log_file.stat().st_size if log_file.exists() else 0
+        self._spawn("switch", self.switch_argv())
+        self._wait_log("switch", "control API on port", timeout, offset)
+        return time.monotonic() - t0
+
+    def _wait_log(self, key: str, marker: str, timeout: float, offset: int = 0) -> None:
         f = self.run_dir / f"{key}.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = f.read_text(errors="replace") if f.exists() else ""
+            text = f.read_text(errors="replace")[offset:] if f.exists() else ""
             if marker in text:
                 return
             pid = self.state["procs"][key]
