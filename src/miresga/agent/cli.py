@@ -14,16 +14,34 @@ import threading
 
 from miresga.agent.manager import AgentManager, AgentSettings, pin_dir
 from miresga.agent.metrics import AgentMetrics
+from miresga.bpf.netns import ifindex
 from miresga.control.config import ConfigError, load_config
 from miresga.metrics import Endpoint
 
 
 def _config(args: argparse.Namespace):
+    """The config, with --backend checked and --iface defaulted to that back-end's nic; or None
+    after a message."""
     try:
-        return load_config(args.config)
+        cfg = load_config(args.config)
     except ConfigError as e:
         print(f"invalid config:\n{e}", file=sys.stderr)
         return None
+    except OSError as e:
+        print(f"agent: cannot read config: {e}", file=sys.stderr)
+        return None
+    names = [b.name for b in cfg.hosts.backends]
+    if args.backend is not None and args.backend not in names:
+        print(f"agent: --backend {args.backend}: no such back-end in hosts.backends (have: {', '.join(names)})",
+              file=sys.stderr)
+        return None
+    if args.iface is None:
+        if args.backend is None:
+            print("agent: give --iface, or --backend NAME to use that back-end's hosts.backends.*.nic",
+                  file=sys.stderr)
+            return None
+        args.iface = cfg.backend(args.backend).nic
+    return cfg
 
 
 def _settings(args: argparse.Namespace) -> AgentSettings | None:
@@ -49,6 +67,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     s = AgentSettings.from_config(cfg, args.backend)
     a = cfg.agent
+    try:
+        ifindex(args.netns, args.iface)
+    except OSError:
+        print(f"agent: no interface {args.iface!r}" + (f" in namespace {args.netns}" if args.netns else ""),
+              file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -67,6 +91,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _pinned(args: argparse.Namespace) -> AgentManager | None:
+    if args.iface is None and _config(args) is None:
+        return None
     try:
         return AgentManager.from_pins(args.netns, args.iface)
     except FileNotFoundError as e:
@@ -120,7 +146,7 @@ def register(subparsers) -> None:
                               ("stats", _stats, "print the agent's counters as JSON"),
                               ("sweep", _sweep, "remove flows idle longer than the timeout")]:
         c = sub.add_parser(name, help=help_)
-        c.add_argument("--iface", required=True)
+        c.add_argument("--iface", default=None, help="the back-end's fabric interface (default: --backend's nic)")
         c.add_argument("--netns", default=None)
         c.add_argument("--config", default=None, help="deployment YAML (default: built-in)")
         c.add_argument("--backend", default=None, help="back-end name whose service port to translate "

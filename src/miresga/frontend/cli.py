@@ -34,8 +34,10 @@ def _status(args: argparse.Namespace, cfg) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_config_or_exit(args.config)
-    if not any(h.name == args.name for h in cfg.hosts.frontends):
-        print(f"no front-end named {args.name!r} in the config", file=sys.stderr)
+    host = next((h for h in cfg.hosts.frontends if h.name == args.name), None)
+    if host is None:
+        print(f"miresga frontend: no front-end named {args.name!r} in hosts.frontends (have: "
+              f"{', '.join(h.name for h in cfg.hosts.frontends)})", file=sys.stderr)
         return 2
     if args.status:
         return _status(args, cfg)
@@ -57,11 +59,20 @@ def _run(args: argparse.Namespace) -> int:
     faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>`: every thread's stack to stderr
     from miresga.bpf.netns import in_netns
     from miresga.frontend.server import FrontendServer, ServerOptions
-    opts = ServerOptions(name=args.name, iface=args.iface, gateway_mac=args.gateway_mac,
+    opts = ServerOptions(name=args.name, iface=args.iface or host.nic, gateway_mac=args.gateway_mac,
                          switch_address="" if args.no_switch else args.switch, health=not args.no_health)
     # Threads started inside the block inherit the namespace; the whole process lives there.
+    from miresga.neighbours import NeighbourError
     with in_netns(args.netns):
-        server = FrontendServer(cfg, opts)
+        try:
+            server = FrontendServer(cfg, opts)
+        except NeighbourError as e:
+            print(f"miresga frontend: the switch's MAC (gateway {host.gateway} on {opts.iface}): {e}; or pass "
+                  "--gateway-mac", file=sys.stderr)
+            return 2
+        except OSError as e:   # the interface missing, no permission for packet sockets or BPF
+            print(f"miresga frontend: {opts.iface}: {e}", file=sys.stderr)
+            return 2
 
         def stop(*_):
             server.stop.set()
@@ -77,8 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="deployment config (default: built-in)")
     p.add_argument("--name", required=True, help="front-end name from hosts.frontends")
     p.add_argument("--netns", help="network namespace to run in (the host's)")
-    p.add_argument("--iface", default="eth0")
-    p.add_argument("--gateway-mac", help="MAC of the switch port (default: 02:53:<gateway ip>)")
+    p.add_argument("--iface", help="fabric interface (default: the front-end's hosts.frontends.*.nic, eth0)")
+    p.add_argument("--gateway-mac", help="MAC of the switch port (default: the neighbour table's, ARP)")
     p.add_argument("--switch", help="switch controller host:port (default: gateway:control.port)")
     p.add_argument("--no-switch", action="store_true", help="no controller: everything on the slow path")
     p.add_argument("--no-health", action="store_true", help="no active health checks")

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from miresga import cookie
+from miresga import cookie, neighbours
 from miresga.control.config import Deployment
 from miresga.frontend.engine import Engine, Send
 from miresga.frontend.handover import KernelCheck, KernelHandover, KernelRemove
@@ -30,11 +30,6 @@ from miresga.frontend.metrics import MetricsPublisher
 from miresga.frontend.switch_link import NoSwitch, OffloadWorker
 
 log = logging.getLogger("miresga.frontend")
-
-
-def switch_port_mac(gateway: str) -> str:
-    """Convention of the testbed (and of our switch): the port facing a host has 02:53:<gateway ip>."""
-    return ":".join(f"{b:02x}" for b in (0x02, 0x53, *map(int, gateway.split("."))))
 
 
 # ---------------------------------------------------------------------- kernel guard
@@ -121,7 +116,8 @@ class FrontendServer:
         try:
             if opts.guard:
                 install_kernel_guard(str(host.ip), opts.iface)
-            self.io = PacketIO(opts.iface, opts.gateway_mac or switch_port_mac(str(host.gateway)),
+            gw_mac = opts.gateway_mac or neighbours.resolve(str(host.gateway), opts.iface)  # the switch port's
+            self.io = PacketIO(opts.iface, gw_mac,
                                filter_spec=(str(cfg.vip.address), cfg.vip.port, backends),
                                checksum=cfg.frontend.checksum)
             if cfg.frontend.kernel_path:
