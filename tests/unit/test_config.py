@@ -183,3 +183,23 @@ def test_real_machines_errors_name_the_key(edit, key):
 def test_check_config_missing_file_is_a_message_not_a_traceback(tmp_path):
     p = _cli("check-config", str(tmp_path / "nope.yaml"))
     assert p.returncode != 0 and "cannot read config" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (["agent", "run", "--backend", "be9"], "--backend be9: no such back-end"),
+    (["agent", "run"], "give --iface, or --backend"),
+    (["switch", "--config", "/nonexistent/miresga.yaml"], "cannot read config"),
+    (["frontend", "--config", "/nonexistent/miresga.yaml", "--name", "fe1"], "cannot read config"),
+    (["frontend", "--name", "fe9"], "no front-end named 'fe9'"),
+])
+def test_daemons_fail_with_a_message_not_a_traceback(args, words):
+    p = _cli(*args)
+    assert p.returncode != 0 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_bad_mac_names_the_key(tmp_path):
+    f = tmp_path / "cfg.yaml"
+    f.write_text(DEFAULT_CONFIG.read_text().replace("{name: be2, address: 10.0.5.2/24,",
+                                                    "{name: be2, address: 10.0.5.2/24, mac: 02:00:zz:00:00:01,"))
+    p = _cli("switch", "--config", str(f))
+    assert p.returncode != 0 and "hosts.backends.1.mac" in p.stderr and "Traceback" not in p.stderr, p.stderr
