@@ -19,17 +19,24 @@ from miresga.control.config import load_config
 pytestmark = pytest.mark.netns
 
 
-def restart_config():
-    cfg = load_config()
+def restart_config(path=None):
+    cfg = load_config(path)
     # a 100 ms insert latency (a real switch's driver): a 100 MB download goes to the fast path early
     sw = cfg.switch.model_copy(update={"profile": "tofino", "batch_latency_ms": 100.0})
     return cfg.model_copy(update={"switch": sw})
 
 
-@pytest.fixture(scope="module")
-def lb():
-    from miresga.testbed import Testbed
-    with Testbed(restart_config(), lb="miresga") as tb:
+@pytest.fixture(scope="module", params=["classic", "realistic"])
+def lb(request):
+    """Both layouts: the classic one, and the realistic one (kernel MACs, back-ends on one
+    subnet behind one switch port, the client two hops away behind the upstream router)."""
+    if request.param == "realistic":
+        from miresga.testbed.realistic import REALISTIC_CONFIG, RealisticTestbed
+        tb = RealisticTestbed(restart_config(REALISTIC_CONFIG), lb="miresga")
+    else:
+        from miresga.testbed import Testbed
+        tb = Testbed(restart_config(), lb="miresga")
+    with tb:
         yield tb
 
 

@@ -220,9 +220,9 @@ class SwitchDataplane:
                     for name in MAP_NAMES:
                         self.obj.map(name).pin(self.pin_dir / name)
             prog = self.obj.program("switch_ingress")
-            for p in self.ports:
+            for ifx in dict.fromkeys(p.ifindex for p in self.ports):   # hosts may share an interface
                 # replace: an adopted data plane's old program gives way in one step, per port
-                self.attachments.append(TcAttachment(netns, p.ifindex, "ingress", prog, priority=SWITCH_PRIORITY,
+                self.attachments.append(TcAttachment(netns, ifx, "ingress", prog, priority=SWITCH_PRIORITY,
                                                      replace=self.adopted))
         except BaseException:
             self.close(keep=self.adopted)

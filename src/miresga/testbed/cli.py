@@ -24,9 +24,15 @@ def _pick_instance(name: str | None) -> str | None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    cfg = load_config_or_exit(args.config, status=1)
-    tb = Testbed(cfg, instance=args.name, switch=args.switch, verbose=True,
-                 lb=None if args.lb == "none" else args.lb)
+    cls = Testbed
+    if args.layout == "realistic":
+        from miresga.testbed.realistic import REALISTIC_CONFIG, RealisticTestbed as cls
+    cfg = load_config_or_exit(args.config or (REALISTIC_CONFIG if args.layout == "realistic" else None), status=1)
+    try:
+        tb = cls(cfg, instance=args.name, switch=args.switch, verbose=True, lb=None if args.lb == "none" else args.lb)
+    except ValueError as e:
+        print(f"testbed up: {e}", file=sys.stderr)
+        return 1
     tb.up()
     # The servers keep running after this command exits; `down` removes them.
     print(f"testbed {tb.instance} is up (namespaces mg{tb.instance}-*); `miresga testbed down --name {tb.instance}`")
@@ -76,6 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "none: only hosts, back-ends and peers")
     up.add_argument("--switch", choices=["kernel", "ebpf"], default="kernel",
                     help="with --lb none: how the switch host forwards")
+    up.add_argument("--layout", choices=["classic", "realistic"], default="classic",
+                    help="classic (default): one veth per host, MACs derived from addresses; realistic: hosts as "
+                         "docs/deploy.md builds them (kernel MACs and ARP, back-ends on one subnet, clients behind "
+                         "an upstream router, a management network, components started from deploy/systemd)")
     up.set_defaults(func=_up)
     down = ts.add_parser("down", help="remove a testbed instance")
     down.add_argument("--name")

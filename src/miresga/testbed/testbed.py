@@ -42,8 +42,8 @@ class Testbed:
                  verbose: bool = False, lb: str | None = None):
         self.instance = instance or new_instance_id()
         self.run_dir = RUN_ROOT / self.instance
-        self.cfg = instance_config(cfg or load_config(), self.run_dir)
-        self.topo: Topology = build_topology(self.cfg, self.instance)
+        self.cfg = self._instance_config(cfg or load_config())
+        self.topo: Topology = self._topology()
         self.lb = lb  # "miresga": the eBPF switch, its controller, agents and front-ends run too
         self.switch_mode = "ebpf" if lb == "miresga" else switch
         self.verbose = verbose
@@ -51,7 +51,15 @@ class Testbed:
         self.objects: list[CatalogObject] = []
         self._closers: list = []  # in-process resources (BPF objects, attachments) to release
         self.state: dict[str, Any] = {"instance": self.instance, "namespaces": [], "pids": {},
-                                      "switch": self.switch_mode, "lb": lb, "vip": None}
+                                      "switch": self.switch_mode, "lb": lb, "vip": None, "layout": self.layout}
+
+    layout = "classic"
+
+    def _instance_config(self, cfg: Deployment) -> Deployment:
+        return with_testbed_ports(instance_config(cfg, self.run_dir))
+
+    def _topology(self) -> Topology:
+        return build_topology(self.cfg, self.instance)
 
     # ---------- naming ----------
     def ns(self, host: str) -> str:
@@ -164,39 +172,53 @@ class Testbed:
         make_pki(self.cfg.switch.control.tls_dir, self.cfg.switch.name, [f.name for f in self.cfg.hosts.frontends])
         conf = self.run_dir / "config.yaml"
         _write_private(conf, yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
-        self._spawn("switch", self.switch_argv())
+        self._spawn("switch", self.miresga_argv("switch"))
         self._wait_log("switch", "control API on port", 20)
         for b in self.cfg.hosts.backends:
-            self._spawn(f"agent-{b.name}", ["agent", "run", "--iface", "eth0", "--netns", self.ns(b.name),
-                                            "--config", str(conf), "--backend", b.name])
+            self._spawn(f"agent-{b.name}", self.miresga_argv("agent", b.name))
         for b in self.cfg.hosts.backends:
             self._wait_log(f"agent-{b.name}", "agent running", 20)
         for f in self.cfg.hosts.frontends:
-            self._spawn(f"frontend-{f.name}", ["frontend", "--config", str(conf), "--name", f.name,
-                                               "--netns", self.ns(f.name)])
+            self._spawn(f"frontend-{f.name}", self.miresga_argv("frontend", f.name))
         self._wait_frontends(30)
         self.state["vip"] = {"address": str(self.cfg.vip.address), "port": self.cfg.vip.port}
         self._save()
         self._log(f"Miresga up: VIP {self.cfg.vip.address}:{self.cfg.vip.port}")
 
-    def switch_argv(self) -> list[str]:
-        """The switch's command line, as docs/deploy.md's unit runs it: a stop leaves the data plane
-        forwarding, the next start adopts it (teardown removes its pins with the namespaces)."""
-        return ["switch", "--config", str(self.run_dir / "config.yaml"), "--netns", self.ns_switch,
-                "--keep-dataplane"]
+    def miresga_argv(self, unit: str, name: str | None = None) -> list[str]:
+        """The command line (after `miresga`) of the switch, agent `name` or front-end `name`. The
+        switch runs as docs/deploy.md's unit runs it: a stop leaves the data plane forwarding, the
+        next start adopts it (teardown removes its pins with the namespaces)."""
+        conf = str(self.run_dir / "config.yaml")
+        if unit == "switch":
+            return ["switch", "--config", conf, "--netns", self.ns_switch, "--keep-dataplane"]
+        if unit == "agent":
+            return ["agent", "run", "--iface", "eth0", "--netns", self.ns(name), "--config", conf, "--backend", name]
+        return ["frontend", "--config", conf, "--name", name, "--netns", self.ns(name)]
 
-    def restart_switch(self, timeout: float = 20.0) -> float:
-        """Stop `miresga switch` (SIGTERM) and start it again, as `systemctl restart` would;
-        returns the seconds its control API was away."""
-        pid = self.state["procs"]["switch"]
-        t0 = time.monotonic()
+    def stop_process(self, key: str) -> None:
+        """Stop one of our processes as systemctl does (SIGTERM, then wait)."""
+        pid = self.state["procs"][key]
         os.kill(pid, signal.SIGTERM)
         _wait_gone(pid, 10.0)
-        log_file = self.run_dir / "switch.log"
-        offset = log_file.stat().st_size if log_file.exists() else 0
-        self._spawn("switch", self.switch_argv())
-        self._wait_log("switch", "control API on port", timeout, offset)
+
+    def start_process(self, key: str, argv: list[str], marker: str, timeout: float = 20.0) -> None:
+        """Start `argv` as process `key` and wait until it logs `marker`."""
+        log_file = self.run_dir / f"{key}.log"
+        offset = len(log_file.read_text(errors="replace")) if log_file.exists() else 0
+        self._spawn(key, argv)
+        self._wait_log(key, marker, timeout, offset)
+
+    def restart(self, key: str, argv: list[str], marker: str, timeout: float = 20.0) -> float:
+        """Stop and start again; returns the seconds until it logged `marker` again."""
+        t0 = time.monotonic()
+        self.stop_process(key)
+        self.start_process(key, argv, marker, timeout)
         return time.monotonic() - t0
+
+    def restart_switch(self, timeout: float = 20.0) -> float:
+        """`systemctl restart miresga-switch`; returns the seconds its control API was away."""
+        return self.restart("switch", self.miresga_argv("switch"), "control API on port", timeout)
 
     def _wait_log(self, key: str, marker: str, timeout: float, offset: int = 0) -> None:
         f = self.run_dir / f"{key}.log"
@@ -356,8 +378,7 @@ def instance_config(cfg: Deployment, run_dir: Path) -> Deployment:
     control = sw.control.model_copy(update={
         **({"token": secrets.token_hex(32)} if "switch.control.token" in demo else {}),
         "tls_dir": run_dir / "pki"})
-    cfg = cfg.model_copy(update={"switch": sw.model_copy(update={"cookie": cookie_cfg, "control": control})})
-    return with_testbed_ports(cfg)
+    return cfg.model_copy(update={"switch": sw.model_copy(update={"cookie": cookie_cfg, "control": control})})
 
 
 def with_testbed_ports(cfg: Deployment) -> Deployment:
@@ -472,8 +493,11 @@ def running_instances() -> list[str]:
 def load_instance(instance: str) -> Testbed:
     state = json.loads((RUN_ROOT / instance / "state.json").read_text())
     from miresga.control.config import Deployment
-    tb = Testbed(Deployment.model_validate(state["config"]), instance=instance, switch=state.get("switch", "kernel"),
-                 lb=state.get("lb"))
+    cls = Testbed
+    if state.get("layout") == "realistic":
+        from miresga.testbed.realistic import RealisticTestbed as cls
+    tb = cls(Deployment.model_validate(state["config"]), instance=instance, switch=state.get("switch", "kernel"),
+             lb=state.get("lb"))
     tb.state = state
     return tb
 
@@ -484,19 +508,19 @@ def describe(cfg: Deployment, topo: Topology, objects: list[CatalogObject], pin_
     from miresga.bpf.counters import read_counters
     roles: dict[str, list[str]] = {"client": [], "switch": [topo.switch_netns], "frontend": [], "backend": [], "lb": []}
     for n in topo.nodes:
-        roles[n.role].append(n.netns)
+        roles.setdefault(n.role, []).append(n.netns)
     lb = cfg.hosts.lb
     b0 = cfg.hosts.backends[0]
+    peers = {"direct": {"address": str(b0.ip), "port": b0.direct_port}}
+    if lb is not None:
+        peers.update({"nginx": {"address": str(lb.ip), "port": lb.nginx_port},
+                      "haproxy": {"address": str(lb.ip), "port": lb.haproxy_port}})
     return {
         "instance": topo.instance,
         "namespaces": roles,
         "vip": vip,
         "rules": ([r.model_dump(mode="json", exclude_defaults=False) for r in cfg.rules] if vip else []),
-        "peers": {
-            "direct": {"address": str(b0.ip), "port": b0.direct_port},
-            "nginx": {"address": str(lb.ip), "port": lb.nginx_port},
-            "haproxy": {"address": str(lb.ip), "port": lb.haproxy_port},
-        },
+        "peers": peers,
         "backends": [{"name": b.name, "namespace": topo.node(b.name).netns, "address": str(b.ip),
                       "port": b.port, "direct_port": b.direct_port} for b in cfg.hosts.backends],
         "objects": [{"path": o.path, "size": o.size, "sha256": o.sha256} for o in objects],
