@@ -20,8 +20,8 @@ from miresga.control.config import load_config
 pytestmark = pytest.mark.netns
 
 
-def e2e_config():
-    cfg = load_config()
+def e2e_config(path=None):
+    cfg = load_config(path)
     # Offload inserts take 300 ms (a slow switch driver), so large downloads start on the slow path
     # and move to the fast path part-way; silent clients are cut after 2 s.
     sw = cfg.switch.model_copy(update={"profile": "tofino", "batch_latency_ms": 300.0})
@@ -29,10 +29,20 @@ def e2e_config():
     return cfg.model_copy(update={"switch": sw, "frontend": fe})
 
 
-@pytest.fixture(scope="module")
-def lb():
+def layout_testbed(layout: str, config=lambda path=None: load_config(path)):
+    """A testbed running Miresga on `layout`: classic (one veth per host, derived MACs) or
+    realistic (docs/deploy.md's hosts: kernel MACs, shared back-end subnet, the client two hops
+    away behind an upstream router, components started from the systemd units)."""
+    if layout == "realistic":
+        from miresga.testbed.realistic import REALISTIC_CONFIG, RealisticTestbed
+        return RealisticTestbed(config(REALISTIC_CONFIG), lb="miresga")
     from miresga.testbed import Testbed
-    with Testbed(e2e_config(), lb="miresga") as tb:
+    return Testbed(config(), lb="miresga")
+
+
+@pytest.fixture(scope="module", params=["classic", "realistic"])
+def lb(request):
+    with layout_testbed(request.param, e2e_config) as tb:
         yield tb
 
 
@@ -271,8 +281,8 @@ def test_keepalive_small_requests_offloaded_after_n_requests(lb):
 def test_100mb_with_loss_and_reordering(lb):
     from miresga.testbed.impair import Impairment
     o = objects(lb)[100 << 20]
-    # both directions of the client's link: its eth0 and the switch port facing it
-    with Impairment(lb.ns("c1"), "eth0") as up, Impairment(lb.ns_switch, "p-c1") as down:
+    # both directions of the client's link: its eth0 and the far end (switch port, or upstream router)
+    with Impairment(lb.ns("c1"), "eth0") as up, Impairment(*lb.client_link_peer("c1")) as down:
         p = curl(lb, f"http://{vip(lb)[0]}/download/100m", timeout=170)
         hits = (up.counts(), down.counts())
     assert p.returncode == 0, p.stderr

@@ -10,15 +10,14 @@ import time
 
 import pytest
 
-from test_e2e import curl, objects, sha, wait_for
+from test_e2e import curl, layout_testbed, objects, sha, wait_for
 
 pytestmark = pytest.mark.netns
 
 
-@pytest.fixture(scope="module")
-def lb():
-    from miresga.testbed import Testbed
-    with Testbed(lb="miresga") as tb:
+@pytest.fixture(scope="module", params=["classic", "realistic"])
+def lb(request):
+    with layout_testbed(request.param) as tb:
         yield tb
 
 

@@ -80,6 +80,9 @@ class RealisticTestbed(Testbed):
             return [*unit_argv("miresga-switch.service", conf), "--netns", self.ns_switch]
         return [*unit_argv(f"miresga-{unit}@.service", conf, name), "--netns", self.ns(name)]
 
+    def client_link_peer(self, client: str = "c1") -> tuple[str, str]:
+        return self.ns(self.topo.by_role("router")[0].name), "eth1"   # the router's client-side interface
+
     @property
     def mgmt(self) -> dict[str, ipaddress.IPv4Address]:
         """Management address of every host (the switch's too)."""

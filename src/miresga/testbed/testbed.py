@@ -216,6 +216,10 @@ class Testbed:
         self.start_process(key, argv, marker, timeout)
         return time.monotonic() - t0
 
+    def client_link_peer(self, client: str = "c1") -> tuple[str, str]:
+        """(namespace, interface) at the far end of a client's link: the switch port facing it."""
+        return self.ns_switch, self.topo.node(client).port_iface
+
     def restart_switch(self, timeout: float = 20.0) -> float:
         """`systemctl restart miresga-switch`; returns the seconds its control API was away."""
         return self.restart("switch", self.miresga_argv("switch"), "control API on port", timeout)
