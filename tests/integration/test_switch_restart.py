@@ -112,15 +112,18 @@ def test_restart_during_short_connections(lb):
     assert res["errors"] == []
 
 
-def test_adoption_applies_config_changes_and_keeps_the_rest():
+def test_adoption_applies_config_changes_and_keeps_the_rest(tmp_path):
     """A data plane left running, then adopted under a changed config: a back-end that changed its
-    address loses its offloaded connections, the others keep theirs; routes follow the config."""
-    from miresga.switch.dataplane import PIN_BASE, SwitchDataplane, ports_for
+    address loses its offloaded connections, the others keep theirs; routes follow the config.
+    `miresga switch --unload` then removes what was left running."""
+    import yaml
+
+    from miresga.switch.dataplane import SwitchDataplane, default_pin_dir, ports_for
     from miresga.testbed import Testbed
     with Testbed() as tb:
         cfg, sw = tb.cfg, tb.ns_switch
-        pins = PIN_BASE / f"test-adopt-{tb.instance}"
-        dp = SwitchDataplane(cfg, sw, ports_for(cfg, sw), pin_dir=pins)
+        pins = default_pin_dir(sw)
+        dp = SwitchDataplane(cfg, sw, ports_for(cfg, sw))
         try:
             assert dp.maps.offload_insert("10.0.1.2", 40000, 0) == 0   # on be1
             assert dp.maps.offload_insert("10.0.1.2", 40001, 1) == 0   # on be2
@@ -129,7 +132,7 @@ def test_adoption_applies_config_changes_and_keeps_the_rest():
             d = cfg.model_dump(mode="json")
             d["hosts"]["backends"][1]["port"] = 8081
             new = type(cfg).model_validate(d)
-            dp = SwitchDataplane(new, sw, ports_for(new, sw), pin_dir=pins, adopt=True)
+            dp = SwitchDataplane(new, sw, ports_for(new, sw), adopt=True)
             assert dp.adopted
             assert dp.maps.offload_get("10.0.1.2", 40000) is not None
             assert dp.maps.offload_get("10.0.1.2", 40001) is None
@@ -140,6 +143,17 @@ def test_adoption_applies_config_changes_and_keeps_the_rest():
             be = cfg.hosts.backends[2]
             r = tb.run("c1", "curl", "-sf", "-m", "5", f"http://{be.ip}:{be.direct_port}/whoami")
             assert r.stdout.strip() == be.name
-        finally:
+            dp.close(keep=True)
+        except BaseException:
             dp.close()
+            raise
+        f = tmp_path / "cfg.yaml"
+        f.write_text(yaml.safe_dump(new.model_dump(mode="json")))
+        p = subprocess.run([sys.executable, "-m", "miresga.control.cli", "switch", "--config", str(f), "--netns", sw,
+                            "--unload"], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
         assert not pins.exists()
+        for h in cfg.hosts.all():
+            filters = subprocess.run(["ip", "netns", "exec", sw, "tc", "filter", "show", "dev", h.interface, "ingress"],
+                                     capture_output=True, text=True).stdout
+            assert "switch_ingress" not in filters, (h.interface, filters)

@@ -75,12 +75,13 @@ def _switch(args: argparse.Namespace) -> int:
     except OSError as e:  # bpffs, the object file, the kernel refusing the program
         print(f"miresga switch: cannot load the data plane: {e}", file=sys.stderr)
         return 2
+    where = f"{len(dp.attachments)} interfaces ({len(ports)} hosts)"
     if dp.adopted:
         changed = {k: v for k, v in dp.reconciled.items() if v}
-        how = (f"running data plane adopted on {len(ports)} ports (maps at {pin_dir}; offloaded connections kept; "
+        how = (f"running data plane adopted on {where} (maps at {pin_dir}; offloaded connections kept; "
                f"changed from config: {', '.join(f'{k} {v}' for k, v in changed.items()) or 'nothing'})")
     else:
-        how = f"data plane loaded on {len(ports)} ports"
+        how = f"data plane loaded on {where}"
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
