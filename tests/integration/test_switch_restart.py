@@ -72,6 +72,35 @@ def test_restart_during_offloaded_100mb_download(lb):
     print(f"switch control API away {away:.2f} s during the download")
 
 
+def test_agent_restart_during_offloaded_100mb_download(lb):
+    """The agent of the back-end serving a download restarts (as its unit does: kept attached,
+    adopted): every segment of the download still gets its sequence translation."""
+    o = _object(lb, 100 << 20)
+    curl = subprocess.Popen(["ip", "netns", "exec", lb.ns("c1"), "curl", "-s", "--max-time", "60", "--limit-rate",
+                             "25M", f"http://{lb.cfg.vip.address}/download/100m"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out: dict = {}
+    reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), curl.communicate())))
+    reader.start()
+    try:
+        deadline = time.monotonic() + 10
+        serving = []
+        while not serving:
+            assert time.monotonic() < deadline, "no agent holds the download's flow"
+            serving = [b.name for b in lb.cfg.hosts.backends if lb.agent_stats(b.name)["flows"] > 0]
+            time.sleep(0.1)
+        name = serving[0]
+        before = lb.agent_stats(name)["translations"]
+        lb.restart(f"agent-{name}", lb.miresga_argv("agent", name), "agent running")
+        log = (lb.run_dir / f"agent-{name}.log").read_text()
+        assert "running agent adopted" in log, log[-500:]
+    finally:
+        reader.join(70)
+    assert curl.returncode == 0, out.get("stderr")
+    assert len(out["stdout"]) == o["size"] and hashlib.sha256(out["stdout"]).hexdigest() == o["sha256"]
+    assert lb.agent_stats(name)["translations"] > before   # the counters live on with the maps
+
+
 SHORT = textwrap.dedent("""
     import json, socket, sys, time
     vip, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])

@@ -76,17 +76,32 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with AgentManager(s, args.netns, args.iface, pin=True) as m:
+    try:
+        m = AgentManager(s, args.netns, args.iface, pin=True, adopt=True).attach()
+    except OSError as e:
+        print(f"agent: {e}", file=sys.stderr)
+        return 2
+    if m.adopted:
+        print(f"agent: running agent adopted on {args.iface} (flows kept)", flush=True)
+    m.keep = args.keep_dataplane
+    try:
         try:
             endpoint = Endpoint(AgentMetrics(m), a.metrics_port, str(a.metrics_address), netns=args.netns)
         except OSError as e:
             print(f"agent: {e}", file=sys.stderr)
-            return 2  # detached on the way out
+            return 2  # released on the way out (detached, unless kept)
         with endpoint:
             print(f"agent running on {args.iface} in {args.netns or 'host'}; sweeping flows idle > "
                   f"{s.idle_timeout_s}s; metrics on {a.metrics_address}:{a.metrics_port}", flush=True)
             m.run_forever(stop)
         print(json.dumps(m.stats()))
+    finally:
+        if m.keep:
+            m.close_kept()
+            print("agent: stopped; left attached (the next start adopts it, `miresga agent detach` removes it)",
+                  flush=True)
+        else:
+            m.detach()
     return 0
 
 
@@ -151,6 +166,10 @@ def register(subparsers) -> None:
         c.add_argument("--config", default=None, help="deployment YAML (default: built-in)")
         c.add_argument("--backend", default=None, help="back-end name whose service port to translate "
                                                           "(default: every back-end's)")
+        if name == "run":
+            c.add_argument("--keep-dataplane", action="store_true",
+                           help="on stop, leave the agent attached (spliced connections keep their translation); "
+                                "the next `run` adopts it (systemd units use this)")
         if name == "sweep":
             c.add_argument("--idle", type=float, default=None, help="seconds (default cfg.agent.idle_timeout_s)")
         c.set_defaults(func=func)

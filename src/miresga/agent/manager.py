@@ -110,12 +110,15 @@ class AgentManager:
     """The agent on one interface of one namespace."""
 
     def __init__(self, cfg, netns: str | None = None, iface: str = "eth0", backend: str | None = None,
-                 pin: bool = True, sweep_interval_s: float | None = None):
+                 pin: bool = True, sweep_interval_s: float | None = None, adopt: bool = False):
         """`cfg`: a Deployment (with `backend`, the name whose service port to translate; default
         every back-end's) or AgentSettings. `sweep_interval_s`: sweep idle flows in a background
-        thread at that interval while attached (None: the caller sweeps)."""
+        thread at that interval while attached (None: the caller sweeps). `adopt`: an agent found
+        pinned is taken over (new programs on its maps, flows kept) instead of refused; `keep`
+        (set before leaving the `with`) leaves it attached for the next start."""
         self.settings = cfg if isinstance(cfg, AgentSettings) else AgentSettings.from_config(cfg, backend)
         self.netns, self.iface, self.pin = netns, iface, pin
+        self.adopt, self.adopted, self.keep = adopt, False, False
         self.sweep_interval_s = sweep_interval_s
         self.swept = 0
         self._sweeper: threading.Thread | None = None
@@ -129,26 +132,49 @@ class AgentManager:
 
     def attach(self) -> "AgentManager":
         d = pin_dir(self.netns)
+        old: dict[str, Map] | None = None
         if self.pin:
             ensure_bpffs()
             if d.exists():
-                raise BpfError(errno.EEXIST, f"agent already attached in {self.netns or 'host'} ({d}); detach first")
+                if not self.adopt:
+                    raise BpfError(errno.EEXIST, f"agent already attached in {self.netns or 'host'} ({d}); detach first")
+                old = {n: Map.from_pin(d / n) for n in MAPS}
+                have = old["agent_flows"].max_entries
+                if have != self.settings.capacity:
+                    for m in old.values():
+                        m.close()
+                    raise BpfError(errno.EINVAL, f"the running agent's flow table holds {have} entries, the config "
+                                   f"asks for {self.settings.capacity}: it cannot be resized in place; `miresga agent "
+                                   "detach` first (that back-end's spliced connections break)")
         try:
-            self.obj = BpfObject(object_path("agent"), max_entries={"agent_flows": self.settings.capacity})
+            self.obj = BpfObject(object_path("agent"), max_entries={"agent_flows": self.settings.capacity},
+                                 reuse=old)
             self.maps = {n: self.obj.map(n) for n in MAPS}
+            self.adopted = old is not None
             self.configure()
             idx = ifindex(self.netns, self.iface)
             for direction, prog in PROGS.items():
                 p = self.obj.program(prog)
-                self._attachments.append(TcAttachment(self.netns, idx, direction, p, priority=AGENT_PRIORITY))
+                # replace: an adopted agent's programs give way in one step per direction
+                self._attachments.append(TcAttachment(self.netns, idx, direction, p, priority=AGENT_PRIORITY,
+                                                      replace=self.adopted))
             if self.pin:
-                for n, m in self.maps.items():
-                    m.pin(d / n)
+                if not self.adopted:
+                    for n, m in self.maps.items():
+                        m.pin(d / n)
                 for direction, prog in PROGS.items():
+                    (d / prog).unlink(missing_ok=True)   # an adopted agent's old program
                     self.obj.program(prog).pin(d / prog)
         except BaseException:
-            self.detach()
+            if self.adopted:   # the running agent stays as it was
+                self.keep = True
+                self.close_kept()
+            else:
+                self.detach()
             raise
+        finally:
+            for m in (old or {}).values():
+                m.close()
         if self.sweep_interval_s:
             self._stop.clear()
             self._sweeper = threading.Thread(target=self._sweep_loop, name=f"agent-sweep-{self.netns}", daemon=True)
@@ -217,11 +243,26 @@ class AgentManager:
             except OSError:
                 pass
 
+    def close_kept(self) -> None:
+        """Release this process's handles, leaving the agent attached and pinned."""
+        self._stop.set()
+        if self._sweeper:
+            self._sweeper.join()
+            self._sweeper = None
+        self._attachments.clear()
+        self.maps = {}
+        if self.obj:
+            self.obj.close()
+            self.obj = None
+
     def __enter__(self) -> "AgentManager":
         return self.attach()
 
     def __exit__(self, *exc) -> None:
-        self.detach()
+        if self.keep:
+            self.close_kept()
+        else:
+            self.detach()
 
     # -- state -------------------------------------------------------------------------------
 

@@ -187,13 +187,14 @@ class Testbed:
 
     def miresga_argv(self, unit: str, name: str | None = None) -> list[str]:
         """The command line (after `miresga`) of the switch, agent `name` or front-end `name`. The
-        switch runs as docs/deploy.md's unit runs it: a stop leaves the data plane forwarding, the
-        next start adopts it (teardown removes its pins with the namespaces)."""
+        switch and the agents run as docs/deploy.md's units run them: a stop leaves the data plane
+        forwarding, the next start adopts it (teardown removes their pins with the namespaces)."""
         conf = str(self.run_dir / "config.yaml")
         if unit == "switch":
             return ["switch", "--config", conf, "--netns", self.ns_switch, "--keep-dataplane"]
         if unit == "agent":
-            return ["agent", "run", "--iface", "eth0", "--netns", self.ns(name), "--config", conf, "--backend", name]
+            return ["agent", "run", "--iface", "eth0", "--netns", self.ns(name), "--config", conf, "--backend", name,
+                    "--keep-dataplane"]
         return ["frontend", "--config", conf, "--name", name, "--netns", self.ns(name)]
 
     def stop_process(self, key: str) -> None:
