@@ -112,3 +112,23 @@ def test_management_connection_survives_frontend_stop_and_start(rt):
         srv.wait()
     time.sleep(1.5)   # fe1 registers again; the VIP is served by both front-ends
     assert _get(rt, "/download/1k") and rt.switch_stats()["members"]
+
+
+def test_macs_resolved_by_arp_and_a_silent_host_named(rt):
+    """With the neighbour table flushed, the switch's port lookup learns every MAC again by ARP;
+    a listed host that does not answer fails the lookup with its config key."""
+    from miresga.switch.dataplane import PortError, ports_for
+    sw = rt.ns_switch
+    want = {h["name"]: h["mac"] for h in rt.status()["hosts"]}
+    subprocess.run(["ip", "netns", "exec", sw, "ip", "neigh", "flush", "all"], check=True)
+    ports = ports_for(rt.cfg, sw)
+    assert {p.host: p.host_mac for p in ports} == {n: m for n, m in want.items() if n != "c1"}
+    subprocess.run(["ip", "netns", "exec", rt.ns("be3"), "ip", "link", "set", "eth0", "down"], check=True)
+    subprocess.run(["ip", "netns", "exec", sw, "ip", "neigh", "flush", "all"], check=True)
+    try:
+        with pytest.raises(PortError) as e:
+            ports_for(rt.cfg, sw, resolve_timeout=1.0)
+        assert "hosts.backends.2.mac: be3 (10.0.4.13): no ARP answer from 10.0.4.13 on swp3" in str(e.value)
+        assert "be1" not in str(e.value)
+    finally:
+        subprocess.run(["ip", "netns", "exec", rt.ns("be3"), "ip", "link", "set", "eth0", "up"], check=True)

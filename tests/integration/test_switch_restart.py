@@ -48,9 +48,9 @@ def test_restart_during_offloaded_100mb_download(lb):
     o = _object(lb, 100 << 20)
     vip = lb.cfg.vip.address
     before = lb.switch_stats()["counters"]["to_client"]
-    # 25 MB/s: four seconds of download, the restart falls in its middle
+    # 10 MB/s: ten seconds of download, the restart falls in it (asserted: curl still running)
     curl = subprocess.Popen(["ip", "netns", "exec", lb.ns("c1"), "curl", "-s", "--max-time", "60", "--limit-rate",
-                             "25M", f"http://{vip}/download/100m"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "10M", f"http://{vip}/download/100m"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out: dict = {}
     reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), curl.communicate())))
     reader.start()
@@ -60,6 +60,7 @@ def test_restart_during_offloaded_100mb_download(lb):
             assert time.monotonic() < deadline, "the download was never offloaded"
             time.sleep(0.1)
         mid = lb.switch_stats()["counters"]["to_client"]
+        assert curl.poll() is None, "the download ended before the restart: nothing was tested"
         away = lb.restart_switch()
         log = (lb.run_dir / "switch.log").read_text()
         assert "running data plane adopted" in log and "changed from config: nothing" in log, log[-800:]
@@ -77,7 +78,7 @@ def test_agent_restart_during_offloaded_100mb_download(lb):
     adopted): every segment of the download still gets its sequence translation."""
     o = _object(lb, 100 << 20)
     curl = subprocess.Popen(["ip", "netns", "exec", lb.ns("c1"), "curl", "-s", "--max-time", "60", "--limit-rate",
-                             "25M", f"http://{lb.cfg.vip.address}/download/100m"], stdout=subprocess.PIPE,
+                             "10M", f"http://{lb.cfg.vip.address}/download/100m"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     out: dict = {}
     reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), curl.communicate())))
@@ -91,6 +92,7 @@ def test_agent_restart_during_offloaded_100mb_download(lb):
             time.sleep(0.1)
         name = serving[0]
         before = lb.agent_stats(name)["translations"]
+        assert curl.poll() is None, "the download ended before the restart: nothing was tested"
         lb.restart(f"agent-{name}", lb.miresga_argv("agent", name), "agent running")
         log = (lb.run_dir / f"agent-{name}.log").read_text()
         assert "running agent adopted" in log, log[-500:]

@@ -430,6 +430,17 @@ def pinned_prog_id(path: str | Path) -> int | None:
         os.close(fd)
 
 
+def tc_prog_id(netns: str | None, ifindex: int, direction: str, handle: int, priority: int) -> int | None:
+    """Id of the program in the TC filter at (handle, priority), or None if there is none."""
+    point = BPF_TC_INGRESS if direction == "ingress" else BPF_TC_EGRESS
+    hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=point)
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=handle, priority=priority)
+    with in_netns(netns):
+        if _lib.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts)) != 0:
+            return None
+    return opts.prog_id
+
+
 def tc_detach_if(netns: str | None, ifindex: int, direction: str, handle: int, priority: int, prog: int) -> bool:
     """Detach the TC filter at (handle, priority) only if it still runs program id `prog`: a
     process that did not attach it (CLI `detach`) removes exactly what its peer put there."""

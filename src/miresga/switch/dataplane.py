@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import json
 import logging
 import shutil
 import struct
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from miresga import cookie
 from miresga.bpf.layouts import BackendEntry
-from miresga.bpf.libbpf import BpfError, BpfObject, Map, TcAttachment, ensure_bpffs, object_path
+from miresga.bpf.libbpf import (BpfError, BpfObject, Map, TcAttachment, ensure_bpffs, object_path, tc_detach_if,
+                                tc_prog_id)
 from miresga.bpf.netns import ifindex as ns_ifindex
 from miresga.control.config import Deployment, Host
 from miresga.neighbours import NeighbourError, link_mac, resolve
@@ -42,6 +45,7 @@ MAP_NAMES = ("sw_config", "sw_keys", "sw_arp", "sw_backend_src", "sw_offload", "
 # Tables that are a function of the config alone: on adoption they are made equal to it.
 CONFIG_TABLES = ("sw_arp", "sw_backend_src", "sw_routes", "sw_guarded_ports", "sw_ctl_peers")
 SWITCH_PRIORITY = 10  # after anything at priority 1 that passes packets on (e.g. per-port counters)
+TC_HANDLE = 1         # TcAttachment's handle
 
 
 class PortError(Exception):
@@ -257,24 +261,17 @@ class SwitchDataplane:
 
 def detach_switch(netns: str | None, ifname: str) -> bool:
     """Remove the switch program from `ifname`'s TC ingress if it is there (and only it)."""
-    import ctypes as C
-    import json
-    import subprocess
-
-    from miresga.bpf import libbpf as lb
     try:
         idx = ns_ifindex(netns, ifname)
     except OSError:
         return False
-    hook = lb._TcHook(sz=C.sizeof(lb._TcHook), ifindex=idx, attach_point=lb.BPF_TC_INGRESS)
-    opts = lb._TcOpts(sz=C.sizeof(lb._TcOpts), handle=1, priority=SWITCH_PRIORITY)
-    with lb.in_netns(netns):
-        if lb._lib.bpf_tc_query(C.byref(hook), C.byref(opts)) != 0:
-            return False
-    p = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(opts.prog_id)], capture_output=True, text=True)
-    if p.returncode != 0 or json.loads(p.stdout or "{}").get("name") != "switch_ingress":
+    prog = tc_prog_id(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY)
+    if prog is None:
         return False
-    return lb.tc_detach_if(netns, idx, "ingress", 1, SWITCH_PRIORITY, opts.prog_id)
+    p = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog)], capture_output=True, text=True)
+    if p.returncode != 0 or json.loads(p.stdout or "{}").get("name") != "switch_ingress":
+        return False   # someone else's filter at our place: not ours to remove
+    return tc_detach_if(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY, prog)
 
 
 class AdoptError(Exception):
