@@ -1,8 +1,13 @@
 """Back-end selection policies for one rule's pool: round robin, smooth weighted round robin,
 least connections, and consistent (rendezvous) hashing on the client address or a header.
 
-Pure: the caller passes which back-ends are healthy and how many connections each has. Rendezvous
+The caller passes which back-ends are healthy and how many connections each has. Rendezvous
 hashing moves only the keys of a back-end that leaves (and only ~1/n of keys to one that joins).
+
+Round robin and weighted walk a *wheel*: the healthy back-ends in pool order, or for weighted the
+smooth weighted round-robin sequence of one period (nginx's: the heavy back-end spread out, never
+bunched). A position counter per rule says where the walk is; the front-end's kernel path walks
+the same wheel with the same counter (kernel_rules.py), so both pick as one selector would.
 """
 
 from __future__ import annotations
@@ -21,15 +26,57 @@ def _hrw_score(key: bytes, name: bytes, weight: int) -> float:
     return -weight / math.log(u)
 
 
-class Selector:
-    """Picks a back-end of `rule.pool`; one per rule (it keeps round-robin positions)."""
+WHEEL_POLICIES = ("round_robin", "weighted")
+WHEEL_MAX = 1024    # slots of one rule's wheel (weights summing to more: scaled down)
 
-    def __init__(self, rule: CompiledRule, names: Sequence[str], weights: Sequence[int]):
+
+def wheel(rule: CompiledRule, healthy: Sequence[bool], weights: Sequence[int]) -> list[int]:
+    """The back-ends a wheel policy walks, one period of it ([] if nobody can be picked)."""
+    pool = [b for b in rule.pool if healthy[b]]
+    if rule.policy != "weighted":
+        return pool
+    w = {b: weights[b] for b in pool if weights[b] > 0}
+    total = sum(w.values())
+    if total > WHEEL_MAX:
+        w = {b: max(1, x * WHEEL_MAX // total) for b, x in w.items()}
+        total = sum(w.values())
+    cw = dict.fromkeys(w, 0)
+    out = []
+    for _ in range(total):          # smooth weighted round robin from a fresh start
+        best = None
+        for b, x in w.items():
+            cw[b] += x
+            if best is None or cw[b] > cw[best]:
+                best = b
+        cw[best] -= total           # type: ignore[index]
+        out.append(best)
+    return out                      # type: ignore[return-value]
+
+
+class Positions:
+    """Wheel positions per rule index: the selector's own, or (kernel_path.KernelPositions) the
+    kernel path's counters, which both walk."""
+
+    def __init__(self) -> None:
+        self._pos: dict[int, int] = {}
+
+    def next(self, rule_index: int) -> int:
+        p = self._pos.get(rule_index, 0) + 1
+        self._pos[rule_index] = p
+        return p
+
+
+class Selector:
+    """Picks a back-end of `rule.pool`; one per rule."""
+
+    def __init__(self, rule: CompiledRule, names: Sequence[str], weights: Sequence[int],
+                 positions: Positions | None = None):
         self.rule = rule
         self.names = [n.encode() for n in names]
         self.weights = list(weights)
+        self.positions = positions or Positions()
         self._rr = 0
-        self._cw: dict[int, int] = {}
+        self._wheels: dict[tuple[bool, ...], list[int]] = {}
 
     @property
     def sticky(self) -> bool:
@@ -42,23 +89,14 @@ class Selector:
         if not pool:
             return None
         policy = self.rule.policy
-        if policy == "round_robin":
-            self._rr += 1
-            return pool[self._rr % len(pool)]
-        if policy == "weighted":
-            pool = [b for b in pool if self.weights[b] > 0]
-            if not pool:
+        if policy in WHEEL_POLICIES:
+            h = tuple(healthy)
+            w = self._wheels.get(h)
+            if w is None:
+                w = self._wheels[h] = wheel(self.rule, healthy, self.weights)
+            if not w:
                 return None
-            total = 0
-            best = pool[0]
-            for b in pool:
-                w = self.weights[b]
-                self._cw[b] = self._cw.get(b, 0) + w
-                total += w
-                if self._cw[b] > self._cw[best]:
-                    best = b
-            self._cw[best] -= total
-            return best
+            return w[self.positions.next(self.rule.index) % len(w)]
         if policy == "least_conn":
             self._rr += 1
             n = len(pool)
