@@ -334,7 +334,7 @@ static __always_inline int build_syn(struct __sk_buff *skb, struct pkt *p, struc
  * (DESIGN.md §3 steps 2-3), taken here if the cookie is valid, the whole request is in it and
  * its rule picks a back-end from the wheel. */
 static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
-					 struct fe_key *key)
+					 struct fe_key *key, __u64 replace)
 {
 	struct tcphdr *th = p->tcp;
 	__u8 f = TCP_FLAGS(th);
@@ -372,7 +372,7 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 	}
 	if (bpf_map_update_elem(&fe_held, key, frame, BPF_NOEXIST))
 		return punt_new(key, FE_STAT_PASS_DATA);
-	if (bpf_map_update_elem(&fe_conns, key, &e, BPF_NOEXIST)) {
+	if (bpf_map_update_elem(&fe_conns, key, &e, replace ? BPF_EXIST : BPF_NOEXIST)) {
 		bpf_map_delete_elem(&fe_held, key);
 		return punt_new(key, FE_STAT_PASS_DATA);
 	}
@@ -488,6 +488,15 @@ static __always_inline int next_request(struct __sk_buff *skb, struct pkt *p, st
 	return to_backend(skb, p, e);
 }
 
+/* A client segment inside what the connection already carried (the engine's _new_incarnation
+ * test): anything else on a closed connection starts a new one on the same port. */
+static __always_inline int retransmitted(struct fe_conn *e, __u32 seq, __u32 len)
+{
+	__s32 behind = (__s32)(e->cli_nxt - seq);
+
+	return behind > 0 && behind < (1 << 24) && (__s32)(seq + len - e->cli_nxt) <= 0;
+}
+
 /* ------------------------------------------------------------------ relay
 
  * A segment of a client to VIP:port whose connection the kernel holds. */
@@ -507,6 +516,8 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, str
 		bpf_map_delete_elem(&fe_conns, key);
 		return rc;
 	}
+	if (p->payload_len && e->closing && !retransmitted(e, seq, p->payload_len + ((f & F_FIN) ? 1 : 0)))
+		return first_request(skb, p, cfg, key, 1); /* the port reused: a new connection (or Python's) */
 	if (p->payload_len)
 		return next_request(skb, p, cfg, key, e);
 	if (f & F_SYN)
@@ -587,7 +598,7 @@ int frontend_ingress(struct __sk_buff *skb)
 		key.port = p.tcp->source;
 		e = bpf_map_lookup_elem(&fe_conns, &key);
 		if (!e)
-			return first_request(skb, &p, cfg, &key);
+			return first_request(skb, &p, cfg, &key, 0);
 		if (e->phase != FE_PHASE_RELAY)
 			return pass(e->phase == FE_PHASE_PYTHON ? FE_STAT_PASS_PYTHON : FE_STAT_PASS_OTHER);
 		return from_client(skb, &p, cfg, &key, e);

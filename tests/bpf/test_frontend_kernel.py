@@ -634,3 +634,25 @@ def test_random_rules_and_requests_equal(bpf, rules, reqs):
         want = normal(ref.segment(seg, LIVE))
         got = normal(sys_.segment(seg, LIVE))
         assert got == want, f"{method} {path} {host}: kernel path {got}, engine {want}"
+
+
+@pytest.mark.parametrize("first_live", [True, False], ids=["old-in-kernel", "old-from-python"])
+def test_port_reused_while_lingering(bpf, first_live):
+    """A client reuses its port while the closed connection still lingers: the new request
+    starts a new connection, on both (the kernel takes it when it can)."""
+    t = live_twin(bpf)
+    cl = Client(t.ref, now=LIVE)
+    now = LIVE
+    t.segment(cl.seg(get("/" if first_live else "/api/x")), now)     # least_conn: the engine's
+    be = Backend(t.ref, t.ref.conns[cl.key].backend, cl)
+    t.segment(be.synack(), now)
+    c = Conn(cl, be)
+    for step in SCENARIOS[2][2]:
+        t.segment(step(c), now)
+    assert t.ref.conns[cl.key].state is State.CLOSING
+    again = Client(t.ref, now=LIVE, c=0x12345678)
+    t.segment(again.seg(get("/x")), now + 0.5)
+    be2 = Backend(t.ref, t.ref.conns[again.key].backend, again)
+    t.segment(be2.synack(), now + 0.5)
+    assert t.ref.stats.events["port_reused"] == t.sys.eng.stats.events["port_reused"] == 1
+    t.tick(now + 0.6)

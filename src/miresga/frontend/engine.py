@@ -413,9 +413,16 @@ class Engine:
         """The kernel took a new connection's first request and sent the splice SYN (DESIGN.md §3
         steps 2-3): the same books as `_no_flow`, `_in_order` and `_route` keep for it."""
         key = ev.key
-        if key in self.conns:       # cannot be: the engine's connections carry a marker
-            self.stats.events["kernel_conflict"] += 1
-            return
+        old = self.conns.get(key)
+        if old is not None:
+            if not old.kernel:      # cannot be: the engine's connections carry a marker
+                self.stats.events["kernel_conflict"] += 1
+                return
+            # The client reused the port of a connection lingering in the kernel (closed both
+            # ways): the kernel took it for a new one, as _new_incarnation would.
+            self.stats.events["port_reused"] += 1
+            old.kernel = False
+            self._forget(old, out, kernel_entry=False)
         s = seq_add(ev.cli_ack, -1)
         conn = Conn(key, s, cookie.decode_options((ev.req_flags >> 8) & 0x7F),
                     RequestStream(self.fe.max_header_bytes))
@@ -638,8 +645,9 @@ class Engine:
         if b is not None:
             self.active[b] += 1
 
-    def _forget(self, conn: Conn, out: list[Action]) -> None:
-        if self.kernel:             # its entry, or the marker that kept the kernel off it
+    def _forget(self, conn: Conn, out: list[Action], kernel_entry: bool = True) -> None:
+        """`kernel_entry` False: the kernel already put a new connection's entry in its place."""
+        if self.kernel and kernel_entry:    # its entry, or the marker that kept the kernel off it
             conn.kernel = False
             out.append(KernelRemove(conn.key))
         self._drop_offload(conn, out)

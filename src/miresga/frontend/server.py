@@ -32,6 +32,9 @@ from miresga.frontend.switch_link import NoSwitch, OffloadWorker
 log = logging.getLogger("miresga.frontend")
 
 
+KERNEL_LIMIT_MARGIN = 64   # new connections the kernel may open between two ticks near the limit
+
+
 def switch_port_mac(gateway: str) -> str:
     """Convention of the testbed (and of our switch): the port facing a host has 02:53:<gateway ip>."""
     return ":".join(f"{b:02x}" for b in (0x02, 0x53, *map(int, gateway.split("."))))
@@ -110,7 +113,6 @@ class FrontendServer:
         if host is None:
             raise ValueError(f"no front-end named {opts.name!r} in the config")
         self.host = host
-        self.engine = Engine(cfg, kernel=cfg.frontend.kernel_path)
         self.kpath = None
         self.results: queue.SimpleQueue = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -128,7 +130,17 @@ class FrontendServer:
                 from miresga.frontend.kernel_path import KernelPath
                 self.kpath = KernelPath(opts.iface, int(cfg.vip.address), cfg.vip.port,
                                         cfg.frontend.max_connections)
+            self.engine = Engine(cfg, kernel=self.kpath is not None,
+                                 positions=self.kpath.positions if self.kpath is not None else None)
+            if self.kpath is not None:
+                kr = self.kpath.load_rules(cfg, self.engine.rules, self.engine.healthy)
+                if not kr.usable:
+                    log.warning("the kernel path relays but routes nothing: %s", kr.why)
+                self._kernel_keys: tuple = ()
+                self._kernel_limits(clock())
         except BaseException:   # undo what we made so far
+            if self.kpath is not None:
+                self.kpath.close()
             if getattr(self, "io", None) is not None:
                 self.io.close()
             if opts.guard:
@@ -191,12 +203,26 @@ class FrontendServer:
             self._kernel_events(self.clock())
         return entry
 
+    def _kernel_limits(self, now: float) -> None:
+        """What the kernel path must follow as time and load move: the cookie keys (a new
+        generation), and whether it may take new connections (not at the engine's limit, which
+        counts the kernel's connections too: the engine refuses beyond it, as without the kernel)."""
+        kp, eng = self.kpath, self.engine
+        keys = eng.keys(now)
+        if keys is not self._kernel_keys:
+            kp.set_keys(keys)  # type: ignore[union-attr]
+            self._kernel_keys = keys
+        kp.set_routing(True, len(eng.conns) < self.cfg.frontend.max_connections - KERNEL_LIMIT_MARGIN)  # type: ignore
+
     def _kernel_events(self, now: float) -> None:
         if self.kpath is None:
             return
         eng = self.engine
-        for ev in self.kpath.events():
+        events = self.kpath.events()
+        for ev in events:
             self._do(eng.kernel_event(ev, now))
+        if events:
+            self._kernel_limits(now)
 
     def _segments(self, segs: list, now: float) -> None:
         eng = self.engine
@@ -229,6 +255,8 @@ class FrontendServer:
                     log.info("back-end %s is now %s", self.cfg.hosts.backends[r[1]].name,
                              "healthy" if changed else "unhealthy")
                     eng.set_health(r[1], changed)
+                    if self.kpath is not None:
+                        self.kpath.set_health(eng.healthy)
 
     def run(self) -> None:
         opts = self.opts
@@ -260,8 +288,9 @@ class FrontendServer:
                         except BlockingIOError:
                             pass
                 now = clock()
-                self._kernel_events(now)
                 for _ in range(16):   # bounded, so timers and results are never starved
+                    # the kernel's events first: a request it took comes before what follows it
+                    self._kernel_events(now)
                     segs = io.recv_batch(opts.batch)
                     self._segments(segs, now)
                     if len(segs) < opts.batch:
@@ -275,6 +304,8 @@ class FrontendServer:
                 if now >= next_tick:
                     next_tick = now + opts.tick_s
                     self._do(eng.tick(now))
+                    if self.kpath is not None:
+                        self._kernel_limits(now)
                 if now >= next_pub:
                     next_pub = now + 1.0
                     io.poll_kernel_stats()
