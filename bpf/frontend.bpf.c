@@ -23,7 +23,6 @@
 #include "frontend.h"
 #include "frontend_maps.h"
 #include "frontend_route.h"
-#include "cookie.h"
 
 #define F_FIN 0x01
 #define F_SYN 0x02
@@ -351,9 +350,9 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 		return pass(FE_STAT_PASS_NO_ENTRY); /* the engine counts the bad cookie */
 	if (!(cfg->flags & FE_CFG_FIRST) || read_request(skb, p, cfg, &q, &frame))
 		return punt_new(key, FE_STAT_PASS_DATA);
-	if (!(q.rule->flags & FE_RULE_WHEEL) || q.rule->after_requests == 1)
+	if (!(q.rule->flags & (FE_RULE_WHEEL | FE_RULE_LEASTCONN | FE_RULE_HASH)) || q.rule->after_requests == 1)
 		return punt_new(key, FE_STAT_PASS_DATA);
-	b = route_pick(q.rule_index, q.rule);
+	b = route_pick(q.rule_index, q.rule, cfg, bpf_ntohl(p->ip->saddr));
 	if (b < 0 || !(cfg->healthy & (1ULL << (b & 63))))
 		return punt_new(key, FE_STAT_PASS_DATA); /* the engine answers 503 */
 	bi = b;
@@ -375,6 +374,13 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 	if (bpf_map_update_elem(&fe_conns, key, &e, replace ? BPF_EXIST : BPF_NOEXIST)) {
 		bpf_map_delete_elem(&fe_held, key);
 		return punt_new(key, FE_STAT_PASS_DATA);
+	}
+	bi = FE_COUNT_OPENED + (bi & (FE_BACKENDS_MAX - 1));
+	{
+		__u64 *opened = bpf_map_lookup_elem(&fe_counts, &bi);
+
+		if (opened)
+			__sync_fetch_and_add(opened, 1);
 	}
 	report_request(key, &e, &q, seq, p->payload_len, FE_REQ_FIRST | ((__u32)opts << 8));
 	if (build_syn(skb, p, &e, opts)) {
@@ -468,8 +474,10 @@ static __always_inline int next_request(struct __sk_buff *skb, struct pkt *p, st
 	    seq != e->cli_nxt || (e->has_req_ack && ack == e->last_req_ack))
 		return pass(FE_STAT_PASS_DATA); /* not a plain next request (pipelined, reordered, ...) */
 	offloaded = e->route_ok & FE_ROUTE_OFFLOADED;
-	if (read_request(skb, p, cfg, &q, &frame) || !(q.rule->flags & FE_RULE_STICKY) || !(q.rule->pool & bit) ||
-	    !(cfg->healthy & bit) ||
+	if (read_request(skb, p, cfg, &q, &frame) || !(q.rule->pool & bit) || !(cfg->healthy & bit) ||
+	    (!(q.rule->flags & FE_RULE_STICKY) &&   /* a hash policy picks again: the same back-end? */
+	     (!(q.rule->flags & FE_RULE_HASH) ||
+	      route_pick(q.rule_index, q.rule, cfg, bpf_ntohl(p->ip->saddr)) != e->backend)) ||
 	    (!offloaded && q.rule->after_requests && e->requests + 1 >= q.rule->after_requests)) {
 		fe_count(FE_STAT_REQ_PUNTED);
 		return pass(FE_STAT_PASS_DATA); /* re-route, offload from now on, or not ours to judge */

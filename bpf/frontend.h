@@ -71,6 +71,8 @@ struct fe_config {
 	__u32 n_rules;        /* rules in fe_rules, the default (always matching) last */
 	__u32 max_header;     /* a request of more payload bytes (plus one per field) goes to Python */
 	__u32 bucket_seconds; /* the cookie's time bucket */
+	__u64 hrw_k0;         /* the rendezvous hash's key (selection.py) */
+	__u64 hrw_k1;
 };
 
 #define FE_CFG_ROUTE 1    /* route next requests of kernel-held connections */
@@ -114,12 +116,22 @@ struct fe_rule {
 #define FE_RULE_STICKY 2  /* a keep-alive connection may keep its back-end (not a hash policy) */
 #define FE_RULE_WHEEL 4   /* round robin or weighted: the kernel picks from the wheel */
 #define FE_RULE_WATCH 8   /* offload auto: watch the response header */
+#define FE_RULE_LEASTCONN 16 /* least connections over the wheel (the healthy pool), ties in turn */
+#define FE_RULE_HASH 32   /* rendezvous hash of the client address over the wheel (equal weights) */
 
 struct fe_backend {
-	__u32 ip;   /* be */
-	__u16 port; /* be */
+	__u32 ip;      /* be */
+	__u16 port;    /* be */
 	__u16 _pad;
+	__u64 name_id; /* its id in the rendezvous hash (selection.name_id) */
 };
+
+/* fe_counts (one mmapable array, u64 slots): connections per back-end, for least connections.
+ * The engine writes its count and how many kernel-opened connections it has heard of; the
+ * kernel counts those it opened: the kernel's view is ENGINE + OPENED - HEARD. */
+#define FE_COUNT_ENGINE 0
+#define FE_COUNT_OPENED FE_BACKENDS_MAX
+#define FE_COUNT_HEARD (2 * FE_BACKENDS_MAX)
 
 struct fe_cookie_key {
 	__u64 k0;

@@ -70,6 +70,15 @@ struct {
 	__type(value, struct fe_backend);
 } fe_backends SEC(".maps");
 
+/* Connections per back-end (FE_COUNT_*), shared with Python through mmap. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 3 * FE_BACKENDS_MAX);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} fe_counts SEC(".maps");
+
 /* The cookie keys a first request is checked with: slot 0 current, slot 1 previous generation
  * (written by Python when the generation turns). */
 struct {

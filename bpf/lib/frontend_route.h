@@ -11,6 +11,7 @@
 #include "frontend.h"
 #include "frontend_maps.h"
 #include "http_req.h"
+#include "cookie.h"
 
 /* The walk's state: in a map value, as the parser's (see struct http_req). */
 struct route_state {
@@ -21,10 +22,20 @@ struct route_state {
 	__u8 method;
 };
 
-/* Per CPU: the parser's and the rule walk's state for the segment at hand. */
+/* A pick's loop state (route_pick). */
+struct pick_state {
+	__u64 best_v;
+	__s32 best;
+	__u32 start;
+	__u32 n;
+	__u32 client;
+};
+
+/* Per CPU: the parser's, the rule walk's and the pick's state for the segment at hand. */
 struct fe_work {
 	struct http_req r;
 	struct route_state m;
+	struct pick_state pick;
 };
 
 struct {
@@ -114,23 +125,110 @@ static __always_inline int route_match(__u8 *buf, struct fe_work *wk, struct fe_
 	return -1;
 }
 
-/* The next back-end of the rule's wheel (round robin, or smooth weighted round robin laid out
- * by Python over the healthy back-ends); -1 if the kernel cannot pick. The position counter is
- * the one Python's selector uses too. */
-static __always_inline int route_pick(__u32 rule_index, struct fe_rule *rule)
+static __always_inline __u64 route_count(__u32 b)
 {
-	__u64 *pos = bpf_map_lookup_elem(&fe_rr, &rule_index);
-	__u32 slot, *b;
-	__u64 p;
+	__u32 k0 = FE_COUNT_ENGINE + b, k1 = FE_COUNT_OPENED + b, k2 = FE_COUNT_HEARD + b;
+	__u64 *e = bpf_map_lookup_elem(&fe_counts, &k0), *o = bpf_map_lookup_elem(&fe_counts, &k1),
+	      *h = bpf_map_lookup_elem(&fe_counts, &k2);
 
-	if (!pos || !rule->wheel_len)
+	if (!e || !o || !h)
+		return ~0ULL;
+	return *e + *o - *h;
+}
+
+static __always_inline int route_wheel_at(struct fe_rule *rule, __u32 k)
+{
+	__u32 slot = rule->wheel_off + k, *b = bpf_map_lookup_elem(&fe_wheel, &slot);
+
+	return (b && *b < FE_BACKENDS_MAX) ? (int)*b : -1;
+}
+
+struct pick_walk {
+	struct pick_state *s;
+	struct fe_rule *rule;
+	struct fe_config *cfg;
+};
+
+/* Rendezvous: the wheel's k-th back-end scored by the client's hash; the highest wins. */
+static long pick_hash_step(__u32 k, void *ctx)
+{
+	struct pick_walk *w = ctx;
+	struct pick_state *s = w->s;
+	struct fe_backend *be;
+	__u32 bi;
+	int b;
+	__u64 h;
+
+	if (k >= s->n)
+		return 1;
+	b = route_wheel_at(w->rule, k);
+	bi = b;
+	be = b < 0 ? 0 : bpf_map_lookup_elem(&fe_backends, &bi);
+	if (!be) {
+		s->best = -1;
+		return 1;
+	}
+	h = siphash24_3w(w->cfg->hrw_k0, w->cfg->hrw_k1, s->client, be->name_id, 0);
+	if (k == 0 || h > s->best_v) {
+		s->best = b;
+		s->best_v = h;
+	}
+	return 0;
+}
+
+/* Least connections: the first idlest from the rotating start. */
+static long pick_least_step(__u32 k, void *ctx)
+{
+	struct pick_walk *w = ctx;
+	struct pick_state *s = w->s;
+	int b;
+	__u64 c;
+
+	if (k >= s->n || !s->n)
+		return 1;
+	b = route_wheel_at(w->rule, (s->start + k) % s->n);
+	if (b < 0) {
+		s->best = -1;
+		return 1;
+	}
+	c = route_count(b);
+	if (k == 0 || (__s64)c < (__s64)s->best_v) {
+		s->best = b;
+		s->best_v = c;
+	}
+	return 0;
+}
+
+/* The back-end for a request of `client` (host order) under the rule, as selection.Selector
+ * picks: the next of the wheel (round robin, or smooth weighted round robin laid out by Python),
+ * the least connections with ties taken in turn, or the highest rendezvous hash; -1 if the kernel
+ * cannot pick. The wheel holds the healthy pool; the position counter is Python's too. */
+static __always_inline int route_pick(__u32 rule_index, struct fe_rule *rule, struct fe_config *cfg, __u32 client)
+{
+	__u32 zero = 0, n = rule->wheel_len;
+	struct fe_work *wk = bpf_map_lookup_elem(&fe_work, &zero);
+	struct pick_walk w = { .rule = rule, .cfg = cfg };
+	__u64 *pos, p;
+
+	if (!wk || !n || n > FE_BACKENDS_MAX)
+		return -1;
+	w.s = &wk->pick;
+	w.s->n = n;
+	w.s->best = -1;
+	w.s->client = client;
+	if (rule->flags & FE_RULE_HASH) {
+		bpf_loop(FE_BACKENDS_MAX, pick_hash_step, &w, 0);
+		return w.s->best;
+	}
+	pos = bpf_map_lookup_elem(&fe_rr, &rule_index);
+	if (!pos)
 		return -1;
 	p = __sync_fetch_and_add(pos, 1) + 1;
-	slot = rule->wheel_off + (__u32)(p % rule->wheel_len);
-	b = bpf_map_lookup_elem(&fe_wheel, &slot);
-	if (!b || *b >= FE_BACKENDS_MAX)
-		return -1;
-	return *b;
+	w.s->start = (__u32)(p % n);
+	if (!(rule->flags & FE_RULE_LEASTCONN))
+		return route_wheel_at(rule, w.s->start);
+	bpf_loop(FE_BACKENDS_MAX, pick_least_step, &w, 0);
+	return w.s->best;
 }
 
 #endif

@@ -430,3 +430,34 @@ def test_silent_client_times_out_without_delaying_others(lb):
         silent.close()
     assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:100]
     assert time.monotonic() - t0 < lb.cfg.frontend.header_timeout_s + 6
+
+
+# ------------------------------------------------------------------ the bench's held-out styles
+
+def test_held_out_request_styles_through_the_vip(lb):
+    """What a benchmark's held-out clients do, through the VIP with the kernel path routing the
+    common request: HTTP/1.0, HEAD, a header dribbled in 7-byte segments, a 1 MB POST, and ab
+    with keep-alive — each answered right, byte-exact where there is a body."""
+    o = objects(lb)[1024]
+    url = f"http://{vip(lb)[0]}/obj/1k"
+    p = curl(lb, "--http1.0", url)
+    assert p.returncode == 0 and sha(p.stdout) == o["sha256"], p.stderr
+    p = curl(lb, "-I", url)
+    assert p.returncode == 0 and p.stdout.startswith(b"HTTP/1.1 200") and b"Content-Length: 1024" in p.stdout
+    req = b"GET /obj/1k HTTP/1.1\r\nHost: a.example\r\nUser-Agent: dribble\r\nConnection: close\r\n\r\n"
+    out = _raw(lb, [req[i:i + 7] for i in range(0, len(req), 7)], pause=0.01)
+    assert out.startswith(b"HTTP/1.1 200") and sha(out.split(b"\r\n\r\n", 1)[1]) == o["sha256"], out[:200]
+    body = bytes(range(256)) * 4096          # 1 MB
+    with in_netns(lb.ns("c1")):
+        c = http.client.HTTPConnection(*vip(lb), timeout=30)
+        c.request("POST", "/echo", body=body)
+        r = c.getresponse()
+        text = r.read().decode()
+        c.close()
+    assert r.status == 200 and text.endswith(f"got {len(body)}\n"), text
+    ab = subprocess.run(["ip", "netns", "exec", lb.ns("c1"), "ab", "-k", "-n", "400", "-c", "4", url],
+                        capture_output=True, text=True, timeout=60)
+    assert ab.returncode == 0, ab.stderr
+    assert "Complete requests:      400" in ab.stdout and "Failed requests:        0" in ab.stdout, ab.stdout
+    assert "Keep-Alive requests:    400" in ab.stdout, ab.stdout
+    wait_for(lambda: not any(leftovers(lb).values()), 10, "nothing left after the run")

@@ -133,7 +133,8 @@ class FeConfig(ctypes.Structure):
     _c_name = "fe_config"
     _fields_ = [("vip", ctypes.c_uint32), ("vport", ctypes.c_uint16), ("flags", ctypes.c_uint16),
                 ("healthy", ctypes.c_uint64), ("n_ops", ctypes.c_uint32), ("n_rules", ctypes.c_uint32),
-                ("max_header", ctypes.c_uint32), ("bucket_seconds", ctypes.c_uint32)]
+                ("max_header", ctypes.c_uint32), ("bucket_seconds", ctypes.c_uint32),
+                ("hrw_k0", ctypes.c_uint64), ("hrw_k1", ctypes.c_uint64)]
 
 
 class FeOp(ctypes.Structure):
@@ -156,7 +157,8 @@ class FeBackend(ctypes.Structure):
     """bpf/frontend.h: struct fe_backend (network byte order)."""
 
     _c_name = "fe_backend"
-    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("_pad", ctypes.c_uint16)]
+    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("_pad", ctypes.c_uint16),
+                ("name_id", ctypes.c_uint64)]
 
 
 class FeCookieKey(ctypes.Structure):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Union
+from typing import MutableSequence, Union
 
 from miresga import cookie
 from miresga.control.config import Deployment
@@ -143,9 +143,11 @@ class Conn:
 
 
 class Engine:
-    def __init__(self, cfg: Deployment, kernel: bool = False, positions: Positions | None = None):
-        """`kernel`: the front-end's kernel path runs beside the engine (handover.py); `positions`:
-        the wheel positions the selectors walk (the kernel path's, so that both pick as one)."""
+    def __init__(self, cfg: Deployment, kernel: bool = False, positions: Positions | None = None,
+                 counts: tuple[MutableSequence[int], MutableSequence[int]] | None = None):
+        """`kernel`: the front-end's kernel path runs beside the engine (handover.py); `positions`
+        and `counts`: the wheel positions the selectors walk and the connections per back-end
+        (with the kernel-opened ones heard of): the kernel path's, so that both pick as one."""
         self.cfg = cfg
         self.fe = cfg.frontend
         self.vip = int(cfg.vip.address)
@@ -159,7 +161,7 @@ class Engine:
         positions = positions or Positions()
         self.selectors = {r.index: Selector(r, names, weights, positions) for r in self.rule_list}
         self.healthy = [True] * len(self.backends)
-        self.active = [0] * len(self.backends)
+        self.active, self.heard = counts or ([0] * len(self.backends), [0] * len(self.backends))
         self.conns: dict[Key, Conn] = {}
         self.stats = Stats()
         self._cookie = cfg.switch.cookie
@@ -434,6 +436,7 @@ class Engine:
         self.stats.events["new_conn"] += 1
         self._kernel_request(conn, ev)
         self._set_backend(conn, ev.backend)
+        self.heard[ev.backend] += 1     # the kernel counted it when it opened it
         conn.c, conn.s = seq_add(ev.seq, -1), s
         conn.state = State.SYN_SENT
         conn.deadline = now + self.fe.syn_retransmit_s

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import mmap
 import socket
 import time
 
@@ -25,6 +26,7 @@ from miresga.frontend.handover import EvKind, Key, KernelEntry, KernelEvent, Pha
 from miresga.frontend.kernel_rules import KernelRules, compile_rules, wheels
 from miresga.frontend.packetio import FrameCodec
 from miresga.frontend.rules import RuleSet
+from miresga.frontend.selection import HRW_K0, HRW_K1, name_id
 
 _EV_SIZE = ctypes.sizeof(L.FeEvent)
 
@@ -106,7 +108,12 @@ class KernelMaps:
         self.config_map: Map = obj.map("fe_config")
         self._maps = {n: obj.map(n) for n in ("fe_ops", "fe_rules", "fe_wheel", "fe_backends", "fe_keys")}
         self.positions = KernelPositions(obj.map("fe_rr"))
-        self.config = L.FeConfig(socket.htonl(vip), socket.htons(vport), 0)
+        # Connections per back-end, shared by memory (no system call per change): the engine's
+        # count, kernel-opened connections it heard of, and (the kernel's) those it opened.
+        counts = obj.map("fe_counts")
+        self._counts_mm = mmap.mmap(counts.fd, counts.value_size * counts.max_entries, mmap.MAP_SHARED,
+                                    mmap.PROT_READ | mmap.PROT_WRITE)
+        self.config = L.FeConfig(socket.htonl(vip), socket.htons(vport), 0, hrw_k0=HRW_K0, hrw_k1=HRW_K1)
         self.config_map.update(ctypes.c_uint32(0), self.config)
         self.ring = RingBuffer(obj.map("fe_events"))
         self._kr: KernelRules | None = None
@@ -120,6 +127,14 @@ class KernelMaps:
 
     # ------------------------------------------------------------ rules, health, keys, limits
 
+    def counts(self, backends: int) -> tuple[ctypes.Array, ctypes.Array]:
+        """(the engine's connections per back-end, kernel-opened ones it heard of): views the
+        engine writes in place (bpf/frontend.h FE_COUNT_*), zeroed."""
+        arr = ctypes.c_uint64 * backends
+        engine, heard = arr.from_buffer(self._counts_mm, 0), arr.from_buffer(self._counts_mm, 2 * 64 * 8)
+        ctypes.memset(ctypes.addressof(arr.from_buffer(self._counts_mm, 0)), 0, len(self._counts_mm))
+        return engine, heard
+
     def load_rules(self, cfg: Deployment, ruleset: RuleSet, healthy: Sequence[bool]) -> KernelRules:
         """Compile the rules into the maps and start routing (unless they do not fit: then the
         kernel only relays, and `KernelRules.why` says why)."""
@@ -128,7 +143,8 @@ class KernelMaps:
         self._weights = [b.weight for b in cfg.hosts.backends]
         u32 = ctypes.c_uint32
         for i, b in enumerate(cfg.hosts.backends[:64]):
-            self._maps["fe_backends"].update(u32(i), L.FeBackend(socket.htonl(int(b.ip)), socket.htons(b.port), 0))
+            self._maps["fe_backends"].update(u32(i), L.FeBackend(socket.htonl(int(b.ip)), socket.htons(b.port), 0,
+                                                                 name_id(b.name)))
         if kr.usable:
             for i, op in enumerate(kr.ops):
                 self._maps["fe_ops"].update(u32(i), L.FeOp(op.kind, op.rule, op.byte, 0, op.arg, 0))

@@ -22,7 +22,8 @@ from miresga.frontend.selection import WHEEL_POLICIES, wheel
 OP_METHOD, OP_HOST_LEN_EQ, OP_HOST_LEN_GE, OP_HOST_BYTE, OP_HOST_TAIL = 1, 2, 3, 4, 5
 OP_PATH_LEN_EQ, OP_PATH_LEN_GE, OP_PATH_BYTE = 6, 7, 8
 METHOD_BITS = {"GET": 1, "HEAD": 2}
-RULE_KERNEL, RULE_STICKY, RULE_WHEEL, RULE_WATCH = 1, 2, 4, 8
+RULE_KERNEL, RULE_STICKY, RULE_WHEEL, RULE_WATCH, RULE_LEASTCONN, RULE_HASH = 1, 2, 4, 8, 16, 32
+PICKS = RULE_WHEEL | RULE_LEASTCONN | RULE_HASH   # the kernel picks a first request's back-end
 OPS_MAX, RULES_MAX, WHEEL_SLOTS, BACKENDS_MAX = 1024, 64, 4096, 64
 PATTERN_MAX = 1400   # longer patterns cannot match a request of one frame: left to Python
 
@@ -92,13 +93,19 @@ def _steps(i: int, rule: CompiledRule, cfg: Deployment) -> tuple[list[Op], bool]
     return ops, whole
 
 
-def rule_flags(rule: CompiledRule, whole: bool) -> int:
+def rule_flags(rule: CompiledRule, whole: bool, weights: Sequence[int] = ()) -> int:
     """What the kernel may do with a request that matched `rule`. KERNEL: all its conditions were
     compiled and its offload is one the kernel follows (`auto` by response size or request count,
     `never`; not `always`, whose insert at the splice is the engine's, nor `offload_wait`).
-    STICKY: a keep-alive request may stay on its back-end (not a hash policy). WHEEL: a first
-    request's back-end is picked in the kernel. WATCH: the response header is copied up."""
+    STICKY: a keep-alive request may stay on its back-end (not a hash policy). WHEEL, LEASTCONN,
+    HASH: how the kernel picks a back-end (round robin and weighted; least connections; the
+    client address's rendezvous hash when the pool's weights are equal — the weighted score needs
+    a logarithm; `hash_header` stays Python's). WATCH: the response header is copied up."""
     flags = 0
+    if rule.policy == "least_conn":
+        flags |= RULE_LEASTCONN
+    if rule.policy == "hash_client" and len({max(weights[b], 1) for b in rule.pool if b < len(weights)}) <= 1:
+        flags |= RULE_HASH
     if whole and rule.offload in ("auto", "never") and not rule.offload_wait:
         flags |= RULE_KERNEL
     if rule.policy not in ("hash_client", "hash_header"):
@@ -112,13 +119,14 @@ def rule_flags(rule: CompiledRule, whole: bool) -> int:
 
 def compile_rules(ruleset: RuleSet, cfg: Deployment) -> KernelRules:
     rules = ruleset.all()
+    weights = [b.weight for b in cfg.hosts.backends]
     ops: list[Op] = []
     out: list[KernelRule] = []
     for i, r in enumerate(rules):
         steps, whole = _steps(i, r, cfg)
         ops += steps
         after = r.offload_after_requests if r.offload == "auto" else 0
-        out.append(KernelRule(sum(1 << b for b in r.pool), rule_flags(r, whole), min(after, 0xFFFF)))
+        out.append(KernelRule(sum(1 << b for b in r.pool), rule_flags(r, whole, weights), min(after, 0xFFFF)))
     why = ""
     if len(rules) > RULES_MAX:
         why = f"{len(rules)} rules (the kernel path takes {RULES_MAX})"
@@ -136,7 +144,7 @@ def wheels(ruleset: RuleSet, kr: KernelRules, healthy: Sequence[bool],
     out: list[tuple[int, list[int]]] = []
     off = 0
     for r, k in zip(ruleset.all(), kr.rules):
-        w = wheel(r, healthy, weights) if k.flags & RULE_WHEEL else []
+        w = wheel(r, healthy, weights) if k.flags & PICKS else []
         if off + len(w) > WHEEL_SLOTS:
             w = []
         out.append((off, w))

@@ -14,16 +14,35 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from typing import Sequence
+
+import siphashc
 
 from miresga.frontend.http import RequestHead
 from miresga.frontend.rules import CompiledRule
 
 
-def _hrw_score(key: bytes, name: bytes, weight: int) -> float:
-    h = int.from_bytes(hashlib.blake2b(key + b"|" + name, digest_size=8).digest(), "big")
+# Rendezvous hashing: a key's score for each back-end is SipHash-2-4 under a fixed key over (the
+# key as a 64-bit word, the back-end's name id, 0) — three words, the hash bpf/lib/cookie.h has, so
+# the kernel path scores client addresses the same way (equal weights: the highest hash wins).
+_HRW_KEY = hashlib.sha256(b"miresga rendezvous").digest()[:16]
+HRW_K0, HRW_K1 = struct.unpack("<QQ", _HRW_KEY)
+_WORDS = struct.Struct("<QQQ")
+
+
+def name_id(name: str) -> int:
+    """A back-end's 64-bit id in the rendezvous hash (from its name: stable across restarts)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+def hrw_hash(key: int, nid: int) -> int:
+    return siphashc.siphash(_HRW_KEY, _WORDS.pack(key & 0xFFFFFFFFFFFFFFFF, nid, 0))
+
+
+def _hrw_score(h: int, weight: int) -> float:
     u = (h + 1) / (2.0 ** 64 + 2)          # in (0, 1)
-    return -weight / math.log(u)
+    return -weight / math.log(u)           # equal weights: ordered as h
 
 
 WHEEL_POLICIES = ("round_robin", "weighted")
@@ -72,7 +91,7 @@ class Selector:
     def __init__(self, rule: CompiledRule, names: Sequence[str], weights: Sequence[int],
                  positions: Positions | None = None):
         self.rule = rule
-        self.names = [n.encode() for n in names]
+        self.ids = [name_id(n) for n in names]
         self.weights = list(weights)
         self.positions = positions or Positions()
         self._rr = 0
@@ -97,14 +116,13 @@ class Selector:
             if not w:
                 return None
             return w[self.positions.next(self.rule.index) % len(w)]
-        if policy == "least_conn":
-            self._rr += 1
+        if policy == "least_conn":      # the idlest, ties taken in turn (the wheel's position)
             n = len(pool)
-            rot = pool[self._rr % n:] + pool[:self._rr % n]
-            return min(rot, key=lambda b: conns[b])
-        key: bytes
+            r = self.positions.next(self.rule.index) % n
+            return min(pool[r:] + pool[:r], key=lambda b: conns[b])
+        key: int
         if policy == "hash_header" and head is not None and (v := head.header(self.rule.hash_header or "")):
-            key = v.encode("latin-1")
+            key = int.from_bytes(hashlib.blake2b(v.encode("latin-1"), digest_size=8).digest(), "little")
         else:
-            key = client_ip.to_bytes(4, "big")
-        return max(pool, key=lambda b: _hrw_score(key, self.names[b], max(self.weights[b], 1)))
+            key = client_ip
+        return max(pool, key=lambda b: _hrw_score(hrw_hash(key, self.ids[b]), max(self.weights[b], 1)))

@@ -130,8 +130,9 @@ class FrontendServer:
                 from miresga.frontend.kernel_path import KernelPath
                 self.kpath = KernelPath(opts.iface, int(cfg.vip.address), cfg.vip.port,
                                         cfg.frontend.max_connections)
-            self.engine = Engine(cfg, kernel=self.kpath is not None,
-                                 positions=self.kpath.positions if self.kpath is not None else None)
+            kp = self.kpath
+            self.engine = Engine(cfg, kernel=kp is not None, positions=kp.positions if kp is not None else None,
+                                 counts=kp.counts(len(cfg.hosts.backends)) if kp is not None else None)
             if self.kpath is not None:
                 kr = self.kpath.load_rules(cfg, self.engine.rules, self.engine.healthy)
                 if not kr.usable:
