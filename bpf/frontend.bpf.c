@@ -343,6 +343,13 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 	struct routed q = {};
 	int opts, b;
 
+	if (!p->payload_len && !(f & F_FIN) && !replace) {
+		/* A bare ACK, RST or SYN of no connection (every connection the engine holds has a
+		 * marker): the engine would only count it. Dropped here, so a flood of them never
+		 * reaches Python. (A stray handshake ACK the switch did not absorb is one of them.) */
+		fe_count(FE_STAT_DROP_NO_ENTRY);
+		return TC_ACT_SHOT;
+	}
 	if (!p->payload_len || (f & (F_SYN | F_RST | F_FIN)) || !(f & F_ACK))
 		return pass(FE_STAT_PASS_NO_ENTRY);
 	opts = cookie_valid(cfg, p, ack - 1);

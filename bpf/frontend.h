@@ -197,7 +197,8 @@ enum fe_stat {
 	FE_STAT_REQ_PUNTED = 17,      /* requests the kernel left to Python (it could not judge them) */
 	FE_STAT_RELEASED = 18,        /* held requests released on the back-end's SYN-ACK */
 	FE_STAT_PASS_PYTHON = 19,     /* segments of connections the engine holds (marker entries) */
-	FE_STAT_MAX = 20,
+	FE_STAT_DROP_NO_ENTRY = 20,   /* a client ACK, RST or SYN of no connection: dropped (the engine ignores them) */
+	FE_STAT_MAX = 21,
 };
 
 #endif

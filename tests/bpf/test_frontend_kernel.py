@@ -32,7 +32,7 @@ from miresga.cookie import tai_seconds
 from miresga.bpf.libbpf import BpfObject, object_path
 from miresga.bpf.testrun import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, checksums_ok
 from miresga.frontend.engine import Engine, Send
-from miresga.frontend.handover import KernelCheck, KernelHandover, KernelRemove, Phase
+from miresga.frontend.handover import KernelCheck, KernelHandover, KernelMark, KernelRemove, Phase
 from miresga.frontend.kernel_path import FeStat, KernelMaps, decode_entry, fe_key
 from miresga.frontend.packetio import FrameCodec, mac_bytes
 from miresga.frontend.segment import Segment
@@ -88,6 +88,8 @@ class System:
                     self.eng.handover_refused(a.key)
             elif isinstance(a, KernelRemove):
                 self.maps.remove(a.key)
+            elif isinstance(a, KernelMark):
+                self.maps.mark(a.key)
             elif isinstance(a, KernelCheck):
                 entry = self._take(a.key, out, now)
                 self._apply(self.eng.kernel_checked(a.key, entry, now), out, now)
@@ -682,3 +684,34 @@ frontend: {{max_header_bytes: 1024, syn_retries: 2, ack_coalesce_ms: 0}}
         assert got == want and sys_.verdicts[-1] == TC_ACT_REDIRECT, (n, got, want)
     assert len({c.backend for c in sys_.eng.conns.values()}) > 1
     assert list(sys_.eng.active) == ref.active
+
+
+def test_bare_segments_of_no_connection_dropped_in_the_kernel(bpf):
+    """ACKs, RSTs and SYNs to the VIP of no connection (a flood of them, or strays): the engine
+    would only count them; the kernel drops them, so they never reach Python."""
+    t = live_twin(bpf)
+    cl = Client(t.ref, now=LIVE)
+    for seg in (cl.seg(b"", flags=ACK, ack=12345), cl.seg(b"", flags=RST), cl.handshake_ack(),
+                Segment(cl.ip, cl.port, t.ref.vip, t.ref.vport, 7, 0, SYN, 1000)):
+        assert t.segment(seg, LIVE) == [] and t.sys.verdicts[-1] == TC_ACT_SHOT
+
+
+def test_engine_connection_keeps_its_bare_acks(bpf):
+    """A header in two segments is the engine's (the kernel leaves a marker with the first): the
+    client's bare ACK in between reaches the engine, and the request goes on as the engine's."""
+    t = live_twin(bpf)
+    cl = Client(t.ref, now=LIVE)
+    req = get("/x")
+    t.segment(cl.seg(req[:10]), LIVE)
+    assert t.sys.verdicts[-1] == TC_ACT_OK
+    t.segment(cl.seg(b"", flags=ACK), LIVE)
+    assert t.sys.verdicts[-1] == TC_ACT_OK
+    t.segment(cl.seg(req[10:]), LIVE)
+    be = Backend(t.ref, t.ref.conns[cl.key].backend, cl)
+    t.segment(be.synack(), LIVE)
+
+
+def test_sweep_removes_entries_nobody_knows(bpf):
+    t = live_twin(bpf)
+    t.sys.maps.mark((0x0A000102, 50001))           # a marker the engine never took up
+    assert t.sys.maps.sweep(lambda k: False, 0.0) == 1 and not list(t.sys.maps.conns.keys())

@@ -19,7 +19,8 @@ from typing import MutableSequence, Union
 from miresga import cookie
 from miresga.control.config import Deployment
 from miresga.frontend.handover import (REQ_CLOSE, REQ_FIRST, REQ_HTTP10, REQ_KEEP, EvKind, KernelCheck,
-                                       KernelEntry, KernelEvent, KernelHandover, KernelRemove, Phase)
+                                       KernelEntry, KernelEvent, KernelHandover, KernelMark, KernelRemove,
+                                       Phase)
 from miresga.frontend.http import (HttpError, RequestStream, ResponseWatcher, local_response,
                                    looks_like_request_start, request_start_certain)
 from miresga.frontend.rules import CompiledRule, RuleSet
@@ -64,7 +65,8 @@ class OffloadCheck:
     gen: int
 
 
-Action = Union[Send, OffloadInsert, OffloadDelete, OffloadCheck, KernelHandover, KernelCheck, KernelRemove]
+Action = Union[Send, OffloadInsert, OffloadDelete, OffloadCheck, KernelHandover, KernelCheck, KernelMark,
+               KernelRemove]
 
 
 class Stats:
@@ -713,6 +715,8 @@ class Engine:
         conn = Conn(key, s, opts, RequestStream(self.fe.max_header_bytes))
         conn.deadline = now + self.fe.header_timeout_s
         self.conns[key] = conn
+        if self.kernel:
+            out.append(KernelMark(key))
         st.events["new_conn"] += 1
         self._client_stream(conn, seg, now, out)
 
@@ -739,6 +743,8 @@ class Engine:
         conn.offload = Offload.INSTALLED
         conn.deadline = now + self.fe.idle_timeout_s
         self.conns[key] = conn
+        if self.kernel:
+            out.append(KernelMark(key))
         self.stats.events["adopted"] += 1
         self._backend_segment(conn, seg, now, out)
 

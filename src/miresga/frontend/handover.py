@@ -106,6 +106,15 @@ class KernelCheck:
 
 
 @dataclass(slots=True)
+class KernelMark:
+    """Action: the engine took a connection the kernel has no entry for (a first request the
+    kernel did not check, an adoption): leave a marker, so that the kernel passes all its
+    segments up instead of dropping its ACKs or taking its data for a new connection."""
+
+    key: Key
+
+
+@dataclass(slots=True)
 class KernelRemove:
     """Action: the engine forgot the connection; remove its entry."""
 

@@ -54,6 +54,7 @@ class FeStat(enum.IntEnum):
     REQ_PUNTED = 17
     RELEASED = 18
     PASS_PYTHON = 19
+    DROP_NO_ENTRY = 20
 
 
 CFG_ROUTE, CFG_FIRST = 1, 2      # bpf/frontend.h FE_CFG_*
@@ -235,6 +236,24 @@ class KernelMaps:
                 h = L.FeHeld.from_buffer_copy(raw)
                 entry.held = _HELD_CODEC.parse(memoryview(b"\0" * 10 + bytes(h.frame)[:h.len]))
         return entry
+
+    def mark(self, key: Key) -> None:
+        """A marker for an engine's connection that has no entry (KernelMark)."""
+        self._set_key(key)
+        self._mark()
+
+    def sweep(self, known, idle_s: float) -> int:
+        """Remove entries of connections the engine does not know (a lost REQUEST event, a
+        marker left for a segment the engine then refused) once idle for `idle_s`; how many."""
+        now, gone = time.monotonic_ns(), 0
+        for raw_key, raw in list(self.conns.items()):
+            k = L.FeKey.from_buffer_copy(raw_key)
+            key = (socket.ntohl(k.addr), socket.ntohs(k.port))
+            if known(key) or now - L.FeConn.from_buffer_copy(raw).last_seen_ns < idle_s * 1e9:
+                continue
+            self.remove(key)
+            gone += 1
+        return gone
 
     def _mark(self) -> None:
         """A marker for the key in self._key (the engine's connection); none if the table is full

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from miresga import cookie
 from miresga.control.config import Deployment
 from miresga.frontend.engine import Engine, Send
-from miresga.frontend.handover import KernelCheck, KernelHandover, KernelRemove
+from miresga.frontend.handover import KernelCheck, KernelHandover, KernelMark, KernelRemove
 from miresga.frontend.health import HealthTracker, check_ok, probe
 from miresga.frontend.metrics import MetricsPublisher
 from miresga.frontend.switch_link import NoSwitch, OffloadWorker
@@ -33,6 +33,7 @@ log = logging.getLogger("miresga.frontend")
 
 
 KERNEL_LIMIT_MARGIN = 64   # new connections the kernel may open between two ticks near the limit
+KERNEL_SWEEP_S = 30.0      # how often entries without an engine connection are looked for
 
 
 def switch_port_mac(gateway: str) -> str:
@@ -190,6 +191,8 @@ class FrontendServer:
                     self.engine.handover_refused(a.key)
             elif t is KernelRemove:
                 self.kpath.remove(a.key)  # type: ignore[union-attr]
+            elif t is KernelMark:
+                self.kpath.mark(a.key)  # type: ignore[union-attr]
             elif t is KernelCheck:
                 entry = self._take(a.key)
                 self._do(self.engine.kernel_checked(a.key, entry, self.clock()))
@@ -273,6 +276,7 @@ class FrontendServer:
             sel.register(self.kpath.fileno(), selectors.EVENT_READ, "kernel")
         eng, io, clock = self.engine, self.io, self.clock
         next_tick = next_pub = 0.0
+        next_sweep = clock() + KERNEL_SWEEP_S
         # Every segment allocates a few objects and tens of thousands of connections stay alive:
         # with the default thresholds the cyclic collector rescans them all the time (a quarter
         # of the engine's time in the microbench). Startup objects are frozen out of it.
@@ -307,6 +311,11 @@ class FrontendServer:
                     self._do(eng.tick(now))
                     if self.kpath is not None:
                         self._kernel_limits(now)
+                if self.kpath is not None and now >= next_sweep:
+                    next_sweep = now + KERNEL_SWEEP_S
+                    gone = self.kpath.sweep(lambda k: k in eng.conns, self.cfg.frontend.idle_timeout_s)
+                    if gone:
+                        eng.stats.events["kernel_swept"] += gone
                 if now >= next_pub:
                     next_pub = now + 1.0
                     io.poll_kernel_stats()
