@@ -1,10 +1,15 @@
-/* The front-end's kernel path, part 1 (DESIGN.md §10): TC ingress on the front-end's interface.
- * It relays every connection the Python engine has handed over (one fe_conns entry), with the
- * engine's own rewrites: back-end -> client as VIP:port (data, ACKs, FIN, RST), client -> back-end
- * (pure ACKs, FIN, RST). What the engine must decide goes up to it untouched: client payload
- * (every request is routed by Python), segments of connections without an entry, anything odd.
- * Python hears of ends, closings and response starts through the fe_events ring buffer; the relay
- * never waits for it. Sequence numbers are never rewritten (the agent translates them). */
+/* The front-end's kernel path (DESIGN.md §10): TC ingress on the front-end's interface.
+ *
+ * Relay: every connection with a relay entry in fe_conns, with the engine's own rewrites:
+ * back-end -> client as VIP:port (data, ACKs, FIN, RST), client -> back-end (ACKs, FIN, RST).
+ * Requests: the common request is routed here, with the rules Python compiled into maps
+ * (frontend_route.h) — a keep-alive request that stays on its back-end is relayed at once; a new
+ * connection's first request (valid cookie) becomes the splice SYN, its frame waits in fe_held
+ * and is released on the back-end's SYN-ACK (DESIGN.md §3 steps 2-5). Anything the kernel cannot
+ * judge goes up to the engine untouched, which then holds the connection (a marker entry).
+ * Python hears of requests, ends, closings and response starts through the fe_events ring
+ * buffer; the data never waits for it. Sequence numbers are never rewritten (the agent
+ * translates them). */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
@@ -17,6 +22,7 @@
 #include "tcp_seq.h"
 #include "frontend.h"
 #include "frontend_maps.h"
+#include "frontend_route.h"
 
 #define F_FIN 0x01
 #define F_SYN 0x02
@@ -76,6 +82,9 @@ static __always_inline void fill_event(struct fe_event *ev, __u32 kind, struct f
 	ev->srv_end = e->srv_end;
 	ev->cli_nxt = e->cli_nxt;
 	ev->to_client_bytes = e->to_client_bytes;
+	ev->rule = 0;
+	ev->backend = 0;
+	ev->req_flags = 0;
 }
 
 /* Client -> back-end: the destination becomes the entry's back-end. */
@@ -147,24 +156,388 @@ static __always_inline void maybe_closing(struct fe_key *key, struct fe_conn *e)
 	}
 }
 
-/* A segment of a client to VIP:port whose connection the kernel holds. */
-static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, struct fe_key *key, struct fe_conn *e)
+/* ------------------------------------------------------------------ requests (frontend_route.h) */
+
+/* A request the kernel read and routed: where it goes, and what Python must hear of it. */
+struct routed {
+	struct http_req *r;
+	struct fe_rule *rule;
+	__u32 rule_index;
+	__u32 flags; /* FE_REQ_* */
+};
+
+/* Read the client segment's frame into the per-CPU buffer, parse and match it. 0: routed (the
+ * frame in *frame, flen bytes); -1: leave it to Python. */
+static __always_inline int read_request(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
+					struct routed *out, struct fe_held **frame)
+{
+	__u32 zero = 0, off = p->l4_off + p->tcp_hlen, flen = off + p->payload_len;
+	struct fe_work *wk = bpf_map_lookup_elem(&fe_work, &zero);
+	struct fe_held *h;
+	int ri;
+
+	if (!wk)
+		return -1;
+	out->r = &wk->r;
+	if (p->l3_off != sizeof(struct ethhdr) || p->ip->ihl != 5 || flen > skb->len || flen > FE_HELD_MAX ||
+	    flen < off + 1)
+		return -1;
+	h = bpf_map_lookup_elem(&fe_scratch, &zero);
+	asm volatile("" : "+r"(flen)); /* keep the mask: it is no change, but bounds for the verifier */
+	flen &= REQ_MASK;
+	if (!h || flen < 1 || bpf_skb_load_bytes(skb, 0, h->frame, flen))
+		return -1;
+	h->len = flen;
+	if (http_req_parse(out->r, h->frame, off, flen))
+		return -1;
+	if (p->payload_len + out->r->fields + 16 > cfg->max_header)
+		return -1; /* near the header limit: the engine's 431 is exact */
+	ri = route_match(h->frame, wk, cfg);
+	if (ri < 0)
+		return -1;
+	out->rule_index = ri;
+	out->rule = bpf_map_lookup_elem(&fe_rules, &out->rule_index);
+	if (!out->rule || !(out->rule->flags & FE_RULE_KERNEL))
+		return -1;
+	out->flags = http_req_flags(out->r);
+	*frame = h;
+	return 0;
+}
+
+/* Python hears of a request the kernel routed (the entry as it is after the request). */
+static __always_inline void report_request(struct fe_key *key, struct fe_conn *e, struct routed *q, __u32 seq,
+					   __u32 len, __u32 flags)
+{
+	struct fe_event *ev = bpf_ringbuf_reserve(&fe_events, sizeof(*ev), 0);
+
+	if (!ev) {
+		fe_count(FE_STAT_EVENTS_LOST);
+		return;
+	}
+	fill_event(ev, FE_EV_REQUEST, key, e);
+	ev->seq = seq;
+	ev->payload_len = len;
+	ev->rule = q->rule_index;
+	ev->backend = e->backend;
+	ev->req_flags = q->flags | flags;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* The engine takes it: count, and leave a marker so that its next segments go up too. */
+static __always_inline int punt_new(struct fe_key *key, __u32 stat)
+{
+	struct fe_conn m = { .phase = FE_PHASE_PYTHON, .last_seen_ns = bpf_ktime_get_ns() };
+
+	bpf_map_update_elem(&fe_conns, key, &m, BPF_NOEXIST);
+	fe_count(FE_STAT_REQ_PUNTED);
+	return pass(stat);
+}
+
+/* ack - 1 of a client's first data segment: the cookie the switch made (current or previous key
+ * generation, this bucket or the one before, as cookie.check_cookie). The option bits, or -1. */
+static __always_inline int cookie_valid(struct fe_config *cfg, struct pkt *p, __u32 isn)
+{
+	__u32 slot, bucket = (__u32)(bpf_ktime_get_tai_ns() / 1000000000ULL / (cfg->bucket_seconds ? cfg->bucket_seconds : 1));
+	struct fe_cookie_key *k;
+	__u32 cip = bpf_ntohl(p->ip->saddr), vip = bpf_ntohl(p->ip->daddr);
+	__u16 cport = bpf_ntohs(p->tcp->source), vport = bpf_ntohs(p->tcp->dest);
+
+#pragma clang loop unroll(disable)
+	for (slot = 0; slot < 2; slot++) {
+		k = bpf_map_lookup_elem(&fe_keys, &slot);
+		if (k && (k->k0 | k->k1) && cookie_check(k->k0, k->k1, cip, cport, vip, vport, bucket, isn))
+			return isn & 0x7F;
+	}
+	return -1;
+}
+
+struct syn_tcp {
+	struct tcphdr th;
+	__u8 opts[12];
+};
+
+/* The MSS of the cookie's table index (cookie.MSS_TABLE). */
+static __always_inline __u16 cookie_mss(__u32 index)
+{
+	switch (index & 3) {
+	case 0: return 536;
+	case 1: return 1220;
+	case 2: return 1440;
+	}
+	return 1460;
+}
+
+/* Turn the client's request segment into the splice SYN (DESIGN.md §3 step 3), as the engine's
+ * _syn builds it: from the client's ip:port to the back-end, seq c, the switch ISN in the ack
+ * field with the ACK flag off (the agent reads and clears it), window 65535, the client's
+ * options as the cookie carried them (MSS, SACK-permitted, window scale). */
+static __always_inline int build_syn(struct __sk_buff *skb, struct pkt *p, struct fe_conn *e, __u32 opts)
+{
+	struct ethhdr eth;
+	struct iphdr ip = {};
+	struct syn_tcp t = {};
+	__u32 saddr = p->ip->saddr, daddr = e->backend_ip, thl = sizeof(struct tcphdr) + 4, pseudo;
+	__u16 mss = cookie_mss(opts >> 5);
+
+	__builtin_memcpy(eth.h_dest, p->eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth.h_source, p->eth->h_dest, ETH_ALEN);
+	eth.h_proto = bpf_htons(ETH_P_IP);
+	t.opts[0] = 2;
+	t.opts[1] = 4;
+	t.opts[2] = mss >> 8;
+	t.opts[3] = mss & 0xFF;
+	if (opts & 0x10) { /* SACK-permitted */
+		t.opts[4] = 1;
+		t.opts[5] = 1;
+		t.opts[6] = 4;
+		t.opts[7] = 2;
+		thl += 4;
+	}
+	if ((opts & 0xF) != COOKIE_WSCALE_NONE) {
+		__u8 ws[4] = { 1, 3, 3, opts & 0xF };
+
+		if (opts & 0x10)
+			__builtin_memcpy(&t.opts[8], ws, 4);
+		else
+			__builtin_memcpy(&t.opts[4], ws, 4);
+		thl += 4;
+	}
+	ip.version = 4;
+	ip.ihl = 5;
+	ip.tot_len = bpf_htons(sizeof(struct iphdr) + thl);
+	ip.frag_off = bpf_htons(0x4000); /* DF */
+	ip.ttl = 64;
+	ip.protocol = IPPROTO_TCP;
+	ip.saddr = saddr;
+	ip.daddr = daddr;
+	ip.check = ipv4_csum_fresh(&ip);
+	t.th.source = p->tcp->source;
+	t.th.dest = e->backend_port;
+	t.th.seq = bpf_htonl(e->c);
+	t.th.ack_seq = bpf_htonl(e->s);
+	t.th.doff = thl / 4;
+	t.th.syn = 1;
+	t.th.window = bpf_htons(65535);
+	pseudo = tcp_pseudo_sum(saddr, daddr, thl);
+	t.th.check = ~csum_fold32(csum_add16(pseudo, &t, sizeof(t) / 2)); /* unused option bytes are 0 */
+	if (thl > sizeof(t) || bpf_skb_change_tail(skb, sizeof(eth) + sizeof(ip) + thl, 0))
+		return -1;
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) ||
+	    bpf_skb_store_bytes(skb, sizeof(eth), &ip, sizeof(ip), 0) ||
+	    bpf_skb_store_bytes(skb, sizeof(eth) + sizeof(ip), &t, thl, 0))
+		return -1;
+	return tcp_csum_store_fresh(skb, sizeof(eth) + sizeof(ip), pseudo, t.th.check);
+}
+
+/* A data segment of a client the kernel holds nothing for: a new connection's first request
+ * (DESIGN.md §3 steps 2-3), taken here if the cookie is valid, the whole request is in it and
+ * its rule picks a back-end from the wheel. */
+static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
+					 struct fe_key *key, __u64 replace)
+{
+	struct tcphdr *th = p->tcp;
+	__u8 f = TCP_FLAGS(th);
+	__u32 seq = bpf_ntohl(th->seq), ack = bpf_ntohl(th->ack_seq), bi;
+	struct fe_backend *be;
+	struct fe_held *frame;
+	struct routed q = {};
+	int opts, b;
+
+	if (!p->payload_len && !(f & F_FIN) && !replace) {
+		/* A bare ACK, RST or SYN of no connection (every connection the engine holds has a
+		 * marker): the engine would only count it. Dropped here, so a flood of them never
+		 * reaches Python. (A stray handshake ACK the switch did not absorb is one of them.) */
+		fe_count(FE_STAT_DROP_NO_ENTRY);
+		return TC_ACT_SHOT;
+	}
+	if (!p->payload_len || (f & (F_SYN | F_RST | F_FIN)) || !(f & F_ACK))
+		return pass(FE_STAT_PASS_NO_ENTRY);
+	opts = cookie_valid(cfg, p, ack - 1);
+	if (opts < 0)
+		return pass(FE_STAT_PASS_NO_ENTRY); /* the engine counts the bad cookie */
+	if (!(cfg->flags & FE_CFG_FIRST) || read_request(skb, p, cfg, &q, &frame))
+		return punt_new(key, FE_STAT_PASS_DATA);
+	if (!(q.rule->flags & (FE_RULE_WHEEL | FE_RULE_LEASTCONN | FE_RULE_HASH)) || q.rule->after_requests == 1)
+		return punt_new(key, FE_STAT_PASS_DATA);
+	b = route_pick(q.rule_index, q.rule, cfg, bpf_ntohl(p->ip->saddr));
+	if (b < 0 || !(cfg->healthy & (1ULL << (b & 63))))
+		return punt_new(key, FE_STAT_PASS_DATA); /* the engine answers 503 */
+	bi = b;
+	be = bpf_map_lookup_elem(&fe_backends, &bi);
+	if (!be)
+		return punt_new(key, FE_STAT_PASS_DATA);
+	struct fe_conn e = {
+		.last_seen_ns = bpf_ktime_get_ns(), .backend_ip = be->ip, .backend_port = be->port,
+		.cli_nxt = seq + p->payload_len, .cli_ack = ack, .srv_end = ack, .phase = FE_PHASE_SYN_SENT,
+		.route_ok = (q.flags & FE_REQ_CLOSE) ? 0 : FE_ROUTE_OK, .has_req_ack = 1, .backend = bi, .last_req_ack = ack,
+		.requests = 1, .c = seq - 1, .s = ack - 1,
+	};
+	if (q.rule->flags & FE_RULE_WATCH) {
+		e.watch_next = ack;
+		e.watch_segs = FE_WATCH_COPIES;
+	}
+	if (bpf_map_update_elem(&fe_held, key, frame, BPF_NOEXIST))
+		return punt_new(key, FE_STAT_PASS_DATA);
+	if (bpf_map_update_elem(&fe_conns, key, &e, replace ? BPF_EXIST : BPF_NOEXIST)) {
+		bpf_map_delete_elem(&fe_held, key);
+		return punt_new(key, FE_STAT_PASS_DATA);
+	}
+	bi = FE_COUNT_OPENED + (bi & (FE_BACKENDS_MAX - 1));
+	{
+		__u64 *opened = bpf_map_lookup_elem(&fe_counts, &bi);
+
+		if (opened)
+			__sync_fetch_and_add(opened, 1);
+	}
+	report_request(key, &e, &q, seq, p->payload_len, FE_REQ_FIRST | ((__u32)opts << 8));
+	if (build_syn(skb, p, &e, opts)) {
+		fe_count(FE_STAT_REWRITE_FAILED);
+		return TC_ACT_SHOT; /* half rewritten; the engine resends the SYN on its timer */
+	}
+	fe_count(FE_STAT_REQ_FIRST);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* The back-end's SYN-ACK for a splice the kernel opened: the held request goes out in its place
+ * (DESIGN.md §3 step 5), to the back-end, its ack completing the back-end's handshake. */
+static __always_inline int release(struct __sk_buff *skb, struct pkt *p, struct fe_key *key, struct fe_conn *e)
+{
+	struct tcphdr *th = p->tcp;
+	__u8 f = TCP_FLAGS(th), macs[2 * ETH_ALEN];
+	struct fe_held *h;
+	struct iphdr *ip;
+	struct tcphdr *t;
+	__u32 len, sum, pseudo;
+
+	if ((f & (F_SYN | F_ACK | F_RST | F_FIN)) != (F_SYN | F_ACK) || bpf_ntohl(th->seq) != e->s ||
+	    bpf_ntohl(th->ack_seq) != e->c + 1 || p->l4_off != sizeof(struct ethhdr) + sizeof(struct iphdr))
+		return pass(FE_STAT_PASS_OTHER); /* a refusal, or odd: the engine judges */
+	h = bpf_map_lookup_elem(&fe_held, key);
+	if (!h)
+		return pass(FE_STAT_PASS_OTHER);
+	len = h->len;
+	if (len < sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct tcphdr) || len > FE_HELD_MAX)
+		return pass(FE_STAT_PASS_OTHER);
+	__builtin_memcpy(macs, p->eth->h_source, ETH_ALEN);
+	__builtin_memcpy(macs + ETH_ALEN, p->eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(h->frame, macs, sizeof(macs));
+	ip = (void *)(h->frame + sizeof(struct ethhdr));
+	t = (void *)(h->frame + sizeof(struct ethhdr) + sizeof(struct iphdr));
+	ip->daddr = e->backend_ip;
+	ip->check = ipv4_csum_fresh(ip);
+	t->dest = e->backend_port;
+	t->check = 0;
+	/* The whole segment's checksum: the buffer's bytes after the frame are zeroed so that the
+	 * last 4-byte word holds no stale byte. */
+	asm volatile("" : "+r"(len)); /* the masks are no change, but bounds for the verifier */
+	len &= REQ_MASK;
+	if (len < sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct tcphdr))
+		return pass(FE_STAT_PASS_OTHER);
+	h->frame[len & REQ_MASK] = 0;
+	h->frame[(len + 1) & REQ_MASK] = 0;
+	h->frame[(len + 2) & REQ_MASK] = 0;
+	pseudo = tcp_pseudo_sum(ip->saddr, ip->daddr, len - sizeof(struct ethhdr) - sizeof(struct iphdr));
+	sum = pseudo;
+#pragma unroll
+	for (int k = 0; k < 3; k++) {
+		__u32 at = sizeof(struct ethhdr) + sizeof(struct iphdr) + k * 512, n;
+
+		if (at >= len)
+			break;
+		n = ((len - at) + 3) & ~3U;
+		if (n > 512)
+			n = 512;
+		sum = bpf_csum_diff(0, 0, (__be32 *)(h->frame + at), n, sum);
+	}
+	t->check = ~csum_fold32(sum);
+	if (bpf_skb_change_tail(skb, len, 0) || bpf_skb_store_bytes(skb, 0, h->frame, len, 0) ||
+	    tcp_csum_store_fresh(skb, sizeof(struct ethhdr) + sizeof(struct iphdr), pseudo, t->check)) {
+		fe_count(FE_STAT_REWRITE_FAILED);
+		return TC_ACT_SHOT; /* the back-end resends its SYN-ACK; the entry still waits */
+	}
+	e->phase = FE_PHASE_RELAY;
+	e->last_seen_ns = bpf_ktime_get_ns();
+	bpf_map_delete_elem(&fe_held, key);
+	fe_count(FE_STAT_RELEASED);
+	fe_count(FE_STAT_TO_BACKEND);
+	fe_count_n(FE_STAT_TO_BACKEND_BYTES, len - sizeof(struct ethhdr) - sizeof(struct iphdr) - t->doff * 4);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* A keep-alive connection's next request, in order and whole: relayed at once when its rule
+ * keeps the connection's back-end (DESIGN.md §3 step 8); anything else goes to the engine. */
+static __always_inline int next_request(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
+					struct fe_key *key, struct fe_conn *e)
+{
+	struct tcphdr *th = p->tcp;
+	__u8 f = TCP_FLAGS(th);
+	__u32 seq = bpf_ntohl(th->seq), ack = bpf_ntohl(th->ack_seq);
+	struct fe_held *frame;
+	struct routed q = {};
+	__u64 bit = 1ULL << (e->backend & 63);
+	__u8 offloaded;
+
+	if (!(cfg->flags & FE_CFG_ROUTE) || !(e->route_ok & FE_ROUTE_OK) || e->cli_fin || (f & (F_SYN | F_FIN | F_RST)) || !(f & F_ACK) ||
+	    seq != e->cli_nxt || (e->has_req_ack && ack == e->last_req_ack))
+		return pass(FE_STAT_PASS_DATA); /* not a plain next request (pipelined, reordered, ...) */
+	offloaded = e->route_ok & FE_ROUTE_OFFLOADED;
+	if (read_request(skb, p, cfg, &q, &frame) || !(q.rule->pool & bit) || !(cfg->healthy & bit) ||
+	    (!(q.rule->flags & FE_RULE_STICKY) &&   /* a hash policy picks again: the same back-end? */
+	     (!(q.rule->flags & FE_RULE_HASH) ||
+	      route_pick(q.rule_index, q.rule, cfg, bpf_ntohl(p->ip->saddr)) != e->backend)) ||
+	    (!offloaded && q.rule->after_requests && e->requests + 1 >= q.rule->after_requests)) {
+		fe_count(FE_STAT_REQ_PUNTED);
+		return pass(FE_STAT_PASS_DATA); /* re-route, offload from now on, or not ours to judge */
+	}
+	e->last_seen_ns = bpf_ktime_get_ns();
+	e->cli_nxt = seq + p->payload_len;
+	e->cli_ack = ack;
+	e->last_req_ack = ack;
+	e->has_req_ack = 1;
+	e->requests += 1;
+	e->route_ok = (q.flags & FE_REQ_CLOSE) ? 0 : e->route_ok;
+	e->watch_next = ack;
+	e->watch_segs = ((q.rule->flags & FE_RULE_WATCH) && !offloaded) ? FE_WATCH_COPIES : 0;
+	report_request(key, e, &q, seq, p->payload_len, 0);
+	fe_count(FE_STAT_REQ_NEXT);
+	return to_backend(skb, p, e);
+}
+
+/* A client segment inside what the connection already carried (the engine's _new_incarnation
+ * test): anything else on a closed connection starts a new one on the same port. */
+static __always_inline int retransmitted(struct fe_conn *e, __u32 seq, __u32 len)
+{
+	__s32 behind = (__s32)(e->cli_nxt - seq);
+
+	return behind > 0 && behind < (1 << 24) && (__s32)(seq + len - e->cli_nxt) <= 0;
+}
+
+/* ------------------------------------------------------------------ relay
+
+ * A segment of a client to VIP:port whose connection the kernel holds. */
+static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
+				       struct fe_key *key, struct fe_conn *e)
 {
 	struct tcphdr *th = p->tcp;
 	__u8 f = TCP_FLAGS(th);
 	__u32 seq = bpf_ntohl(th->seq);
 	int rc;
 
-	e->last_seen_ns = bpf_ktime_get_ns();
 	if (f & F_RST) {
+		e->last_seen_ns = bpf_ktime_get_ns();
 		rc = to_backend(skb, p, e);
 		fe_count(FE_STAT_CLIENT_RST);
 		report(FE_EV_CLIENT_RST, key, e);
 		bpf_map_delete_elem(&fe_conns, key);
 		return rc;
 	}
-	if ((f & F_SYN) || p->payload_len)
-		return pass(p->payload_len ? FE_STAT_PASS_DATA : FE_STAT_PASS_OTHER);
+	if (p->payload_len && e->closing && !retransmitted(e, seq, p->payload_len + ((f & F_FIN) ? 1 : 0)))
+		return first_request(skb, p, cfg, key, 1); /* the port reused: a new connection (or Python's) */
+	if (p->payload_len)
+		return next_request(skb, p, cfg, key, e);
+	if (f & F_SYN)
+		return pass(FE_STAT_PASS_OTHER);
+	e->last_seen_ns = bpf_ktime_get_ns();
 	if (f & F_FIN) {
 		if (!e->cli_fin && seq == e->cli_nxt) {
 			e->cli_fin = 1;
@@ -240,16 +613,22 @@ int frontend_ingress(struct __sk_buff *skb)
 		key.port = p.tcp->source;
 		e = bpf_map_lookup_elem(&fe_conns, &key);
 		if (!e)
-			return pass(FE_STAT_PASS_NO_ENTRY);
-		return from_client(skb, &p, &key, e);
+			return first_request(skb, &p, cfg, &key, 0);
+		if (e->phase != FE_PHASE_RELAY)
+			return pass(e->phase == FE_PHASE_PYTHON ? FE_STAT_PASS_PYTHON : FE_STAT_PASS_OTHER);
+		return from_client(skb, &p, cfg, &key, e);
 	}
 	key.addr = p.ip->daddr;
 	key.port = p.tcp->dest;
 	e = bpf_map_lookup_elem(&fe_conns, &key);
 	if (!e)
 		return pass(FE_STAT_PASS_NO_ENTRY);
+	if (e->phase == FE_PHASE_PYTHON)
+		return pass(FE_STAT_PASS_PYTHON);
 	if (e->backend_ip != p.ip->saddr || e->backend_port != p.tcp->source)
 		return pass(FE_STAT_PASS_OTHER); /* another back-end, or not spliced: the engine judges */
+	if (e->phase == FE_PHASE_SYN_SENT)
+		return release(skb, &p, &key, e);
 	return from_backend(skb, &p, cfg, &key, e);
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Miresga needs, only those missing, so running it twice is cheap.
 set -euo pipefail
-pkgs=(clang llvm libbpf-dev bpftool nginx haproxy wrk curl iproute2 nftables tcpdump ethtool procps psmisc iputils-ping python3-venv)
+pkgs=(clang llvm libbpf-dev bpftool nginx haproxy wrk apache2-utils curl iproute2 nftables tcpdump ethtool procps psmisc iputils-ping python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -32,24 +32,6 @@ struct synack_tcp {
 	__u8 opts[SYNACK_OPTLEN];
 };
 
-static __always_inline __u32 csum_add16(__u32 sum, const void *p, int words)
-{
-	const __u16 *w = p;
-
-#pragma unroll
-	for (int i = 0; i < 16; i++)
-		if (i < words)
-			sum += w[i];
-	return sum;
-}
-
-static __always_inline __u16 csum_fold32(__u32 sum)
-{
-	sum = (sum & 0xFFFF) + (sum >> 16);
-	sum = (sum & 0xFFFF) + (sum >> 16);
-	return (__u16)sum;
-}
-
 /* The cookie's time bucket now (TAI clock, as cookie.bucket_of). */
 static __always_inline __u32 cookie_bucket_now(const struct sw_config *cfg)
 {
@@ -93,7 +75,6 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 	__u32 seq = bpf_ntohl(p->tcp->seq);
 	__u32 bucket, opts, isn, pseudo, slot;
 	struct sw_key *key;
-	__u16 before, after, check;
 
 	__builtin_memcpy(eth.h_dest, p->eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth.h_source, p->eth->h_dest, ETH_ALEN);
@@ -149,8 +130,7 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 	} else {
 		t.opts[10] = t.opts[11] = TCPOPT_NOP;
 	}
-	pseudo = (saddr & 0xFFFF) + (saddr >> 16) + (daddr & 0xFFFF) + (daddr >> 16) +
-		 bpf_htons(IPPROTO_TCP) + bpf_htons(SYNACK_TCPLEN);
+	pseudo = tcp_pseudo_sum(saddr, daddr, SYNACK_TCPLEN);
 	t.th.check = ~csum_fold32(csum_add16(pseudo, &t, SYNACK_TCPLEN / 2));
 
 	if (bpf_skb_change_tail(skb, SYNACK_LEN, 0))
@@ -160,18 +140,8 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 	    bpf_skb_store_bytes(skb, sizeof(eth) + sizeof(ip), &t, sizeof(t), BPF_F_RECOMPUTE_CSUM))
 		return DROP_REWRITE_FAILED;
 
-	/* A SYN from a local stack over veth is CHECKSUM_PARTIAL: the TCP checksum field must then
-	 * hold the folded pseudo-header sum, not the full sum. A non-pseudo checksum update is a no-op
-	 * exactly in that mode, which tells the two apart. */
-#define SA_CSUM_OFF (sizeof(eth) + sizeof(ip) + offsetof(struct tcphdr, check))
-	if (bpf_skb_load_bytes(skb, SA_CSUM_OFF, &before, 2) ||
-	    bpf_l4_csum_replace(skb, SA_CSUM_OFF, 0, 1, 2) ||
-	    bpf_skb_load_bytes(skb, SA_CSUM_OFF, &after, 2))
+	if (tcp_csum_store_fresh(skb, sizeof(eth) + sizeof(ip), pseudo, t.th.check))
 		return DROP_REWRITE_FAILED;
-	check = after == before ? csum_fold32(pseudo) : t.th.check;
-	if (bpf_skb_store_bytes(skb, SA_CSUM_OFF, &check, 2, 0))
-		return DROP_REWRITE_FAILED;
-#undef SA_CSUM_OFF
 	return 0;
 }
 

@@ -13,6 +13,7 @@ connections must agree. Scenarios are data; a hypothesis test runs random segmen
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import struct
@@ -27,10 +28,11 @@ from scapy.layers.l2 import Ether
 
 from frontend_helpers import ACK, FIN, NOW, PSH, RST, RULES, SYN, Backend, Client, get, make_cfg, seq_add
 from miresga.bpf.layouts import FeConn
+from miresga.cookie import tai_seconds
 from miresga.bpf.libbpf import BpfObject, object_path
 from miresga.bpf.testrun import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, checksums_ok
 from miresga.frontend.engine import Engine, Send
-from miresga.frontend.handover import KernelCheck, KernelHandover, KernelRemove
+from miresga.frontend.handover import KernelCheck, KernelHandover, KernelMark, KernelRemove, Phase
 from miresga.frontend.kernel_path import FeStat, KernelMaps, decode_entry, fe_key
 from miresga.frontend.packetio import FrameCodec, mac_bytes
 from miresga.frontend.segment import Segment
@@ -60,11 +62,18 @@ def frame(seg: Segment) -> bytes:
 class System:
     """The kernel path and the engine that owns what the kernel passes up."""
 
-    def __init__(self, prog, maps: KernelMaps):
+    def __init__(self, prog, maps: KernelMaps, cfg=None, now: float = NOW):
+        cfg = cfg or CFG
         self.prog, self.maps = prog, maps
         maps.conns.clear()
+        maps.held.clear()
         maps.events()
-        self.eng = Engine(CFG, kernel=True)
+        for i in range(64):
+            maps.positions.map.update(ctypes.c_uint32(i), ctypes.c_uint64(0))
+        self.eng = Engine(cfg, kernel=True, positions=maps.positions, counts=maps.counts(len(cfg.hosts.backends)))
+        maps.load_rules(cfg, self.eng.rules, self.eng.healthy)
+        maps.set_keys(self.eng.keys(now))
+        maps.set_routing(True, True)
         self.verdicts: list[int] = []
         # The kernel stamps entries with its own clock; the test runs on simulated time, so it
         # keeps the simulated time of each entry's last segment and reports idleness from it.
@@ -79,6 +88,8 @@ class System:
                     self.eng.handover_refused(a.key)
             elif isinstance(a, KernelRemove):
                 self.maps.remove(a.key)
+            elif isinstance(a, KernelMark):
+                self.maps.mark(a.key)
             elif isinstance(a, KernelCheck):
                 entry = self._take(a.key, out, now)
                 self._apply(self.eng.kernel_checked(a.key, entry, now), out, now)
@@ -104,6 +115,7 @@ class System:
             self.seen[key] = now
         r = self.prog.test_run(frame(seg))
         self.verdicts.append(r.retval)
+        self._events(out, now)      # a request the kernel took comes before what follows it
         if r.retval == TC_ACT_REDIRECT:
             got = Ether(r.data)
             assert checksums_ok(got), f"bad checksum out of the kernel for {seg}"
@@ -123,6 +135,11 @@ class System:
         out: list = []
         self._apply(self.eng.tick(now), out, now)
         return out
+
+
+def relay_entries(maps: KernelMaps) -> list[bytes]:
+    """Keys of the entries the kernel relays or routes for (not the engine's markers)."""
+    return [bytes(k) for k, v in maps.conns.items() if FeConn.from_buffer_copy(v).phase != Phase.PYTHON]
 
 
 def normal(actions) -> tuple[list, list]:
@@ -157,14 +174,19 @@ class Twin:
         assert a.keys() == b.keys()
         for k, c in a.items():
             d = b[k]
-            fins = (d.cli_fin, d.srv_fin)
+            fins, state = (d.cli_fin, d.srv_fin), d.state
             if d.kernel:    # what the kernel relayed since the hand-over is in its entry
                 e = decode_entry(FeConn.from_buffer_copy(self.sys.maps.conns.lookup(fe_key(k))), 0)
                 fins = (d.cli_fin or e.cli_fin, d.srv_fin or e.srv_fin)
+                if state is State.SYN_SENT and e.phase is Phase.RELAY:
+                    state = State.SPLICED   # the kernel released the request; the engine hears later
             assert (c.state, c.cli_fin, c.srv_fin, c.offload, c.backend) == \
-                (d.state, *fins, d.offload, d.backend), k
-        held = sum(1 for c in b.values() if c.kernel)
-        assert sum(1 for _ in self.sys.maps.conns.keys()) == held, "kernel entries == connections it holds"
+                (state, *fins, d.offload, d.backend), k
+        entries = {bytes(k): FeConn.from_buffer_copy(v).phase for k, v in self.sys.maps.conns.items()}
+        held = {bytes(fe_key(k)) for k, c in b.items() if c.kernel}
+        assert {k for k, p in entries.items() if p != Phase.PYTHON} == held, "kernel entries == connections it holds"
+        assert {k for k, p in entries.items() if p == Phase.PYTHON} <= {bytes(fe_key(k)) for k in b}, \
+            "a marker only for a connection the engine holds"
 
 
 # ---------------------------------------------------------------------------- scenarios as data
@@ -266,7 +288,7 @@ def test_relay_takes_no_python(bpf):
     assert stats["closing"] >= 1 and stats["to_client"] >= 2 and stats["to_backend"] >= 2
     # the close linger ends in the engine: both forget, the kernel entry goes
     t.tick(NOW + CFG.frontend.close_linger_s + 0.1)
-    assert not t.sys.eng.conns and not list(t.sys.maps.conns.keys())
+    assert not t.sys.eng.conns and not list(t.sys.maps.conns.keys())   # nor a marker
 
 
 def test_idle_expiry(bpf):
@@ -410,9 +432,10 @@ def test_restart_replaces_a_dead_predecessors_program():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def test_offloaded_connection_stays_with_the_engine(bpf):
+def test_offloaded_connection_goes_back_to_the_kernel(bpf):
     """Once the switch carries a connection (entry installed), only its requests and its close
-    reach the front-end: the engine keeps it after its next request instead of handing it back."""
+    reach the front-end: a request the engine had to route (offload: always is the engine's),
+    and then the connection is the kernel's again, its next requests routed there."""
     t = Twin(*bpf)
     c = opened(t, "/dl/x", backend=2)            # offload: always -> insert at the splice
     for eng in (t.ref, t.sys.eng):
@@ -420,6 +443,275 @@ def test_offloaded_connection_stays_with_the_engine(bpf):
         assert eng.offload_result(c.cl.ip, c.cl.port, gen, "ok", NOW) == []
     t.segment(_respond(c))
     assert t.sys.eng.conns[c.cl.key].kernel      # handed over before the entry was confirmed
-    t.segment(c.cl.seg(get("/dl/y")))             # next request: taken back, kept
-    assert not t.sys.eng.conns[c.cl.key].kernel and not list(t.sys.maps.conns.keys())
+    t.segment(c.cl.seg(get("/dl/y")))             # offload always: the engine routes it ...
+    assert t.sys.verdicts[-1] == TC_ACT_OK and t.sys.eng.conns[c.cl.key].kernel   # ... and gives it back
     t.segment(_respond(c))
+    t.segment(c.cl.seg(get("/two")))              # the default rule, same back-end: the kernel's
+
+
+# ---------------------------------------------------------------------------- requests routed in the kernel
+# First requests need a cookie the kernel accepts: made at the kernel's clock (TAI now), which the
+# engines are then given as their `now`.
+
+LIVE = tai_seconds()
+
+
+@pytest.fixture(autouse=True)
+def _live_clock():
+    """Each test reads the clock anew: a cookie is valid for two buckets of the kernel's clock."""
+    global LIVE
+    LIVE = tai_seconds()
+
+
+def _req(line: str, *headers: str) -> bytes:
+    return (line + "\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode("latin-1")
+
+
+H = "Host: a.example"
+# (request, where the kernel path must route it: "kernel" or "python") — the engine routes both
+# ways the same; the table says which layer does it.
+FIRST_REQUESTS: list[tuple[str, bytes, str]] = [
+    ("GET /", _req("GET / HTTP/1.1", H), "kernel"),
+    ("HEAD /", _req("HEAD / HTTP/1.1", H), "kernel"),
+    ("query string", _req("GET /a?b=c&d=/e?f HTTP/1.1", H), "kernel"),
+    ("HTTP/1.0", _req("GET / HTTP/1.0", H), "kernel"),
+    ("Connection: close", _req("GET / HTTP/1.1", H, "Connection: close"), "kernel"),
+    ("Connection: keep-alive, 1.0", _req("GET / HTTP/1.0", H, "Connection: Keep-Alive"), "kernel"),
+    ("no Host", _req("GET / HTTP/1.1"), "kernel"),
+    ("prefix /big/ exactly", _req("GET /big/ HTTP/1.1", H), "kernel"),
+    ("prefix /big without slash", _req("GET /big HTTP/1.1", H), "kernel"),
+    ("prefix, other case", _req("GET /BIG/x HTTP/1.1", H), "kernel"),
+    ("host rule", _req("GET / HTTP/1.1", "Host: www.two.example"), "kernel"),
+    ("host rule, case and port", _req("GET / HTTP/1.1", "Host: WWW.Two.Example:8080"), "kernel"),
+    ("host rule, longer host", _req("GET / HTTP/1.1", "Host: xwww.two.example"), "kernel"),
+    ("many headers", _req("GET /x HTTP/1.1", H, "User-Agent: wrk", "Accept: */*", "X-A: b c\td"), "kernel"),
+    ("least_conn rule", _req("GET /api/x HTTP/1.1", H), "kernel"),
+    ("offload always: Python", _req("GET /dl/x HTTP/1.1", H), "python"),
+    ("POST", _req("POST / HTTP/1.1", H, "Content-Length: 0"), "python"),
+    ("Content-Length on GET", _req("GET / HTTP/1.1", H, "Content-Length: 0"), "python"),
+    ("Transfer-Encoding", _req("GET / HTTP/1.1", H, "Transfer-Encoding: chunked"), "python"),
+    ("Upgrade", _req("GET / HTTP/1.1", H, "Connection: Upgrade", "Upgrade: websocket"), "python"),
+    ("duplicate Host", _req("GET / HTTP/1.1", H, "Host: b.example"), "python"),
+    ("Host with a space", _req("GET / HTTP/1.1", "Host: a.example x"), "python"),
+    ("Host IPv6", _req("GET / HTTP/1.1", "Host: [::1]:80"), "python"),
+    ("absolute-form target", _req("GET http://www.two.example/ HTTP/1.1", H), "python"),
+    ("'//' target", _req("GET //x HTTP/1.1", H), "python"),
+    ("percent in target", _req("GET /a%20b HTTP/1.1", H), "python"),
+    ("folded header", _req("GET / HTTP/1.1", H, "X-A: b", " c"), "python"),
+    ("bad byte in a value", _req("GET / HTTP/1.1", H, "X-A: b\x01"), "python"),
+    ("lower-case method", _req("get / HTTP/1.1", H), "python"),
+    ("HTTP/2.0", _req("GET / HTTP/2.0", H), "python"),
+    ("header not finished", _req("GET / HTTP/1.1", H)[:-2], "python"),
+    ("two requests in one segment", _req("GET / HTTP/1.1", H) * 2, "python"),
+    ("LF without CR", b"GET / HTTP/1.1\nHost: a\n\n", "python"),
+    ("Connection: other", _req("GET / HTTP/1.1", H, "Connection: foo"), "python"),
+]
+
+
+def live_twin(bpf) -> Twin:
+    t = Twin(*bpf)
+    t.sys = System(*bpf, now=LIVE)
+    return t
+
+
+@pytest.mark.parametrize("name,req,where", FIRST_REQUESTS, ids=[r[0] for r in FIRST_REQUESTS])
+def test_first_request_equals_engine(bpf, name, req, where):
+    """The request, the splice SYN (or whatever the engine answers), the SYN-ACK and the
+    released request, a response and the close: the same segments out, step by step."""
+    t = live_twin(bpf)
+    cl = Client(t.ref, now=LIVE)
+    t.segment(cl.seg(req), LIVE)
+    assert t.sys.verdicts[-1] == (TC_ACT_REDIRECT if where == "kernel" else TC_ACT_OK), name
+    if cl.key not in t.ref.conns or t.ref.conns[cl.key].state is not State.SYN_SENT:
+        return                          # refused (400, 503): the engine's, as it was
+    be = Backend(t.ref, t.ref.conns[cl.key].backend, cl)
+    t.segment(be.synack(), LIVE)
+    c = Conn(cl, be)
+    for step in SCENARIOS[2][2]:        # response, client FIN, back-end FIN, last ACK
+        t.segment(step(c), LIVE)
+    t.tick(LIVE + CFG.frontend.close_linger_s + 0.1)
+    assert not t.sys.eng.conns and not list(t.sys.maps.conns.keys()) and not list(t.sys.maps.held.keys())
+
+
+def test_new_connection_takes_no_python_frame(bpf):
+    """A 1 KB request and response on a new connection: every frame in the kernel (request ->
+    SYN, SYN-ACK -> request, response, ACKs, FINs); the engine hears three events."""
+    t = live_twin(bpf)
+    before = t.sys.maps.stats()
+    cl = Client(t.ref, now=LIVE)
+    t.segment(cl.seg(_req("GET /x HTTP/1.1", H, "Connection: close")), LIVE)
+    be = Backend(t.ref, t.ref.conns[cl.key].backend, cl)
+    t.segment(be.synack(), LIVE)
+    c = Conn(cl, be)
+    for step in SCENARIOS[2][2]:
+        t.segment(step(c), LIVE)
+    assert t.sys.verdicts == [TC_ACT_REDIRECT] * 6, t.sys.verdicts
+    stats = {k: v - before[k] for k, v in t.sys.maps.stats().items()}
+    assert stats["req_first"] == 1 and stats["released"] == 1 and stats["pass_data"] == 0, stats
+    assert t.sys.eng.stats.requests_rule["default"] == 1 and t.sys.eng.stats.events["new_conn"] == 1
+
+
+def test_keepalive_requests_take_no_python_frame(bpf):
+    """Keep-alive requests on the same back-end: relayed by the kernel, counted by the engine."""
+    t = live_twin(bpf)
+    before = t.sys.maps.stats()["req_next"]
+    cl = Client(t.ref, now=LIVE)
+    t.segment(cl.seg(get("/one")), LIVE)
+    be = Backend(t.ref, t.ref.conns[cl.key].backend, cl)
+    t.segment(be.synack(), LIVE)
+    c = Conn(cl, be)
+    for path in ("/two", "/three", "/big/x"):
+        t.segment(_respond(c), LIVE)
+        t.segment(cl.seg(get(path)), LIVE)
+    # the second request is the one the rule offloads from (offload_after_requests: 2): the
+    # engine's; the kernel routes the others
+    assert t.sys.verdicts == [TC_ACT_REDIRECT] * 3 + [TC_ACT_OK] + [TC_ACT_REDIRECT] * 4, t.sys.verdicts
+    assert t.sys.maps.stats()["req_next"] - before == 2
+    assert t.sys.eng.conns[cl.key].requests == t.ref.conns[cl.key].requests == 4
+    t.segment(cl.seg(get("/api/x")), LIVE)      # another rule's pool: the engine re-routes
+    assert t.sys.verdicts[-1] == TC_ACT_OK
+
+
+def test_syn_unanswered_engine_takes_over(bpf):
+    """The back-end never answers the kernel's SYN: the engine's timers resend it and then answer
+    503, with the request the kernel held."""
+    t = live_twin(bpf)
+    cl = Client(t.ref, now=LIVE)
+    t.segment(cl.seg(get("/")), LIVE)
+    now = LIVE
+    for _ in range(CFG.frontend.syn_retries + 1):
+        now += 10
+        t.tick(now)
+    assert t.ref.stats.responses_local[503] == t.sys.eng.stats.responses_local[503] == 1
+    t.segment(cl.seg(get("/again"), flags=ACK | PSH), now)   # after the 503: both ignore it alike
+
+
+def test_backend_refuses_kernel_syn(bpf):
+    t = live_twin(bpf)
+    cl = Client(t.ref, now=LIVE)
+    t.segment(cl.seg(get("/")), LIVE)
+    be = Backend(t.ref, t.ref.conns[cl.key].backend, cl)
+    t.segment(Segment(be.ip, be.port, cl.ip, cl.port, 0, seq_add(cl.c, 1), RST | ACK, 0), LIVE)
+    assert t.sys.eng.stats.responses_local[503] == 1
+
+
+def test_client_retransmits_request_while_syn_out(bpf):
+    t = live_twin(bpf)
+    cl = Client(t.ref, now=LIVE)
+    req = get("/")
+    t.segment(cl.seg(req), LIVE)
+    t.segment(cl.seg(req, off=0), LIVE + 0.3)       # the same request again: the engine's now
+    be = Backend(t.ref, t.ref.conns[cl.key].backend, cl)
+    t.segment(be.synack(), LIVE + 0.4)             # the engine releases what the kernel held
+
+
+HOSTS = ["a.example", "b.example", "x.a.example", "A.EXAMPLE", "example", ""]
+PATHS = ["/", "/a", "/a/", "/a/b", "/ab", "/b/a", "/A/b"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rules=st.lists(st.tuples(st.sampled_from([None, "a.example", "*.example", "*.a.example", "example"]),
+                                st.sampled_from([None, "/a", "/a/", "/", "/b"]),
+                                st.sampled_from([None, "/a", "/a/b", "/"]),
+                                st.sampled_from([None, "GET", "HEAD", "POST", "GET,HEAD"]),
+                                st.sampled_from(["round_robin", "weighted", "least_conn", "hash_client"]),
+                                st.sampled_from(["auto", "never", "always"]),
+                                st.booleans()),
+                      min_size=1, max_size=5),
+       reqs=st.lists(st.tuples(st.sampled_from(["GET", "HEAD"]), st.sampled_from(PATHS),
+                               st.sampled_from(HOSTS)), min_size=1, max_size=6))
+def test_random_rules_and_requests_equal(bpf, rules, reqs):
+    """Random rule sets (host exact and suffix, path prefix and exact, methods, policies,
+    offloads, a regex now and then) and requests: the kernel path and the engine route each
+    request the same (same SYN to the same back-end), or the kernel leaves it to the engine."""
+    lines = ["rules:"]
+    for i, (host, prefix, exact, method, policy, offload, regex) in enumerate(rules):
+        match = {k: v for k, v in (("host", host), ("path_prefix", prefix), ("path_exact", exact),
+                                   ("method", method)) if v is not None}
+        if regex:
+            match["path_regex"] = "^/a"
+        pool = "[be1, be2, be3]" if i % 2 == 0 else "[be2, be3]"
+        lines.append(f"  - {{name: r{i}, match: {json.dumps(match)}, pool: {pool}, policy: {policy}, "
+                     f"offload: {offload}}}")
+    cfg = make_cfg("\n".join(lines) + "\nfrontend: {max_header_bytes: 1024, syn_retries: 2, ack_coalesce_ms: 0}\n")
+    ref = Engine(cfg)
+    sys_ = System(*bpf, cfg=cfg, now=LIVE)
+    for n, (method, path, host) in enumerate(reqs):
+        cl = Client(ref, port=41000 + n, now=LIVE)
+        hdrs = [f"Host: {host}"] if host else []
+        seg = cl.seg(_req(f"{method} {path} HTTP/1.1", *hdrs))
+        want = normal(ref.segment(seg, LIVE))
+        got = normal(sys_.segment(seg, LIVE))
+        assert got == want, f"{method} {path} {host}: kernel path {got}, engine {want}"
+
+
+@pytest.mark.parametrize("first_live", [True, False], ids=["old-in-kernel", "old-from-python"])
+def test_port_reused_while_lingering(bpf, first_live):
+    """A client reuses its port while the closed connection still lingers: the new request
+    starts a new connection, on both (the kernel takes it when it can)."""
+    t = live_twin(bpf)
+    cl = Client(t.ref, now=LIVE)
+    now = LIVE
+    t.segment(cl.seg(get("/" if first_live else "/dl/x")), now)     # offload always: the engine's
+    be = Backend(t.ref, t.ref.conns[cl.key].backend, cl)
+    t.segment(be.synack(), now)
+    c = Conn(cl, be)
+    for step in SCENARIOS[2][2]:
+        t.segment(step(c), now)
+    assert t.ref.conns[cl.key].state is State.CLOSING
+    again = Client(t.ref, now=LIVE, c=0x12345678)
+    t.segment(again.seg(get("/x")), now + 0.5)
+    be2 = Backend(t.ref, t.ref.conns[again.key].backend, again)
+    t.segment(be2.synack(), now + 0.5)
+    assert t.ref.stats.events["port_reused"] == t.sys.eng.stats.events["port_reused"] == 1
+    t.tick(now + 0.6)
+
+
+@pytest.mark.parametrize("policy", ["least_conn", "hash_client", "weighted", "round_robin"])
+def test_kernel_picks_as_the_engine(bpf, policy):
+    """Twelve clients from four addresses, connections left open (least connections sees them):
+    the kernel path sends each splice SYN to the back-end the engine picks."""
+    cfg = make_cfg(f"""
+rules:
+  - {{name: all, pool: [be1, be2, be3], policy: {policy}, offload: never}}
+frontend: {{max_header_bytes: 1024, syn_retries: 2, ack_coalesce_ms: 0}}
+""")
+    ref, sys_ = Engine(cfg), System(*bpf, cfg=cfg, now=LIVE)
+    for n in range(12):
+        cl = Client(ref, ip=f"10.0.1.{2 + n % 4}", port=42000 + n, now=LIVE)
+        seg = cl.seg(get(f"/{n}"))
+        want, got = normal(ref.segment(seg, LIVE)), normal(sys_.segment(seg, LIVE))
+        assert got == want and sys_.verdicts[-1] == TC_ACT_REDIRECT, (n, got, want)
+    assert len({c.backend for c in sys_.eng.conns.values()}) > 1
+    assert list(sys_.eng.active) == ref.active
+
+
+def test_bare_segments_of_no_connection_dropped_in_the_kernel(bpf):
+    """ACKs, RSTs and SYNs to the VIP of no connection (a flood of them, or strays): the engine
+    would only count them; the kernel drops them, so they never reach Python."""
+    t = live_twin(bpf)
+    cl = Client(t.ref, now=LIVE)
+    for seg in (cl.seg(b"", flags=ACK, ack=12345), cl.seg(b"", flags=RST), cl.handshake_ack(),
+                Segment(cl.ip, cl.port, t.ref.vip, t.ref.vport, 7, 0, SYN, 1000)):
+        assert t.segment(seg, LIVE) == [] and t.sys.verdicts[-1] == TC_ACT_SHOT
+
+
+def test_engine_connection_keeps_its_bare_acks(bpf):
+    """A header in two segments is the engine's (the kernel leaves a marker with the first): the
+    client's bare ACK in between reaches the engine, and the request goes on as the engine's."""
+    t = live_twin(bpf)
+    cl = Client(t.ref, now=LIVE)
+    req = get("/x")
+    t.segment(cl.seg(req[:10]), LIVE)
+    assert t.sys.verdicts[-1] == TC_ACT_OK
+    t.segment(cl.seg(b"", flags=ACK), LIVE)
+    assert t.sys.verdicts[-1] == TC_ACT_OK
+    t.segment(cl.seg(req[10:]), LIVE)
+    be = Backend(t.ref, t.ref.conns[cl.key].backend, cl)
+    t.segment(be.synack(), LIVE)
+
+
+def test_sweep_removes_entries_nobody_knows(bpf):
+    t = live_twin(bpf)
+    t.sys.maps.mark((0x0A000102, 50001))           # a marker the engine never took up
+    assert t.sys.maps.sweep(lambda k: False, 0.0) == 1 and not list(t.sys.maps.conns.keys())

@@ -121,14 +121,61 @@ class FeConn(ctypes.Structure):
                 ("backend_ip", ctypes.c_uint32), ("backend_port", ctypes.c_uint16),
                 ("cli_fin", ctypes.c_uint8), ("srv_fin", ctypes.c_uint8), ("cli_nxt", ctypes.c_uint32),
                 ("cli_ack", ctypes.c_uint32), ("srv_end", ctypes.c_uint32), ("watch_next", ctypes.c_uint32),
-                ("watch_segs", ctypes.c_uint32), ("_pad", ctypes.c_uint32), ("closing", ctypes.c_uint64)]
+                ("watch_segs", ctypes.c_uint32), ("phase", ctypes.c_uint8), ("route_ok", ctypes.c_uint8),
+                ("has_req_ack", ctypes.c_uint8), ("backend", ctypes.c_uint8), ("closing", ctypes.c_uint64),
+                ("last_req_ack", ctypes.c_uint32), ("requests", ctypes.c_uint32), ("c", ctypes.c_uint32),
+                ("s", ctypes.c_uint32)]
 
 
 class FeConfig(ctypes.Structure):
     """bpf/frontend.h: struct fe_config (network byte order)."""
 
     _c_name = "fe_config"
-    _fields_ = [("vip", ctypes.c_uint32), ("vport", ctypes.c_uint16), ("_pad", ctypes.c_uint16)]
+    _fields_ = [("vip", ctypes.c_uint32), ("vport", ctypes.c_uint16), ("flags", ctypes.c_uint16),
+                ("healthy", ctypes.c_uint64), ("n_ops", ctypes.c_uint32), ("n_rules", ctypes.c_uint32),
+                ("max_header", ctypes.c_uint32), ("bucket_seconds", ctypes.c_uint32),
+                ("hrw_k0", ctypes.c_uint64), ("hrw_k1", ctypes.c_uint64)]
+
+
+class FeOp(ctypes.Structure):
+    """bpf/frontend.h: struct fe_op (one step of the compiled rules)."""
+
+    _c_name = "fe_op"
+    _fields_ = [("kind", ctypes.c_uint8), ("rule", ctypes.c_uint8), ("byte", ctypes.c_uint8),
+                ("_pad", ctypes.c_uint8), ("arg", ctypes.c_uint16), ("_pad2", ctypes.c_uint16)]
+
+
+class FeRule(ctypes.Structure):
+    """bpf/frontend.h: struct fe_rule."""
+
+    _c_name = "fe_rule"
+    _fields_ = [("pool", ctypes.c_uint64), ("wheel_off", ctypes.c_uint16), ("wheel_len", ctypes.c_uint16),
+                ("flags", ctypes.c_uint8), ("_pad", ctypes.c_uint8), ("after_requests", ctypes.c_uint16)]
+
+
+class FeBackend(ctypes.Structure):
+    """bpf/frontend.h: struct fe_backend (network byte order)."""
+
+    _c_name = "fe_backend"
+    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("_pad", ctypes.c_uint16),
+                ("name_id", ctypes.c_uint64)]
+
+
+class FeCookieKey(ctypes.Structure):
+    """bpf/frontend.h: struct fe_cookie_key."""
+
+    _c_name = "fe_cookie_key"
+    _fields_ = [("k0", ctypes.c_uint64), ("k1", ctypes.c_uint64)]
+
+
+FE_HELD_BUF = 2048   # bpf/frontend.h
+
+
+class FeHeld(ctypes.Structure):
+    """bpf/frontend.h: struct fe_held (a request frame waiting for the back-end's SYN-ACK)."""
+
+    _c_name = "fe_held"
+    _fields_ = [("len", ctypes.c_uint32), ("_pad", ctypes.c_uint32), ("frame", ctypes.c_uint8 * FE_HELD_BUF)]
 
 
 class FeEvent(ctypes.Structure):
@@ -138,4 +185,5 @@ class FeEvent(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_uint32), ("addr", ctypes.c_uint32), ("port", ctypes.c_uint16),
                 ("copy_len", ctypes.c_uint16), ("seq", ctypes.c_uint32), ("payload_len", ctypes.c_uint32),
                 ("cli_ack", ctypes.c_uint32), ("srv_end", ctypes.c_uint32), ("cli_nxt", ctypes.c_uint32),
-                ("to_client_bytes", ctypes.c_uint64)]
+                ("to_client_bytes", ctypes.c_uint64), ("rule", ctypes.c_uint16), ("backend", ctypes.c_uint16),
+                ("req_flags", ctypes.c_uint32)]

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Union
+from typing import MutableSequence, Union
 
 from miresga import cookie
 from miresga.control.config import Deployment
-from miresga.frontend.handover import (EvKind, KernelCheck, KernelEntry, KernelEvent, KernelHandover,
-                                       KernelRemove)
+from miresga.frontend.handover import (REQ_CLOSE, REQ_FIRST, REQ_HTTP10, REQ_KEEP, EvKind, KernelCheck,
+                                       KernelEntry, KernelEvent, KernelHandover, KernelMark, KernelRemove,
+                                       Phase)
 from miresga.frontend.http import (HttpError, RequestStream, ResponseWatcher, local_response,
                                    looks_like_request_start, request_start_certain)
 from miresga.frontend.rules import CompiledRule, RuleSet
 from miresga.frontend.segment import ACK, FIN, PSH, RST, SYN, Segment, seq_add, seq_diff, syn_options
-from miresga.frontend.selection import Selector
+from miresga.frontend.selection import Positions, Selector
 from miresga.frontend.states import TRANSITIONS, Ev, Offload, State
 
 Key = tuple[int, int]  # client ip, client port
@@ -64,7 +65,8 @@ class OffloadCheck:
     gen: int
 
 
-Action = Union[Send, OffloadInsert, OffloadDelete, OffloadCheck, KernelHandover, KernelCheck, KernelRemove]
+Action = Union[Send, OffloadInsert, OffloadDelete, OffloadCheck, KernelHandover, KernelCheck, KernelMark,
+               KernelRemove]
 
 
 class Stats:
@@ -143,8 +145,11 @@ class Conn:
 
 
 class Engine:
-    def __init__(self, cfg: Deployment, kernel: bool = False):
-        """`kernel`: hand established connections to the front-end's kernel path (handover.py)."""
+    def __init__(self, cfg: Deployment, kernel: bool = False, positions: Positions | None = None,
+                 counts: tuple[MutableSequence[int], MutableSequence[int]] | None = None):
+        """`kernel`: the front-end's kernel path runs beside the engine (handover.py); `positions`
+        and `counts`: the wheel positions the selectors walk and the connections per back-end
+        (with the kernel-opened ones heard of): the kernel path's, so that both pick as one."""
         self.cfg = cfg
         self.fe = cfg.frontend
         self.vip = int(cfg.vip.address)
@@ -154,9 +159,11 @@ class Engine:
         self.rules = RuleSet(cfg)
         names = [b.name for b in cfg.hosts.backends]
         weights = [b.weight for b in cfg.hosts.backends]
-        self.selectors = {r.index: Selector(r, names, weights) for r in self.rules.all()}
+        self.rule_list = self.rules.all()      # by rule index (the kernel path's REQUEST events)
+        positions = positions or Positions()
+        self.selectors = {r.index: Selector(r, names, weights, positions) for r in self.rule_list}
         self.healthy = [True] * len(self.backends)
-        self.active = [0] * len(self.backends)
+        self.active, self.heard = counts or ([0] * len(self.backends), [0] * len(self.backends))
         self.conns: dict[Key, Conn] = {}
         self.stats = Stats()
         self._cookie = cfg.switch.cookie
@@ -251,8 +258,9 @@ class Engine:
         for conn in [c for c in self.conns.values() if c.deadline <= now]:
             if self.conns.get(conn.key) is not conn:
                 continue
-            if conn.kernel and conn.state is State.SPLICED:
-                # Only the kernel knows when it last relayed a segment: ask (kernel_checked).
+            if conn.kernel and conn.state in (State.SPLICED, State.SYN_SENT):
+                # Only the kernel knows when it last relayed a segment, or whether the back-end
+                # answered the splice SYN it sent: ask (kernel_checked).
                 conn.deadline = now + self.fe.idle_timeout_s
                 out.append(KernelCheck(conn.key))
             else:
@@ -349,7 +357,13 @@ class Engine:
             return out
         conn.kernel = False
         self.stats.events["kernel_take_back"] += 1
+        if entry is not None and entry.phase is Phase.SYN_SENT:
+            if entry.held is not None:      # the request the kernel held, as the engine holds it
+                conn.held, conn.held_bytes = [entry.held], len(entry.held.payload)
+            return out
         if entry is not None:
+            if conn.state is State.SYN_SENT:
+                self._kernel_spliced(conn, now)
             self._merge_kernel(conn, entry.cli_ack, entry.srv_end, entry.cli_fin, entry.cli_nxt, entry.srv_fin,
                                entry.to_client_bytes)
             self._maybe_closing(conn, now, out)
@@ -374,12 +388,19 @@ class Engine:
     def kernel_event(self, ev: KernelEvent, now: float) -> list[Action]:
         """A record from the kernel path's ring buffer."""
         out: list[Action] = []
+        kind = ev.kind
+        if kind is EvKind.REQUEST and ev.req_flags & REQ_FIRST:
+            self._kernel_opened(ev, now, out)
+            return out
         conn = self.conns.get(ev.key)
         if conn is None or not conn.kernel:
             self.stats.events["kernel_event_stale"] += 1
             return out
-        kind = ev.kind
-        if kind is EvKind.COPY:
+        if conn.state is State.SYN_SENT:     # anything after the SYN means the back-end answered
+            self._kernel_spliced(conn, now)
+        if kind is EvKind.REQUEST:
+            self._kernel_routed(conn, ev)
+        elif kind is EvKind.COPY:
             if conn.watch is not None and ev.seq == conn.watch_next:
                 self._watch_response(conn, ev.seq, ev.payload_len, ev.data, out)
         elif kind is EvKind.CLOSING:
@@ -391,6 +412,68 @@ class Engine:
             self.stats.events["client_rst" if kind is EvKind.CLIENT_RST else "backend_rst"] += 1
             self._forget(conn, out)
         return out
+
+    def _kernel_opened(self, ev: KernelEvent, now: float, out: list[Action]) -> None:
+        """The kernel took a new connection's first request and sent the splice SYN (DESIGN.md §3
+        steps 2-3): the same books as `_no_flow`, `_in_order` and `_route` keep for it."""
+        key = ev.key
+        old = self.conns.get(key)
+        if old is not None:
+            if not old.kernel:      # cannot be: the engine's connections carry a marker
+                self.stats.events["kernel_conflict"] += 1
+                return
+            # The client reused the port of a connection lingering in the kernel (closed both
+            # ways): the kernel took it for a new one, as _new_incarnation would.
+            self.stats.events["port_reused"] += 1
+            old.kernel = False
+            self._forget(old, out, kernel_entry=False)
+        s = seq_add(ev.cli_ack, -1)
+        conn = Conn(key, s, cookie.decode_options((ev.req_flags >> 8) & 0x7F),
+                    RequestStream(self.fe.max_header_bytes))
+        conn.kernel = conn.start_certain = True
+        conn.nxt = seq_add(ev.seq, ev.payload_len)
+        conn.cli_ack = conn.req_ack = conn.last_req_ack = ev.cli_ack
+        conn.req_start = ev.seq
+        self.conns[key] = conn
+        self.stats.events["new_conn"] += 1
+        self._kernel_request(conn, ev)
+        self._set_backend(conn, ev.backend)
+        self.heard[ev.backend] += 1     # the kernel counted it when it opened it
+        conn.c, conn.s = seq_add(ev.seq, -1), s
+        conn.state = State.SYN_SENT
+        conn.deadline = now + self.fe.syn_retransmit_s
+
+    def _kernel_routed(self, conn: Conn, ev: KernelEvent) -> None:
+        """The kernel relayed a keep-alive request to the connection's back-end (step 8, same
+        back-end): the books `_in_order` and `_route` keep for it."""
+        conn.nxt = seq_add(ev.seq, ev.payload_len)
+        conn.cli_ack = conn.req_ack = conn.last_req_ack = ev.cli_ack
+        conn.req_start = ev.seq
+        conn.pipelined = False
+        self._kernel_request(conn, ev)
+
+    def _kernel_request(self, conn: Conn, ev: KernelEvent) -> None:
+        rule = self.rule_list[ev.rule]
+        self.stats.requests_rule[rule.name] += 1
+        self.stats.requests_backend[ev.backend] += 1
+        conn.requests += 1
+        conn.rule = rule
+        if rule.offload == "auto" and conn.offload is Offload.NONE and not self._offload_now(conn):
+            conn.watch = ResponseWatcher(self.fe.max_header_bytes)
+            conn.watch_next = conn.req_ack
+        else:
+            conn.watch = None
+        if ev.req_flags & (REQ_CLOSE | REQ_HTTP10):
+            # The engine's parser never saw the request: give it the framing it would have left
+            # (a close after it), so that what follows is judged as it would be.
+            conn.parser.after_request(bool(ev.req_flags & REQ_HTTP10), bool(ev.req_flags & REQ_CLOSE),
+                                      bool(ev.req_flags & REQ_KEEP))
+
+    def _kernel_spliced(self, conn: Conn, now: float) -> None:
+        """The kernel released the held request on the back-end's SYN-ACK (step 5): what
+        `_backend_synack` does, but for the request (the kernel sent it)."""
+        conn.state = State.SPLICED
+        conn.deadline = now + self.fe.idle_timeout_s
 
     def handover_refused(self, key: Key) -> None:
         """The kernel's table is full: the engine keeps relaying the connection."""
@@ -410,19 +493,24 @@ class Engine:
     def _handover(self, conn: Conn, out: list[Action], idle_s: float = 0.0) -> None:
         """Give an established connection to the kernel when nothing in it waits for the engine:
         no request being collected, nothing held, reordered or owed to the back-end. Put first,
-        so the entry is in place before the segments of this step leave. Not a connection whose
-        switch entry is installed: the switch carries its responses and ACKs, only its requests
-        (which the engine routes) and its close reach us, so a hand-over would only add a
-        take-back and a hand-over to each request."""
+        so the entry is in place before the segments of this step leave. Offloaded connections
+        too: the switch carries their responses and ACKs, and the kernel routes their next
+        requests (the entry says so, and that no offload decision is left)."""
         if (not self.kernel or conn.kernel or conn.state not in (State.SPLICED, State.CLOSING) or conn.rtx is not None
                 or conn.holding or conn.ooo or conn.ack_held is not None or conn.backend is None
-                or conn.nxt is None or conn.offload is Offload.INSTALLED):
+                or conn.nxt is None):
             return
         ip, port = self.backends[conn.backend]
         w = conn.watch is not None
+        # The kernel may route the next request when the engine's parser waits for one and the
+        # connection may carry it (not a tunnel, not adopted mid-stream, not closing).
+        route = (conn.state is State.SPLICED and not conn.cli_fin and conn.parser_idle and not conn.parser.tunnel
+                 and not conn.parser.closed and not conn.adopted and conn.bad_request is None)
         entry = KernelEntry(ip, port, conn.nxt, conn.cli_ack, conn.srv_end, conn.cli_fin, conn.srv_fin,
                             conn.state is State.CLOSING, conn.watch_next if w else 0, WATCH_COPIES if w else 0,
-                            idle_s=idle_s)
+                            idle_s=idle_s, route_ok=route, last_req_ack=conn.last_req_ack,
+                            requests=conn.requests, backend=conn.backend,
+                            offloaded=conn.offload is not Offload.NONE)
         conn.kernel = True
         conn.kbase = conn.slow_srv_bytes
         self.stats.events["kernel_handover"] += 1
@@ -436,6 +524,8 @@ class Engine:
             conn.cli_ack = cli_ack
         if seq_diff(srv_end, conn.srv_end) > 0:
             conn.srv_end = srv_end
+        if conn.nxt is not None and seq_diff(cli_nxt, conn.nxt) > 0:
+            conn.nxt = cli_nxt      # requests the kernel routed, or the client's FIN
         if cli_fin and not conn.cli_fin:
             conn.cli_fin = True
             conn.nxt = cli_nxt
@@ -560,8 +650,9 @@ class Engine:
         if b is not None:
             self.active[b] += 1
 
-    def _forget(self, conn: Conn, out: list[Action]) -> None:
-        if conn.kernel:
+    def _forget(self, conn: Conn, out: list[Action], kernel_entry: bool = True) -> None:
+        """`kernel_entry` False: the kernel already put a new connection's entry in its place."""
+        if self.kernel and kernel_entry:    # its entry, or the marker that kept the kernel off it
             conn.kernel = False
             out.append(KernelRemove(conn.key))
         self._drop_offload(conn, out)
@@ -618,10 +709,14 @@ class Engine:
             # retransmitting its request until it gives up.
             st.drops["conn_limit"] += 1
             out.append(Send(Segment(self.vip, self.vport, key[0], key[1], seg.ack, seg.end, RST | ACK, 0), "client"))
+            if self.kernel:
+                out.append(KernelRemove(key))   # the marker the kernel left when it passed it up
             return
         conn = Conn(key, s, opts, RequestStream(self.fe.max_header_bytes))
         conn.deadline = now + self.fe.header_timeout_s
         self.conns[key] = conn
+        if self.kernel:
+            out.append(KernelMark(key))
         st.events["new_conn"] += 1
         self._client_stream(conn, seg, now, out)
 
@@ -648,6 +743,8 @@ class Engine:
         conn.offload = Offload.INSTALLED
         conn.deadline = now + self.fe.idle_timeout_s
         self.conns[key] = conn
+        if self.kernel:
+            out.append(KernelMark(key))
         self.stats.events["adopted"] += 1
         self._backend_segment(conn, seg, now, out)
 

@@ -67,7 +67,7 @@ class RequestStream:
     """
 
     __slots__ = ("max_header_bytes", "_p", "_events", "_url", "_headers", "_hdr_bytes", "in_header",
-                 "tunnel", "_size")
+                 "tunnel", "_size", "_replay", "closed")
     # _size: bytes of the header as parsed (request line and fields); a header that arrives whole
     # in one chunk is measured by it, one that trickles in by _hdr_bytes
 
@@ -81,6 +81,17 @@ class RequestStream:
         self._size = 0
         self.in_header = False
         self.tunnel = False
+        self._replay: bytes | None = None
+        self.closed = False         # a request said the connection ends after it
+
+    def after_request(self, http10: bool, close: bool, keep: bool) -> None:
+        """A whole request passed without this parser (the kernel path routed it): take the state
+        it would have left — after a `Connection: close` (or an HTTP/1.0 request without
+        keep-alive) more data is an error — the next time it is fed."""
+        self.closed = close
+        version = b"1.0" if http10 else b"1.1"
+        conn = b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n" if keep else b""
+        self._replay = b"GET / HTTP/" + version + b"\r\n" + conn + b"\r\n"
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -107,6 +118,7 @@ class RequestStream:
 
     def on_headers_complete(self) -> None:
         self.in_header = False
+        self.closed = not self._p.should_keep_alive()
         if self._size + 16 > self.max_header_bytes:   # + method, version, separators
             raise HttpError(431, "request header too large")
         try:
@@ -127,6 +139,9 @@ class RequestStream:
         self._events.append(("end",))
 
     def feed(self, data: bytes) -> list[tuple]:
+        if self._replay is not None:
+            replay, self._replay = self._replay, None
+            self._p.feed_data(replay)
         self._events = []
         if self.tunnel:
             return []

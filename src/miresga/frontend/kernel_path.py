@@ -12,12 +12,21 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import mmap
 import socket
 import time
 
+from typing import Sequence
+
 from miresga.bpf import layouts as L
-from miresga.bpf.libbpf import BpfObject, Map, RingBuffer, TcAttachment, map_ops, object_path
-from miresga.frontend.handover import EvKind, Key, KernelEntry, KernelEvent
+from miresga.bpf.libbpf import BPF_NOEXIST, BpfObject, Map, RingBuffer, TcAttachment, map_ops, object_path
+from miresga.control.config import Deployment
+from miresga.cookie import CookieKey
+from miresga.frontend.handover import EvKind, Key, KernelEntry, KernelEvent, Phase
+from miresga.frontend.kernel_rules import KernelRules, compile_rules, wheels
+from miresga.frontend.packetio import FrameCodec
+from miresga.frontend.rules import RuleSet
+from miresga.frontend.selection import HRW_K0, HRW_K1, name_id
 
 _EV_SIZE = ctypes.sizeof(L.FeEvent)
 
@@ -40,6 +49,17 @@ class FeStat(enum.IntEnum):
     COPIES = 12
     EVENTS_LOST = 13
     REWRITE_FAILED = 14
+    REQ_FIRST = 15
+    REQ_NEXT = 16
+    REQ_PUNTED = 17
+    RELEASED = 18
+    PASS_PYTHON = 19
+    DROP_NO_ENTRY = 20
+
+
+CFG_ROUTE, CFG_FIRST = 1, 2      # bpf/frontend.h FE_CFG_*
+ROUTE_OK, ROUTE_OFFLOADED = 1, 2  # FE_ROUTE_*
+_HELD_CODEC = FrameCodec(b"\0" * 6, b"\0" * 6)   # parses a held frame (MACs unused)
 
 
 def fe_key(key: Key) -> L.FeKey:
@@ -49,14 +69,34 @@ def fe_key(key: Key) -> L.FeKey:
 def decode_entry(c: L.FeConn, now_ns: int) -> KernelEntry:
     return KernelEntry(socket.ntohl(c.backend_ip), socket.ntohs(c.backend_port), c.cli_nxt, c.cli_ack, c.srv_end,
                        bool(c.cli_fin), bool(c.srv_fin), bool(c.closing), c.watch_next, c.watch_segs,
-                       c.to_client_bytes, max(0.0, (now_ns - c.last_seen_ns) / 1e9))
+                       c.to_client_bytes, max(0.0, (now_ns - c.last_seen_ns) / 1e9), Phase(c.phase),
+                       bool(c.route_ok & ROUTE_OK), c.last_req_ack if c.has_req_ack else None, c.requests, c.backend,
+                       c.c, c.s)
 
 
 def decode_event(raw: bytes) -> KernelEvent:
     h = L.FeEvent.from_buffer_copy(raw[:_EV_SIZE])
     data = raw[_EV_SIZE:_EV_SIZE + h.copy_len] if h.kind == EvKind.COPY else b""
     return KernelEvent(EvKind(h.kind), (socket.ntohl(h.addr), socket.ntohs(h.port)), h.cli_ack, h.srv_end,
-                       h.cli_nxt, h.to_client_bytes, h.seq, h.payload_len, data)
+                       h.cli_nxt, h.to_client_bytes, h.seq, h.payload_len, data, h.rule, h.backend, h.req_flags)
+
+
+class KernelPositions:
+    """The wheel positions the kernel path keeps per rule (fe_rr), for Python's selector: both
+    walk one counter. Python's step is a read and a write, not atomic with the kernel's; a pick
+    that races one in the kernel may repeat a slot, which moves the distribution by one."""
+
+    def __init__(self, m: Map):
+        self.map = m
+        self._key, self._val = ctypes.c_uint32(), ctypes.c_uint64()
+
+    def next(self, rule_index: int) -> int:
+        self._key.value = rule_index
+        raw = self.map.lookup(self._key)
+        p = (int.from_bytes(raw, "little") if raw else 0) + 1
+        self._val.value = p
+        self.map.update(self._key, self._val)
+        return p
 
 
 class KernelMaps:
@@ -64,13 +104,90 @@ class KernelMaps:
 
     def __init__(self, obj: BpfObject, vip: int, vport: int):
         self.conns: Map = obj.map("fe_conns")
+        self.held: Map = obj.map("fe_held")
         self.stats_map: Map = obj.map("fe_stats")
-        obj.map("fe_config").update(ctypes.c_uint32(0), L.FeConfig(socket.htonl(vip), socket.htons(vport), 0))
+        self.config_map: Map = obj.map("fe_config")
+        self._maps = {n: obj.map(n) for n in ("fe_ops", "fe_rules", "fe_wheel", "fe_backends", "fe_keys")}
+        self.positions = KernelPositions(obj.map("fe_rr"))
+        # Connections per back-end, shared by memory (no system call per change): the engine's
+        # count, kernel-opened connections it heard of, and (the kernel's) those it opened.
+        counts = obj.map("fe_counts")
+        self._counts_mm = mmap.mmap(counts.fd, counts.value_size * counts.max_entries, mmap.MAP_SHARED,
+                                    mmap.PROT_READ | mmap.PROT_WRITE)
+        self.config = L.FeConfig(socket.htonl(vip), socket.htons(vport), 0, hrw_k0=HRW_K0, hrw_k1=HRW_K1)
+        self.config_map.update(ctypes.c_uint32(0), self.config)
         self.ring = RingBuffer(obj.map("fe_events"))
+        self._kr: KernelRules | None = None
+        self._rules: RuleSet | None = None
+        self._weights: list[int] = []
+        self._marker = L.FeConn(phase=Phase.PYTHON)
         # One key and one value buffer, reused: a hand-over and a take-back cost a request two
         # map calls, and ctypes objects built per call cost more than the system calls.
         self._key, self._val = L.FeKey(), L.FeConn()
         self._ops = map_ops(self.conns.fd, ctypes.byref(self._key), ctypes.byref(self._val))
+
+    # ------------------------------------------------------------ rules, health, keys, limits
+
+    def counts(self, backends: int) -> tuple[ctypes.Array, ctypes.Array]:
+        """(the engine's connections per back-end, kernel-opened ones it heard of): views the
+        engine writes in place (bpf/frontend.h FE_COUNT_*), zeroed."""
+        arr = ctypes.c_uint64 * backends
+        engine, heard = arr.from_buffer(self._counts_mm, 0), arr.from_buffer(self._counts_mm, 2 * 64 * 8)
+        ctypes.memset(ctypes.addressof(arr.from_buffer(self._counts_mm, 0)), 0, len(self._counts_mm))
+        return engine, heard
+
+    def load_rules(self, cfg: Deployment, ruleset: RuleSet, healthy: Sequence[bool]) -> KernelRules:
+        """Compile the rules into the maps and start routing (unless they do not fit: then the
+        kernel only relays, and `KernelRules.why` says why)."""
+        kr = compile_rules(ruleset, cfg)
+        self._kr, self._rules = kr, ruleset
+        self._weights = [b.weight for b in cfg.hosts.backends]
+        u32 = ctypes.c_uint32
+        for i, b in enumerate(cfg.hosts.backends[:64]):
+            self._maps["fe_backends"].update(u32(i), L.FeBackend(socket.htonl(int(b.ip)), socket.htons(b.port), 0,
+                                                                 name_id(b.name)))
+        if kr.usable:
+            for i, op in enumerate(kr.ops):
+                self._maps["fe_ops"].update(u32(i), L.FeOp(op.kind, op.rule, op.byte, 0, op.arg, 0))
+        c = self.config
+        c.n_ops, c.n_rules = (len(kr.ops), len(kr.rules)) if kr.usable else (0, 0)
+        c.max_header = cfg.frontend.max_header_bytes
+        c.bucket_seconds = cfg.switch.cookie.bucket_seconds
+        self.set_health(healthy)
+        return kr
+
+    def set_health(self, healthy: Sequence[bool]) -> None:
+        """Health changed: the rules' wheels and the healthy set, rewritten (wheels first)."""
+        kr, ruleset = self._kr, self._rules
+        if kr is None or ruleset is None:
+            return
+        u32 = ctypes.c_uint32
+        for i, ((off, w), k) in enumerate(zip(wheels(ruleset, kr, healthy, self._weights), kr.rules)):
+            for j, b in enumerate(w):
+                self._maps["fe_wheel"].update(u32(off + j), u32(b))
+            self._maps["fe_rules"].update(u32(i), L.FeRule(k.pool, off, len(w), k.flags, 0, k.after_requests))
+        self.config.healthy = sum(1 << b for b, ok in enumerate(healthy) if ok and b < 64)
+        self._write_config()
+
+    def set_keys(self, keys: Sequence[CookieKey]) -> None:
+        """The cookie keys first requests are checked with (current, previous generation)."""
+        for slot in range(2):
+            k = keys[slot] if slot < len(keys) else CookieKey(0, 0)
+            self._maps["fe_keys"].update(ctypes.c_uint32(slot), L.FeCookieKey(k.k0, k.k1))
+
+    def set_routing(self, route: bool, first: bool) -> None:
+        """Whether the kernel routes next requests (route) and takes new connections (first: off
+        at the connection limit, so that the engine refuses them as it does today)."""
+        usable = self._kr is not None and self._kr.usable
+        flags = (CFG_ROUTE if route and usable else 0) | (CFG_FIRST if first and usable else 0)
+        if flags != self.config.flags:
+            self.config.flags = flags
+            self._write_config()
+
+    def _write_config(self) -> None:
+        self.config_map.update(ctypes.c_uint32(0), self.config)
+
+    # ------------------------------------------------------------ connections
 
     def _set_key(self, key: Key) -> None:
         self._key.addr = socket.htonl(key[0])
@@ -86,6 +203,10 @@ class KernelMaps:
         v.cli_fin, v.srv_fin, v.closing = e.cli_fin, e.srv_fin, e.closing
         v.cli_nxt, v.cli_ack, v.srv_end = e.cli_nxt, e.cli_ack, e.srv_end
         v.watch_next, v.watch_segs = e.watch_next, e.watch_segs
+        v.phase, v.backend, v.requests = Phase.RELAY, e.backend, e.requests & 0xFFFFFFFF
+        v.route_ok = (ROUTE_OK if e.route_ok else 0) | (ROUTE_OFFLOADED if e.offloaded else 0)
+        v.has_req_ack, v.last_req_ack = e.last_req_ack is not None, e.last_req_ack or 0
+        v.c = v.s = 0
         rc = self._ops.update()
         if rc == 0:
             return True
@@ -94,20 +215,61 @@ class KernelMaps:
         raise OSError(rc, f"fe_conns update: {errno.errorcode.get(rc, rc)}")
 
     def take(self, key: Key) -> KernelEntry | None:
-        """Read and remove the entry in one step (nothing the kernel writes in between is lost)."""
+        """Read and remove the entry in one step (nothing the kernel writes in between is lost),
+        and leave a marker in its place: the engine holds the connection now, and the kernel
+        must not take its next segment for a new connection's first request. A marker found is
+        no entry (None). A connection taken while its splice SYN was out brings its held request."""
         self._set_key(key)
         rc = self._ops.lookup_and_delete()
         if rc == errno.ENOENT:
+            self._mark()
             return None
         if rc:
             raise OSError(rc, f"fe_conns lookup_and_delete: {errno.errorcode.get(rc, rc)}")
-        return decode_entry(self._val, time.monotonic_ns())
+        entry = decode_entry(self._val, time.monotonic_ns())
+        self._mark()
+        if entry.phase is Phase.PYTHON:
+            return None
+        if entry.phase is Phase.SYN_SENT:
+            raw = self.held.lookup_and_delete(self._key)
+            if raw is not None:
+                h = L.FeHeld.from_buffer_copy(raw)
+                entry.held = _HELD_CODEC.parse(memoryview(b"\0" * 10 + bytes(h.frame)[:h.len]))
+        return entry
+
+    def mark(self, key: Key) -> None:
+        """A marker for an engine's connection that has no entry (KernelMark)."""
+        self._set_key(key)
+        self._mark()
+
+    def sweep(self, known, idle_s: float) -> int:
+        """Remove entries of connections the engine does not know (a lost REQUEST event, a
+        marker left for a segment the engine then refused) once idle for `idle_s`; how many."""
+        now, gone = time.monotonic_ns(), 0
+        for raw_key, raw in list(self.conns.items()):
+            k = L.FeKey.from_buffer_copy(raw_key)
+            key = (socket.ntohl(k.addr), socket.ntohs(k.port))
+            if known(key) or now - L.FeConn.from_buffer_copy(raw).last_seen_ns < idle_s * 1e9:
+                continue
+            self.remove(key)
+            gone += 1
+        return gone
+
+    def _mark(self) -> None:
+        """A marker for the key in self._key (the engine's connection); none if the table is full
+        (then a segment of it may be taken for a first request: counted by the kernel)."""
+        ctypes.memmove(ctypes.byref(self._val), ctypes.byref(self._marker), ctypes.sizeof(self._val))
+        self._val.last_seen_ns = time.monotonic_ns()
+        self._ops.update(BPF_NOEXIST)
 
     def remove(self, key: Key) -> None:
+        """The engine forgot the connection: its entry, marker or held request go."""
         self._set_key(key)
         rc = self._ops.delete()
         if rc not in (0, errno.ENOENT):
             raise OSError(rc, f"fe_conns delete: {errno.errorcode.get(rc, rc)}")
+        if rc == 0:
+            self.held.delete(self._key)
 
     def events(self) -> list[KernelEvent]:
         return [decode_event(r) for r in self.ring.consume()]
@@ -144,4 +306,4 @@ class KernelPath(KernelMaps):
         self.obj.close()
 
 
-__all__ = ["KernelPath", "KernelMaps", "FeStat", "fe_key", "decode_entry", "decode_event"]
+__all__ = ["KernelPath", "KernelMaps", "KernelPositions", "FeStat", "fe_key", "decode_entry", "decode_event"]

@@ -24,12 +24,16 @@ from typing import Any, Callable
 from miresga import cookie, neighbours
 from miresga.control.config import Deployment
 from miresga.frontend.engine import Engine, Send
-from miresga.frontend.handover import KernelCheck, KernelHandover, KernelRemove
+from miresga.frontend.handover import KernelCheck, KernelHandover, KernelMark, KernelRemove
 from miresga.frontend.health import HealthTracker, check_ok, probe
 from miresga.frontend.metrics import MetricsPublisher
 from miresga.frontend.switch_link import NoSwitch, OffloadWorker
 
 log = logging.getLogger("miresga.frontend")
+
+
+KERNEL_LIMIT_MARGIN = 64   # new connections the kernel may open between two ticks near the limit
+KERNEL_SWEEP_S = 30.0      # how often entries without an engine connection are looked for
 
 
 # ---------------------------------------------------------------------- kernel guard
@@ -105,7 +109,6 @@ class FrontendServer:
         if host is None:
             raise ValueError(f"no front-end named {opts.name!r} in the config")
         self.host = host
-        self.engine = Engine(cfg, kernel=cfg.frontend.kernel_path)
         self.kpath = None
         self.results: queue.SimpleQueue = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -124,7 +127,18 @@ class FrontendServer:
                 from miresga.frontend.kernel_path import KernelPath
                 self.kpath = KernelPath(opts.iface, int(cfg.vip.address), cfg.vip.port,
                                         cfg.frontend.max_connections)
+            kp = self.kpath
+            self.engine = Engine(cfg, kernel=kp is not None, positions=kp.positions if kp is not None else None,
+                                 counts=kp.counts(len(cfg.hosts.backends)) if kp is not None else None)
+            if self.kpath is not None:
+                kr = self.kpath.load_rules(cfg, self.engine.rules, self.engine.healthy)
+                if not kr.usable:
+                    log.warning("the kernel path relays but routes nothing: %s", kr.why)
+                self._kernel_keys: tuple = ()
+                self._kernel_limits(clock())
         except BaseException:   # undo what we made so far
+            if self.kpath is not None:
+                self.kpath.close()
             if getattr(self, "io", None) is not None:
                 self.io.close()
             if opts.guard:
@@ -173,6 +187,8 @@ class FrontendServer:
                     self.engine.handover_refused(a.key)
             elif t is KernelRemove:
                 self.kpath.remove(a.key)  # type: ignore[union-attr]
+            elif t is KernelMark:
+                self.kpath.mark(a.key)  # type: ignore[union-attr]
             elif t is KernelCheck:
                 entry = self._take(a.key)
                 self._do(self.engine.kernel_checked(a.key, entry, self.clock()))
@@ -187,12 +203,26 @@ class FrontendServer:
             self._kernel_events(self.clock())
         return entry
 
+    def _kernel_limits(self, now: float) -> None:
+        """What the kernel path must follow as time and load move: the cookie keys (a new
+        generation), and whether it may take new connections (not at the engine's limit, which
+        counts the kernel's connections too: the engine refuses beyond it, as without the kernel)."""
+        kp, eng = self.kpath, self.engine
+        keys = eng.keys(now)
+        if keys is not self._kernel_keys:
+            kp.set_keys(keys)  # type: ignore[union-attr]
+            self._kernel_keys = keys
+        kp.set_routing(True, len(eng.conns) < self.cfg.frontend.max_connections - KERNEL_LIMIT_MARGIN)  # type: ignore
+
     def _kernel_events(self, now: float) -> None:
         if self.kpath is None:
             return
         eng = self.engine
-        for ev in self.kpath.events():
+        events = self.kpath.events()
+        for ev in events:
             self._do(eng.kernel_event(ev, now))
+        if events:
+            self._kernel_limits(now)
 
     def _segments(self, segs: list, now: float) -> None:
         eng = self.engine
@@ -225,6 +255,8 @@ class FrontendServer:
                     log.info("back-end %s is now %s", self.cfg.hosts.backends[r[1]].name,
                              "healthy" if changed else "unhealthy")
                     eng.set_health(r[1], changed)
+                    if self.kpath is not None:
+                        self.kpath.set_health(eng.healthy)
 
     def run(self) -> None:
         opts = self.opts
@@ -240,6 +272,7 @@ class FrontendServer:
             sel.register(self.kpath.fileno(), selectors.EVENT_READ, "kernel")
         eng, io, clock = self.engine, self.io, self.clock
         next_tick = next_pub = 0.0
+        next_sweep = clock() + KERNEL_SWEEP_S
         # Every segment allocates a few objects and tens of thousands of connections stay alive:
         # with the default thresholds the cyclic collector rescans them all the time (a quarter
         # of the engine's time in the microbench). Startup objects are frozen out of it.
@@ -256,8 +289,9 @@ class FrontendServer:
                         except BlockingIOError:
                             pass
                 now = clock()
-                self._kernel_events(now)
                 for _ in range(16):   # bounded, so timers and results are never starved
+                    # the kernel's events first: a request it took comes before what follows it
+                    self._kernel_events(now)
                     segs = io.recv_batch(opts.batch)
                     self._segments(segs, now)
                     if len(segs) < opts.batch:
@@ -271,6 +305,13 @@ class FrontendServer:
                 if now >= next_tick:
                     next_tick = now + opts.tick_s
                     self._do(eng.tick(now))
+                    if self.kpath is not None:
+                        self._kernel_limits(now)
+                if self.kpath is not None and now >= next_sweep:
+                    next_sweep = now + KERNEL_SWEEP_S
+                    gone = self.kpath.sweep(lambda k: k in eng.conns, self.cfg.frontend.idle_timeout_s)
+                    if gone:
+                        eng.stats.events["kernel_swept"] += gone
                 if now >= next_pub:
                     next_pub = now + 1.0
                     io.poll_kernel_stats()

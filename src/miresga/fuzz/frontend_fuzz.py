@@ -10,7 +10,8 @@ FINs, RSTs, retransmitted SYN-ACKs), other traffic; a share mutated. The ring bu
 now and then, as the server does.
 
 Checked on every input:
-- counted: a drop moves a counter (`synack_dropped` is the only drop the kernel path makes); a
+- counted: a drop moves a counter (`synack_dropped`, or `drop_no_entry` for a bare client
+  segment of no connection: the only drops the kernel path makes); a
   pass to the engine moves a pass counter and leaves the frame untouched; a redirect moves
   `to_client` or `to_backend`;
 - addresses: a redirect goes back out its port with the MACs swapped; to a client only as
@@ -38,18 +39,17 @@ from miresga.control.config import Deployment
 from miresga.fuzz.bpfrun import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, ArrayReader, FastRunner, deltas
 from miresga.fuzz.harness import Harness, Input, Violation
 from miresga.fuzz.mutate import SEQ_EDGES, Pools, mutate
+from miresga.frontend.kernel_path import FeStat
 from miresga.fuzz.wire import ACK, FIN, PSH, RST, SYN, Layout, ip_residue, l3_frame, l4_residue, tcp_frame
 
 M32 = 0xFFFFFFFF
 POOL = 8
 # enum fe_stat (bpf/frontend.h), the slots this target judges by
 TO_BACKEND, TO_CLIENT, PASS_DATA, PASS_NO_ENTRY, PASS_OTHER, NOT_OURS, SYNACK_DROPPED = 0, 1, 4, 5, 6, 7, 8
-REWRITE_FAILED = 14
-PASSES = {PASS_DATA, PASS_NO_ENTRY, PASS_OTHER, NOT_OURS, REWRITE_FAILED}
-STAT_NAMES = {0: "to_backend", 1: "to_client", 2: "to_backend_bytes", 3: "to_client_bytes", 4: "pass_data",
-              5: "pass_no_entry", 6: "pass_other", 7: "not_ours", 8: "synack_dropped", 9: "client_rst",
-              10: "backend_rst", 11: "closing", 12: "copies", 13: "events_lost", 14: "rewrite_failed",
-              15: "requests", 16: "req_punted"}
+REWRITE_FAILED, PASS_PYTHON, DROP_NO_ENTRY = 14, 19, 20
+PASSES = {PASS_DATA, PASS_NO_ENTRY, PASS_OTHER, NOT_OURS, REWRITE_FAILED, PASS_PYTHON}
+DROPS = {SYNACK_DROPPED, DROP_NO_ENTRY}
+STAT_NAMES = {s.value: s.name.lower() for s in FeStat}
 OFF = {n: getattr(L.FeConn, n).offset for n, *_ in L.FeConn._fields_}
 
 
@@ -217,7 +217,7 @@ class FrontendHarness(Harness):
         if before is None and after is not None:
             v.append(Violation("state", "the kernel path created a connection entry"))
         if verdict == TC_ACT_SHOT:
-            if SYNACK_DROPPED not in d:
+            if not DROPS & set(d):
                 v.append(Violation("uncounted", f"dropped with counters {self._named(d)}"))
             return v
         if verdict == TC_ACT_OK:
