@@ -53,6 +53,10 @@ class Backend(Host):
     direct_port: int = Field(default=8080, ge=1, le=65535, description="port for traffic that bypasses Miresga")
     weight: int = Field(default=1, ge=0, le=1000)
     site: str = Field(default="default", description="object catalog name this back-end serves")
+    drain: bool = Field(default=False, description="no new connections or re-routed requests; established "
+                        "ones finish (`miresga backend drain|undrain`)")
+    max_connections: int = Field(default=0, ge=0, description="per front-end: beyond this many connections the "
+                                 "back-end is skipped by selection (0 = no limit)")
 
 
 class LbHost(Host):
@@ -178,6 +182,9 @@ class Rule(Strict):
     offload_wait: bool = Field(
         default=False, description="always: hold each routed request until its offload entry is installed "
         "(a fresh entry per request: Prism's blocking table sync, the bench's `prism` system)")
+    redispatch: int = Field(
+        default=1, ge=0, le=8, description="a back-end that refuses the splice SYN (RST) or never answers it "
+        "(after frontend.syn_retries): try this many other back-ends of the pool before a 503")
 
     @model_validator(mode="after")
     def _hash_header(self) -> "Rule":
