@@ -52,11 +52,11 @@ def check_reload(old: Deployment, new: Deployment) -> list[str]:
     """Why `new` cannot be applied to processes running `old` (empty: it can). A config that
     parses is still refused when it changes what only a restart can change."""
     why = []
-    ob = [(b.name, str(b.address), b.port) for b in old.hosts.backends]
-    nb = [(b.name, str(b.address), b.port) for b in new.hosts.backends]
+    ob = [b.name for b in old.hosts.backends]
+    nb = [b.name for b in new.hosts.backends]
     if ob != nb:
-        why.append("hosts.backends: the back-end hosts (names, order, addresses, service ports) cannot change "
-                   f"in a reload (running {[n for n, _, _ in ob]}, new {[n for n, _, _ in nb]}); "
+        why.append("hosts.backends: the back-end hosts (names and order) cannot change in a reload "
+                   f"(running {ob}, new {nb}): their positions index the switch's tables; "
                    "take one out with `miresga backend remove NAME` (drained, kept in the table)")
     else:
         for i, (a, b) in enumerate(zip(old.hosts.backends, new.hosts.backends)):
