@@ -193,6 +193,14 @@ class Rule(Strict):
         return self
 
 
+class AccessLog(Strict):
+    file: str = Field(default="-", description="path of the log file (reopened on SIGUSR1, for logrotate); "
+                      "- = stdout")
+    format: Literal["json", "combined"] = Field(default="json", description="json: one JSON object a line; "
+                                                "combined: nginx's combined format plus Miresga's fields")
+    sample: float = Field(default=1.0, gt=0, le=1, description="share of requests logged (random draw)")
+
+
 class Frontend(Strict):
     max_header_bytes: int = Field(default=16384, ge=256, le=1 << 20)
     header_timeout_s: float = Field(default=10.0, gt=0)
@@ -222,6 +230,7 @@ class Frontend(Strict):
     ack_coalesce_ms: float = Field(
         default=5.0, ge=0, le=100, description="hold a pure ACK that acknowledges everything the other side "
         "sent this long: a segment that follows with the same ack makes it redundant (0 = relay at once)")
+    access_log: AccessLog | None = Field(default=None, description="one line per request (unset: none)")
     kernel_path: bool = Field(
         default=True, description="relay established connections in eBPF on the front-end's interface "
         "(bpf/frontend.bpf.c); off: the Python engine relays every segment")

@@ -99,6 +99,7 @@ class ServerOptions:
     health: bool = True
     batch: int = 64
     tick_s: float = 0.1
+    config_path: str | None = None         # re-read on reload (SIGHUP: operations.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,6 +150,8 @@ class FrontendServer:
                                         [b.name for b in cfg.hosts.backends])
         if self.kpath is not None:
             self.metrics.kernel_stats = self.kpath.stats
+        from miresga.frontend.operations import Operations
+        self.ops = Operations(self, opts.config_path)
 
     def _client_factory(self, addr: str) -> Callable[[], Any]:
         if not addr:
@@ -267,6 +270,7 @@ class FrontendServer:
                     if len(segs) < opts.batch:
                         break
                 self._drain_results(now)
+                self.ops.poll()
                 held = eng.next_flush()
                 if held is not None and held <= now:
                     self._do(eng.flush(now))
@@ -283,6 +287,7 @@ class FrontendServer:
             self.close()
 
     def close(self) -> None:
+        self.ops.close()
         self.worker.stop.set()
         self.health_worker.stop.set()
         self.metrics.close()
