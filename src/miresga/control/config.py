@@ -194,8 +194,8 @@ class Rule(Strict):
 
 
 class AccessLog(Strict):
-    file: str = Field(default="-", description="path of the log file (reopened on SIGUSR1, for logrotate); "
-                      "- = stdout")
+    file: str = Field(default="-", description="path of the log file (reopened on SIGUSR1, for logrotate; "
+                      "`{frontend}` in it is the front-end's name); - = stdout")
     format: Literal["json", "combined"] = Field(default="json", description="json: one JSON object a line; "
                                                 "combined: nginx's combined format plus Miresga's fields")
     sample: float = Field(default=1.0, gt=0, le=1, description="share of requests logged (random draw)")

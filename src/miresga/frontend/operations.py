@@ -96,10 +96,11 @@ class Operations:
                 self.file.close()
             self.file, eng.alog = None, None
             return
-        if self.file is None or self.file.path != conf.file:
+        path = conf.file.replace("{frontend}", self.server.opts.name)
+        if self.file is None or self.file.path != path:
             if self.file is not None:
                 self.file.close()
-            self.file = LogFile(conf.file)
+            self.file = LogFile(path)
         eng.alog = AccessLog([b.name for b in cfg.hosts.backends], conf.format, conf.sample)
 
     def close(self) -> None:
