@@ -73,11 +73,11 @@ def _events(m: dict[str, dict[str, float]], name: str) -> float:
     return m.get("events", {}).get(name, 0.0)
 
 
-def apply_text(target: Target, text: str, wait_s: float = 10.0) -> int:
+def apply_text(target: Target, text: str, wait_s: float = 10.0, source: str | None = None) -> int:
     """Validate `text` against the running config, install it, signal the front-ends; 0 if applied."""
     from miresga.frontend.pools import check_reload
     try:
-        new = parse_config(text, str(target.path), target.path.parent)
+        new = parse_config(text, source or str(target.path), target.path.parent)
         old = target.running()
     except ConfigError as e:
         print(f"reload refused, nothing changed:\n{e}", file=sys.stderr)
@@ -85,9 +85,6 @@ def apply_text(target: Target, text: str, wait_s: float = 10.0) -> int:
     why = check_reload(old, new)
     if why:
         print("reload refused, nothing changed:\n  " + "\n  ".join(why), file=sys.stderr)
-        return 1
-    if not target.pids:
-        print("no front-end to signal: give --pid PID (each front-end) or --instance ID", file=sys.stderr)
         return 1
     before = target.metrics(old)
     if text != target.path.read_text():
@@ -100,6 +97,9 @@ def apply_text(target: Target, text: str, wait_s: float = 10.0) -> int:
             from miresga.testbed.testbed import RUN_ROOT, _write_private
             target.state["config"] = new.model_dump(mode="json")
             _write_private(RUN_ROOT / target.instance / "state.json", json.dumps(target.state, indent=1))
+    if not target.pids:
+        print(f"{target.path}: written; no front-end signalled (give --pid PID of each, or --instance ID)")
+        return 0
     for pid in target.pids:
         os.kill(pid, signal.SIGHUP)
     if not target.frontends:
@@ -130,9 +130,8 @@ def _reload(args: argparse.Namespace) -> int:
     target = Target(args)
     if args.instance and args.config:
         text = Path(args.config).read_text()      # install this file as the instance's config
-    else:
-        text = target.path.read_text()            # the file was edited in place
-    return apply_text(target, text, args.wait)
+        return apply_text(target, text, args.wait, args.config)
+    return apply_text(target, target.path.read_text(), args.wait)   # the file was edited in place
 
 
 def _edit(args: argparse.Namespace) -> int:
@@ -166,7 +165,8 @@ def _edit(args: argparse.Namespace) -> int:
             entry["weight"] = args.weight
         if args.max_connections is not None:
             entry["max_connections"] = args.max_connections
-    return apply_text(target, yaml.safe_dump(data, sort_keys=False), args.wait)
+    return apply_text(target, yaml.safe_dump(data, sort_keys=False), args.wait,
+                      f"{target.path} after `backend {op} {args.name}`")
 
 
 def _list(args: argparse.Namespace) -> int:
