@@ -882,8 +882,8 @@ class Engine:
                 self._insert_and_wait(conn, out, now)
                 return True
             self._release_held(conn, out, now)
-            if self._offload_now(conn):
-                self._insert(conn, out)
+            if self._offload_now(conn) and (conn.alog is None or conn.watch is None):
+                self._insert(conn, out)   # (with the access log: once its header was read)
             return True
         if cur is not None:  # step 8: re-route to another back-end
             self.stats.events["reroute"] += 1
@@ -977,8 +977,8 @@ class Engine:
             self._insert_and_wait(conn, out, now)
         else:
             self._release_held(conn, out, now)
-            if self._offload_now(conn):
-                self._insert(conn, out)
+            if self._offload_now(conn) and (conn.alog is None or conn.watch is None):
+                self._insert(conn, out)   # (with the access log: once its header was read)
         self._maybe_closing(conn, now, out)
 
     def _insert_and_wait(self, conn: Conn, out: list[Action], now: float) -> None:
@@ -1033,10 +1033,13 @@ class Engine:
             # Only the bytes still to come can take the switch: a new connection's first
             # flight already carries ~14 KB, so a 64 KB response is nearly through.
             if (cl is not None and rule is not None and rule.offload == "auto"
-                    and cl - w.body_seen - unseen >= rule.offload_threshold):
+                    and cl - w.body_seen - unseen >= rule.offload_threshold
+                    or conn.alog is not None and self._offload_now(conn)):
                 self._insert(conn, out)
         elif unseen:
             conn.watch = None         # the rest of the header is not ours to read
+            if conn.alog is not None and self._offload_now(conn):
+                self._insert(conn, out)
 
     def _backend_refused(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
         self.stats.drops["backend_refused"] += 1

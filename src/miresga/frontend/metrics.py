@@ -33,7 +33,7 @@ class MetricsPublisher:
             "bytes": dict(st.bytes),
             "drops": dict(st.drops),
             "events": dict(st.events),
-            "local": {str(k): v for k, v in st.responses_local.items()},
+            "local": {"400": 0, "431": 0, "503": 0, **{str(k): v for k, v in st.responses_local.items()}},
             "packets": {"rx": self.io_stats.rx, "tx": self.io_stats.tx, "rx_gso": self.io_stats.rx_gso,
                         "tx_gso": self.io_stats.tx_gso, "tx_errors": self.io_stats.tx_errors,
                         "kernel_drops": self.io_stats.kernel_drops},
