@@ -252,3 +252,26 @@ def test_access_log_sampling_skips_requests_and_their_watch():
         eng.segment(be.seg(b"", flags=ACK | FIN), NOW)
     eng.tick(NOW + 60)
     assert len(log.lines) == 1 and log.sampled_out == 1 and '"client":"10.0.1.2:46001"' in log.lines[0]
+
+
+def test_access_log_reads_the_header_before_a_keepalive_offload():
+    """From a keep-alive connection's 2nd request on, `auto` offloads at once; with the log on the
+    entry is asked for once the response's header was read, so the line has its status."""
+    from frontend_helpers import inserts
+    for with_log in (False, True):
+        eng = Engine(make_cfg(POOL3.replace("{name: one, match: {path_prefix: /one/}, pool: [be1], offload: never}",
+                                            "{name: one, match: {path_prefix: /one/}, pool: [be1], offload: auto}")))
+        log = logged(eng) if with_log else None
+        cl = Client(eng)
+        b, be = open_on(eng, cl, "/one/a")
+        r1 = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        eng.segment(be.seg(r1), NOW)
+        cl.acked += len(r1)
+        out = eng.segment(cl.seg(get("/one/b")), NOW)           # 2nd request: same back-end
+        assert len(inserts(out)) == (0 if with_log else 1)
+        r2 = b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nabc"
+        out = eng.segment(be.seg(r2), NOW + 0.001)
+        assert len(inserts(out)) == (1 if with_log else 0)
+        if with_log:
+            eng.segment(cl.seg(get("/one/c")), NOW + 0.01)
+            assert json.loads(log.lines[-1])["status"] == 201 and json.loads(log.lines[-1])["bytes"] == len(r2)
