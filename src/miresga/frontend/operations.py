@@ -32,7 +32,7 @@ class Operations:
         self.reload_wanted = False
         self.reopen_wanted = False
         self.file: LogFile | None = None
-        self._access_log(server.cfg)
+        self._use_log(*self._access_log(server.cfg))
 
     # signal handlers only set a flag: the work happens in poll(), between two loop turns
     def want_reload(self, *_: object) -> None:
@@ -64,19 +64,20 @@ class Operations:
             try:
                 new = load_config(self.config_path)
                 why = check_reload(srv.cfg, new)
+                log_to = None if why else self._access_log(new)   # a file that cannot open refuses it
             except (ConfigError, OSError) as e:
                 why = [str(e)]
         if why:
             events["reload_refused"] += 1
             log.error("reload refused, nothing changed:\n  %s", "\n  ".join(why))
             return why
-        self.apply(new)
+        self.apply(new, log_to)  # type: ignore[arg-type]
         events["reload_ok"] += 1
         log.info("reload applied: %d rules, back-ends %s", len(new.rules),
                  ", ".join(f"{b.name}{' (drain)' if b.drain else ''}" for b in new.hosts.backends))
         return []
 
-    def apply(self, cfg: Deployment) -> None:
+    def apply(self, cfg: Deployment, log_to: tuple[LogFile | None, AccessLog | None]) -> None:
         srv = self.server
         if self.server.engine.alog is not None and self.file is not None:
             self.file.write(srv.engine.alog.lines)   # what the old settings logged goes first
@@ -86,22 +87,21 @@ class Operations:
         srv.health.rise, srv.health.fall = fe.health_rise, fe.health_fall
         hw = srv.health_worker
         hw.path, hw.interval, hw.timeout = fe.health_path, fe.health_interval_s, fe.health_timeout_s
-        self._access_log(cfg)
+        self._use_log(*log_to)
 
-    def _access_log(self, cfg: Deployment) -> None:
+    def _access_log(self, cfg: Deployment) -> tuple[LogFile | None, AccessLog | None]:
+        """The file and the log `cfg` asks for (the open file kept if its path is the same)."""
         conf = cfg.frontend.access_log
-        eng = self.server.engine
         if conf is None:
-            if self.file is not None:
-                self.file.close()
-            self.file, eng.alog = None, None
-            return
+            return None, None
         path = conf.file.replace("{frontend}", self.server.opts.name)
-        if self.file is None or self.file.path != path:
-            if self.file is not None:
-                self.file.close()
-            self.file = LogFile(path)
-        eng.alog = AccessLog([b.name for b in cfg.hosts.backends], conf.format, conf.sample)
+        f = self.file if self.file is not None and self.file.path == path else LogFile(path)
+        return f, AccessLog([b.name for b in cfg.hosts.backends], conf.format, conf.sample)
+
+    def _use_log(self, f: LogFile | None, alog: AccessLog | None) -> None:
+        if self.file is not None and self.file is not f:
+            self.file.close()
+        self.file, self.server.engine.alog = f, alog
 
     def close(self) -> None:
         alog = self.server.engine.alog

@@ -151,7 +151,11 @@ class FrontendServer:
         if self.kpath is not None:
             self.metrics.kernel_stats = self.kpath.stats
         from miresga.frontend.operations import Operations
-        self.ops = Operations(self, opts.config_path)
+        try:
+            self.ops = Operations(self, opts.config_path)
+        except OSError:     # the access log's file: undo what we made
+            self.close()
+            raise
 
     def _client_factory(self, addr: str) -> Callable[[], Any]:
         if not addr:
@@ -287,7 +291,8 @@ class FrontendServer:
             self.close()
 
     def close(self) -> None:
-        self.ops.close()
+        if getattr(self, "ops", None) is not None:
+            self.ops.close()
         self.worker.stop.set()
         self.health_worker.stop.set()
         self.metrics.close()
