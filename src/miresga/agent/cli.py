@@ -76,6 +76,10 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # `miresga reload` signals the front-ends (they own rules, pools and back-end state); a SIGHUP
+    # here must not end the process (its default action)
+    signal.signal(signal.SIGHUP, lambda *_: print("miresga agent: SIGHUP: nothing to reload here (front-ends "
+                                                  "apply rules and pools; agent settings need a restart)", flush=True))
     try:
         m = AgentManager(s, args.netns, args.iface, pin=True, adopt=True).attach()
     except OSError as e:

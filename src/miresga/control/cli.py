@@ -11,7 +11,8 @@ from miresga.control.config import DEFAULT_CONFIG, load_config_or_exit
 
 # Modules that contribute subcommands; a part not built yet is simply absent.
 PARTS = ["miresga.testbed.cli", "miresga.switch.cli", "miresga.agent.cli", "miresga.frontend.cli",
-         "miresga.bench.cli", "miresga.control.demo", "miresga.control.certs", "miresga.fuzz.cli"]
+         "miresga.bench.cli", "miresga.control.demo", "miresga.control.certs", "miresga.fuzz.cli",
+         "miresga.control.operate"]
 
 
 def _config_default(args: argparse.Namespace) -> int:

@@ -83,6 +83,10 @@ class Backend(Host):
     direct_port: int = Field(default=8080, ge=1, le=65535, description="port for traffic that bypasses Miresga")
     weight: int = Field(default=1, ge=0, le=1000)
     site: str = Field(default="default", description="object catalog name this back-end serves")
+    drain: bool = Field(default=False, description="no new connections or re-routed requests; established "
+                        "ones finish (`miresga backend drain|undrain`)")
+    max_connections: int = Field(default=0, ge=0, description="per front-end: beyond this many connections the "
+                                 "back-end is skipped by selection (0 = no limit)")
 
 
 class LbHost(Host):
@@ -231,12 +235,23 @@ class Rule(Strict):
     offload_wait: bool = Field(
         default=False, description="always: hold each routed request until its offload entry is installed "
         "(a fresh entry per request: Prism's blocking table sync, the bench's `prism` system)")
+    redispatch: int = Field(
+        default=1, ge=0, le=8, description="a back-end that refuses the splice SYN (RST) or never answers it "
+        "(after frontend.syn_retries): try this many other back-ends of the pool before a 503")
 
     @model_validator(mode="after")
     def _hash_header(self) -> "Rule":
         if self.policy == "hash_header" and not self.hash_header:
             raise ValueError("policy hash_header needs hash_header")
         return self
+
+
+class AccessLog(Strict):
+    file: str = Field(default="-", description="path of the log file (reopened on SIGUSR1, for logrotate; "
+                      "`{frontend}` in it is the front-end's name); - = stdout")
+    format: Literal["json", "combined"] = Field(default="json", description="json: one JSON object a line; "
+                                                "combined: nginx's combined format plus Miresga's fields")
+    sample: float = Field(default=1.0, gt=0, le=1, description="share of requests logged (random draw)")
 
 
 class Frontend(Strict):
@@ -268,6 +283,7 @@ class Frontend(Strict):
     ack_coalesce_ms: float = Field(
         default=5.0, ge=0, le=100, description="hold a pure ACK that acknowledges everything the other side "
         "sent this long: a segment that follows with the same ack makes it redundant (0 = relay at once)")
+    access_log: AccessLog | None = Field(default=None, description="one line per request (unset: none)")
     kernel_path: bool = Field(
         default=True, description="relay established connections in eBPF on the front-end's interface "
         "(bpf/frontend.bpf.c); off: the Python engine relays every segment")

@@ -56,11 +56,12 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
-    faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>`: every thread's stack to stderr
+    faulthandler.register(signal.SIGUSR2)   # `kill -USR2 <pid>`: every thread's stack to stderr
     from miresga.bpf.netns import in_netns
     from miresga.frontend.server import FrontendServer, ServerOptions
     opts = ServerOptions(name=args.name, iface=args.iface or host.nic, gateway_mac=args.gateway_mac,
-                         switch_address="" if args.no_switch else args.switch, health=not args.no_health)
+                         switch_address="" if args.no_switch else args.switch, health=not args.no_health,
+                         config_path=args.config)
     # Threads started inside the block inherit the namespace; the whole process lives there.
     from miresga.neighbours import NeighbourError
     with in_netns(args.netns):
@@ -79,6 +80,8 @@ def _run(args: argparse.Namespace) -> int:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, stop)
             signal.signal(signal.SIGINT, stop)
+            signal.signal(signal.SIGHUP, server.ops.want_reload)    # `miresga reload`
+            signal.signal(signal.SIGUSR1, server.ops.want_reopen)   # logrotate: reopen the access log
         server.run()
     return 0
 

@@ -18,11 +18,13 @@ from typing import MutableSequence, Union
 
 from miresga import cookie
 from miresga.control.config import Deployment
+from miresga.frontend.access_log import AccessLog
 from miresga.frontend.handover import (REQ_CLOSE, REQ_FIRST, REQ_HTTP10, REQ_KEEP, EvKind, KernelCheck,
                                        KernelEntry, KernelEvent, KernelHandover, KernelMark, KernelRemove,
                                        Phase)
 from miresga.frontend.http import (HttpError, RequestStream, ResponseWatcher, local_response,
                                    looks_like_request_start, request_start_certain)
+from miresga.frontend.pools import Pools
 from miresga.frontend.rules import CompiledRule, RuleSet
 from miresga.frontend.segment import ACK, FIN, PSH, RST, SYN, Segment, seq_add, seq_diff, syn_options
 from miresga.frontend.selection import Positions, Selector
@@ -91,7 +93,7 @@ class Conn:
                  "offload", "offload_gen", "watch", "watch_next", "slow_srv_bytes", "resp", "reset_after",
                  "resp_acked", "s0", "ever_installed", "adopted", "fe_acked", "rtx", "rtx_at", "rtx_tries",
                  "want_offload", "reinserted", "bad_request",
-                 "start_certain", "requests", "ack_held", "kernel", "kbase")
+                 "start_certain", "requests", "ack_held", "kernel", "kbase", "tried", "alog")
 
     def __init__(self, key: Key, s: int, opts: cookie.ClientOptions, parser: RequestStream):
         self.key = key
@@ -113,6 +115,8 @@ class Conn:
         self.ack_held: list[Segment | None] | None = None  # [to back-end, to client]: see Engine._hold
         self.kernel = False         # the kernel path relays it (handover.py); the engine waits for it back
         self.kbase = 0              # slow_srv_bytes when handed over (the kernel counts from there)
+        self.tried: tuple[int, ...] = ()  # back-ends whose splice SYN failed for this request (redispatch)
+        self.alog = None            # the access log's record of the current request (access_log.py)
         self.opts = opts
         self.nxt: int | None = None  # next in-order client sequence number to parse
         self.ooo: dict[int, Segment] = {}
@@ -156,13 +160,9 @@ class Engine:
         self.vport = cfg.vip.port
         self.backends = [(int(b.ip), b.port) for b in cfg.hosts.backends]
         self.by_service = {ep: i for i, ep in enumerate(self.backends)}
-        self.rules = RuleSet(cfg)
-        names = [b.name for b in cfg.hosts.backends]
-        weights = [b.weight for b in cfg.hosts.backends]
-        self.rule_list = self.rules.all()      # by rule index (the kernel path's REQUEST events)
-        positions = positions or Positions()
-        self.selectors = {r.index: Selector(r, names, weights, positions) for r in self.rule_list}
         self.healthy = [True] * len(self.backends)
+        self.positions = positions or Positions()
+        self.configure(cfg)
         self.active, self.heard = counts or ([0] * len(self.backends), [0] * len(self.backends))
         self.conns: dict[Key, Conn] = {}
         self.stats = Stats()
@@ -173,9 +173,22 @@ class Engine:
         self._now = 0.0
         # Connections we ended ourselves, for a short while: their stragglers are not orphans.
         self._recent: collections.OrderedDict[Key, float] = collections.OrderedDict()
-        self._coalesce_s = self.fe.ack_coalesce_ms / 1000.0
         self._held: dict[Key, tuple[float, Conn]] = {}   # connections holding an ACK: (deadline, conn)
         self.kernel = kernel
+        self.alog: AccessLog | None = None   # set by the adapter when the access log is on
+
+    def configure(self, cfg: Deployment) -> None:
+        """Rules, pools, policies, weights, drain and limits, timeouts from `cfg` (at start and on
+        a reload that `pools.check_reload` accepted: the back-end hosts are the same). Connections
+        keep their back-end; their next request is routed by the new rules."""
+        self.cfg, self.fe = cfg, cfg.frontend
+        self.rules = RuleSet(cfg)
+        names = [b.name for b in cfg.hosts.backends]
+        self.rule_list = self.rules.all()      # by rule index (the kernel path's REQUEST events)
+        self.selectors = {r.index: Selector(r, names, [b.weight for b in cfg.hosts.backends], self.positions)
+                          for r in self.rule_list}
+        self.pools = Pools(cfg.hosts.backends)
+        self._coalesce_s = cfg.frontend.ack_coalesce_ms / 1000.0
 
     # ---------------------------------------------------------------- events in
 
@@ -306,6 +319,8 @@ class Engine:
             self.stats.offload["replaced_stale"] += 1
             return out
         if present:
+            if conn.alog is not None:
+                conn.alog.fast = True
             if conn.offload is not Offload.INSTALLED:
                 self.stats.offload["installed"] += 1
             conn.ever_installed = True
@@ -652,6 +667,8 @@ class Engine:
 
     def _forget(self, conn: Conn, out: list[Action], kernel_entry: bool = True) -> None:
         """`kernel_entry` False: the kernel already put a new connection's entry in its place."""
+        if conn.alog is not None:
+            self.alog.finish(conn, self._now)  # type: ignore[union-attr]
         if self.kernel and kernel_entry:    # its entry, or the marker that kept the kernel off it
             conn.kernel = False
             out.append(KernelRemove(conn.key))
@@ -889,6 +906,8 @@ class Engine:
                     conn.last_req_ack = seg.ack
                     if not conn.pipelined:
                         conn.req_ack = seg.ack
+                        if conn.alog is not None:   # the previous response is over
+                            self.alog.finish(conn, now)  # type: ignore[union-attr]
                         conn.req_start = start
                         if conn.state is State.SPLICED:
                             conn.holding = True
@@ -917,9 +936,12 @@ class Engine:
         sel = self.selectors[rule.index]
         self.stats.requests_rule[rule.name] += 1
         conn.requests += 1
+        if self.alog is not None:
+            self.alog.request(conn, head, rule.name, now)
         cur = conn.backend
+        keep = cur is not None and cur in rule.pool and self.healthy[cur] and not self.pools.drain[cur]
         if conn.pipelined and cur is not None:
-            if cur in rule.pool and self.healthy[cur]:
+            if keep:
                 self.stats.requests_backend[cur] += 1
                 self.stats.events["pipelined"] += 1
                 return True
@@ -927,10 +949,10 @@ class Engine:
             self.stats.drops["pipelined_reroute"] += 1
             self._abort_both(conn, out)
             return False
-        if cur is not None and sel.sticky and cur in rule.pool and self.healthy[cur]:
+        if keep and sel.sticky:
             b: int | None = cur
         else:
-            b = sel.pick(self.healthy, self.active, conn.key[0], head)
+            b = sel.pick(self.pools.eligible(self.healthy, self.active), self.active, conn.key[0], head)
         if conn.adopted and b != cur:
             # No client options for a new back-end SYN: keep the back-end if the rule allows it.
             if cur is not None and cur in rule.pool:
@@ -940,11 +962,14 @@ class Engine:
                 self._abort_both(conn, out)
                 return False
         if b is None:
-            self._refuse(conn, 503, "no healthy back-end", now, out)
+            self._refuse(conn, 503, self.pools.why_none(rule.pool, self.healthy, self.active), now, out)
             return False
         self.stats.requests_backend[b] += 1
         conn.rule = rule
-        if rule.offload == "auto" and conn.offload is Offload.NONE and not self._offload_now(conn):
+        if conn.alog is not None:
+            conn.alog.backend = b
+        if (rule.offload == "auto" and conn.offload is Offload.NONE and not self._offload_now(conn)
+                or conn.alog is not None):
             conn.watch = ResponseWatcher(self.fe.max_header_bytes)
             conn.watch_next = conn.req_ack
         else:
@@ -954,8 +979,8 @@ class Engine:
                 self._insert_and_wait(conn, out, now)
                 return True
             self._release_held(conn, out, now)
-            if self._offload_now(conn):
-                self._insert(conn, out)
+            if self._offload_now(conn) and (conn.alog is None or conn.watch is None):
+                self._insert(conn, out)   # (with the access log: once its header was read)
             return True
         if cur is not None:  # step 8: re-route to another back-end
             self.stats.events["reroute"] += 1
@@ -969,7 +994,29 @@ class Engine:
         conn.state = State.SYN_SENT
         conn.holding = False
         conn.tries = 0
+        conn.tried = (b,)
         conn.deadline = now + self.fe.syn_retransmit_s
+        self._syn(conn, out)
+        return True
+
+    def _redispatch(self, conn: Conn, now: float, out: list[Action]) -> bool:
+        """The splice SYN to conn.backend was refused or never answered: send it to another
+        eligible back-end of the rule's pool (at most rule.redispatch times per request), with
+        the same sequence numbers. False: none left, the caller answers 503."""
+        rule = conn.rule
+        if rule is None or conn.adopted or len(conn.tried) > rule.redispatch:
+            return False
+        b = self.pools.another(rule.pool, conn.tried, self.healthy, self.active)
+        if b is None:
+            return False
+        self._set_backend(conn, b)
+        conn.tried += (b,)
+        conn.tries = 0
+        conn.deadline = now + self.fe.syn_retransmit_s
+        self.stats.events["redispatch"] += 1
+        self.stats.requests_backend[b] += 1
+        if conn.alog is not None:
+            conn.alog.backend = b
         self._syn(conn, out)
         return True
 
@@ -1027,8 +1074,8 @@ class Engine:
             self._insert_and_wait(conn, out, now)
         else:
             self._release_held(conn, out, now)
-            if self._offload_now(conn):
-                self._insert(conn, out)
+            if self._offload_now(conn) and (conn.alog is None or conn.watch is None):
+                self._insert(conn, out)   # (with the access log: once its header was read)
         self._maybe_closing(conn, now, out)
 
     def _insert_and_wait(self, conn: Conn, out: list[Action], now: float) -> None:
@@ -1053,6 +1100,9 @@ class Engine:
             conn.slow_srv_bytes += len(seg.payload)
             if conn.watch is not None and seg.seq == conn.watch_next:
                 self._watch_response(conn, seg.seq, len(seg.payload), seg.payload, out)
+            if conn.alog is not None and conn.alog.resp_end is not None and conn.alog.total is None \
+                    and seq_diff(seg.end, conn.alog.resp_end) >= 0:
+                conn.alog.total = now - conn.alog.t0
         if seg.flags & FIN:
             conn.srv_fin = True
         # the back-end acknowledges a whole request (nothing more to come from the client for it)
@@ -1074,15 +1124,24 @@ class Engine:
         if w.done:
             conn.watch = None
             rule = conn.rule
+            if conn.alog is not None:
+                self.alog.response(conn, w.status, cl, seq_diff(conn.watch_next, conn.req_ack) - unseen  # type: ignore
+                                   - w.body_seen, self._now)
             # Only the bytes still to come can take the switch: a new connection's first
             # flight already carries ~14 KB, so a 64 KB response is nearly through.
-            if cl is not None and rule is not None and cl - w.body_seen - unseen >= rule.offload_threshold:
+            if (cl is not None and rule is not None and rule.offload == "auto"
+                    and cl - w.body_seen - unseen >= rule.offload_threshold
+                    or conn.alog is not None and self._offload_now(conn)):
                 self._insert(conn, out)
         elif unseen:
             conn.watch = None         # the rest of the header is not ours to read
+            if conn.alog is not None and self._offload_now(conn):
+                self._insert(conn, out)
 
     def _backend_refused(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
         self.stats.drops["backend_refused"] += 1
+        if self._redispatch(conn, now, out):
+            return
         self._refuse(conn, 503, "back-end refused the connection", now, out, rst_backend=False)
 
     def _backend_abort(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
@@ -1160,6 +1219,8 @@ class Engine:
             self._set_backend(conn, None)
         self._drop_offload(conn, out)
         body = local_response(status, reason)
+        if conn.alog is not None:
+            self.alog.local(conn, status, len(body), now)  # type: ignore[union-attr]
         if conn.nxt is not None:
             ack = conn.nxt
         else:   # the stream's start was never found: acknowledge nothing of it
@@ -1218,7 +1279,10 @@ class Engine:
                 self._syn(conn, out)
             else:
                 st.drops["backend_timeout"] += 1
-                self._refuse(conn, 503, "back-end did not answer", now, out)
+                # the SYN-ACK may still come: the old back-end must not keep a half-open splice
+                self._rst_backend(conn, seq_add(conn.c, 1), out)
+                if not self._redispatch(conn, now, out):
+                    self._refuse(conn, 503, "back-end did not answer", now, out, rst_backend=False)
         elif state is State.SPLICED and conn.rtx is not None and now >= conn.rtx_at:
             if conn.rtx_tries < fe.syn_retries + 2:
                 conn.rtx_tries += 1

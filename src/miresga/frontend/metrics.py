@@ -33,13 +33,14 @@ class MetricsPublisher:
             "bytes": dict(st.bytes),
             "drops": dict(st.drops),
             "events": dict(st.events),
-            "local": {str(k): v for k, v in st.responses_local.items()},
+            "local": {"400": 0, "431": 0, "503": 0, **{str(k): v for k, v in st.responses_local.items()}},
             "packets": {"rx": self.io_stats.rx, "tx": self.io_stats.tx, "rx_gso": self.io_stats.rx_gso,
                         "tx_gso": self.io_stats.tx_gso, "tx_errors": self.io_stats.tx_errors,
                         "kernel_drops": self.io_stats.kernel_drops},
             "switch_rpc": dict(self.worker_stats),
             "healthy": {self.names[i]: int(h) for i, h in enumerate(self.health.healthy)},
             "active": {self.names[i]: n for i, n in enumerate(e.active)},
+            "drained": {self.names[i]: int(d) for i, d in enumerate(e.pools.drain)},
             "kernel": dict(self.kernel_stats()) if self.kernel_stats is not None else {},
         }
         k = snap["kernel"]
@@ -77,6 +78,8 @@ class MetricsPublisher:
         yield fam("c", "switch_rpc", "switch controller calls", "counter", s["switch_rpc"])
         yield fam("g", "backend_healthy", "1 if the back-end is in its pools", "backend", s["healthy"])
         yield fam("g", "backend_active", "connections per back-end", "backend", s["active"])
+        yield fam("g", "backend_drained", "1 if the back-end is drained (no new connections)", "backend",
+                  s["drained"])
         yield fam("c", "kernel_path", "front-end kernel path: segments and bytes relayed, passed up, events "
                   "(connections: held by the kernel now)", "counter", s["kernel"])
 

@@ -29,6 +29,7 @@ class CompiledRule:
     offload_after_requests: int = 0
     predicates: tuple[Predicate, ...] = field(default=(), repr=False)
     offload_wait: bool = False      # hold each request until its entry is installed (Prism's sync)
+    redispatch: int = 1             # other back-ends tried when the splice SYN fails, before a 503
 
     def matches(self, head: RequestHead) -> bool:
         for p in self.predicates:   # a plain loop: all() over a generator costs 3x per request
@@ -75,7 +76,7 @@ class RuleSet:
         self.rules: list[CompiledRule] = [
             CompiledRule(r.name, i, tuple(index[n] for n in r.pool), r.policy, r.hash_header, r.offload,
                          r.offload_threshold, r.offload_after_requests, _predicates(r),
-                         offload_wait=r.offload == "always" and r.offload_wait)
+                         offload_wait=r.offload == "always" and r.offload_wait, redispatch=r.redispatch)
             for i, r in enumerate(cfg.rules)]
         self.default = CompiledRule("default", len(cfg.rules), tuple(range(len(cfg.hosts.backends))),
                                     "round_robin", None, "auto", 65536,

@@ -98,6 +98,7 @@ class ServerOptions:
     health: bool = True
     batch: int = 64
     tick_s: float = 0.1
+    config_path: str | None = None         # re-read on reload (SIGHUP: operations.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -159,6 +160,12 @@ class FrontendServer:
                                         [b.name for b in cfg.hosts.backends])
         if self.kpath is not None:
             self.metrics.kernel_stats = self.kpath.stats
+        from miresga.frontend.operations import Operations
+        try:
+            self.ops = Operations(self, opts.config_path)
+        except OSError:     # the access log's file: undo what we made
+            self.close()
+            raise
 
     def _client_factory(self, addr: str) -> Callable[[], Any]:
         if not addr:
@@ -297,6 +304,7 @@ class FrontendServer:
                     if len(segs) < opts.batch:
                         break
                 self._drain_results(now)
+                self.ops.poll()
                 held = eng.next_flush()
                 if held is not None and held <= now:
                     self._do(eng.flush(now))
@@ -320,6 +328,8 @@ class FrontendServer:
             self.close()
 
     def close(self) -> None:
+        if getattr(self, "ops", None) is not None:
+            self.ops.close()
         self.worker.stop.set()
         self.health_worker.stop.set()
         self.metrics.close()

@@ -85,6 +85,10 @@ def _switch(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # `miresga reload` signals the front-ends (they own rules, pools and back-end state); a SIGHUP
+    # here must not end the process (its default action)
+    signal.signal(signal.SIGHUP, lambda *_: print("miresga switch: SIGHUP: nothing to reload here (front-ends "
+                                                  "apply rules and pools; switch settings need a restart)", flush=True))
     try:
         cp = ControlPlane(cfg, MapTables(dp.maps, frontend_hops(cfg, ports)), dead_after_s=args.dead_after)
         sw = cfg.switch
