@@ -204,23 +204,29 @@ static __always_inline int read_request(struct __sk_buff *skb, struct pkt *p, st
 	return 0;
 }
 
-/* Python hears of a request the kernel routed (the entry as it is after the request). */
-static __always_inline void report_request(struct fe_key *key, struct fe_conn *e, struct routed *q, __u32 seq,
-					   __u32 len, __u32 flags)
+/* Python hears of a request the kernel routed (the entry as it is after the request); with the
+ * access log on, with a copy of the request (its line and fields). */
+static __always_inline void report_request(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
+					   struct fe_key *key, struct fe_conn *e, struct routed *q, __u32 seq,
+					   __u32 flags)
 {
-	struct fe_event *ev = bpf_ringbuf_reserve(&fe_events, sizeof(*ev), 0);
+	__u32 len = (cfg->flags & FE_CFG_LOG) ? (p->payload_len < FE_COPY_MAX ? p->payload_len : FE_COPY_MAX) : 0;
+	struct fe_copy *c = bpf_ringbuf_reserve(&fe_events, len ? sizeof(struct fe_copy) : sizeof(struct fe_event), 0);
 
-	if (!ev) {
+	if (!c) {
 		fe_count(FE_STAT_EVENTS_LOST);
 		return;
 	}
-	fill_event(ev, FE_EV_REQUEST, key, e);
-	ev->seq = seq;
-	ev->payload_len = len;
-	ev->rule = q->rule_index;
-	ev->backend = e->backend;
-	ev->req_flags = q->flags | flags;
-	bpf_ringbuf_submit(ev, 0);
+	fill_event(&c->h, FE_EV_REQUEST, key, e);
+	c->h.seq = seq;
+	c->h.payload_len = p->payload_len;
+	c->h.rule = q->rule_index;
+	c->h.backend = e->backend;
+	c->h.req_flags = q->flags | flags;
+	if (len && (len > FE_COPY_MAX || bpf_skb_load_bytes(skb, p->l4_off + p->tcp_hlen, c->data, len)))
+		len = 0;
+	c->h.copy_len = len;
+	bpf_ringbuf_submit(c, 0);
 }
 
 /* The engine takes it: count, and leave a marker so that its next segments go up too. */
@@ -372,7 +378,7 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 		.route_ok = (q.flags & FE_REQ_CLOSE) ? 0 : FE_ROUTE_OK, .has_req_ack = 1, .backend = bi, .last_req_ack = ack,
 		.requests = 1, .c = seq - 1, .s = ack - 1,
 	};
-	if (q.rule->flags & FE_RULE_WATCH) {
+	if ((q.rule->flags & FE_RULE_WATCH) || (cfg->flags & FE_CFG_LOG)) {
 		e.watch_next = ack;
 		e.watch_segs = FE_WATCH_COPIES;
 	}
@@ -389,7 +395,7 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 		if (opened)
 			__sync_fetch_and_add(opened, 1);
 	}
-	report_request(key, &e, &q, seq, p->payload_len, FE_REQ_FIRST | ((__u32)opts << 8));
+	report_request(skb, p, cfg, key, &e, &q, seq, FE_REQ_FIRST | ((__u32)opts << 8));
 	if (build_syn(skb, p, &e, opts)) {
 		fe_count(FE_STAT_REWRITE_FAILED);
 		return TC_ACT_SHOT; /* half rewritten; the engine resends the SYN on its timer */
@@ -497,8 +503,8 @@ static __always_inline int next_request(struct __sk_buff *skb, struct pkt *p, st
 	e->requests += 1;
 	e->route_ok = (q.flags & FE_REQ_CLOSE) ? 0 : e->route_ok;
 	e->watch_next = ack;
-	e->watch_segs = ((q.rule->flags & FE_RULE_WATCH) && !offloaded) ? FE_WATCH_COPIES : 0;
-	report_request(key, e, &q, seq, p->payload_len, 0);
+	e->watch_segs = (((q.rule->flags & FE_RULE_WATCH) && !offloaded) || (cfg->flags & FE_CFG_LOG)) ? FE_WATCH_COPIES : 0;
+	report_request(skb, p, cfg, key, e, &q, seq, 0);
 	fe_count(FE_STAT_REQ_NEXT);
 	return to_backend(skb, p, e);
 }

@@ -77,6 +77,7 @@ struct fe_config {
 
 #define FE_CFG_ROUTE 1    /* route next requests of kernel-held connections */
 #define FE_CFG_FIRST 2    /* take first requests (new connections): below the connection limit */
+#define FE_CFG_LOG 4      /* the access log is on: copy each routed request and its response header up */
 
 /* One step of the compiled rules (miresga.frontend.kernel_rules): each checks one condition of
  * one rule; a rule whose step fails is out. The first rule still in wins. */
@@ -151,7 +152,8 @@ enum fe_event_kind {
 	FE_EV_BACKEND_RST = 2, /* back-end RST relayed; the entry is gone */
 	FE_EV_CLOSING = 3,     /* both FINs relayed; the entry stays for the close linger */
 	FE_EV_COPY = 4,        /* a copy of a response segment's first bytes follows the header */
-	FE_EV_REQUEST = 5,     /* the kernel routed a request (FE_REQ_FIRST: and opened the splice) */
+	FE_EV_REQUEST = 5,     /* the kernel routed a request (FE_REQ_FIRST: and opened the splice);
+				* with FE_CFG_LOG a copy of the request follows, as for FE_EV_COPY */
 };
 
 #define FE_REQ_FIRST 1     /* the connection's first request: the kernel sent the splice SYN */

@@ -24,7 +24,7 @@ def server(tmp_path, cfg):
     f.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     srv = SimpleNamespace(cfg=cfg, engine=Engine(cfg), health=HealthTracker(3),
                           health_worker=SimpleNamespace(path="/health", interval=1.0, timeout=0.5),
-                          opts=SimpleNamespace(name="fe1"))
+                          opts=SimpleNamespace(name="fe1"), kernel_rules=lambda: None)
     return srv, f, Operations(srv, f)
 
 
@@ -68,7 +68,7 @@ def test_refused_reload_changes_nothing(tmp_path):
 
     def host_moved(d):
         d["rules"][0]["pool"] = ["be3"]
-        d["hosts"]["backends"][0]["address"] = "10.0.44.2/24"
+        d["hosts"]["backends"][0]["address"] = "10.0.4.9/24"     # another address in its subnet
     edit(f, host_moved)
     assert "hosts.backends.0 (be1): address need a restart" in ops.reload()
     assert srv.cfg is before and eng.rules is rules and eng.alog is None and ops.file is None

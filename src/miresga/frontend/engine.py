@@ -414,7 +414,7 @@ class Engine:
         if conn.state is State.SYN_SENT:     # anything after the SYN means the back-end answered
             self._kernel_spliced(conn, now)
         if kind is EvKind.REQUEST:
-            self._kernel_routed(conn, ev)
+            self._kernel_routed(conn, ev, now)
         elif kind is EvKind.COPY:
             if conn.watch is not None and ev.seq == conn.watch_next:
                 self._watch_response(conn, ev.seq, ev.payload_len, ev.data, out)
@@ -451,29 +451,40 @@ class Engine:
         conn.req_start = ev.seq
         self.conns[key] = conn
         self.stats.events["new_conn"] += 1
-        self._kernel_request(conn, ev)
+        self._kernel_request(conn, ev, now)
         self._set_backend(conn, ev.backend)
+        conn.tried = (ev.backend,)
         self.heard[ev.backend] += 1     # the kernel counted it when it opened it
         conn.c, conn.s = seq_add(ev.seq, -1), s
         conn.state = State.SYN_SENT
         conn.deadline = now + self.fe.syn_retransmit_s
 
-    def _kernel_routed(self, conn: Conn, ev: KernelEvent) -> None:
+    def _kernel_routed(self, conn: Conn, ev: KernelEvent, now: float) -> None:
         """The kernel relayed a keep-alive request to the connection's back-end (step 8, same
         back-end): the books `_in_order` and `_route` keep for it."""
         conn.nxt = seq_add(ev.seq, ev.payload_len)
         conn.cli_ack = conn.req_ack = conn.last_req_ack = ev.cli_ack
         conn.req_start = ev.seq
         conn.pipelined = False
-        self._kernel_request(conn, ev)
+        if conn.alog is not None:       # the previous response is over
+            self.alog.finish(conn, now)  # type: ignore[union-attr]
+        self._kernel_request(conn, ev, now)
 
-    def _kernel_request(self, conn: Conn, ev: KernelEvent) -> None:
-        rule = self.rule_list[ev.rule]
+    def _kernel_request(self, conn: Conn, ev: KernelEvent, now: float) -> None:
+        # (a request routed by the rules before a reload replaced them: counted under the default)
+        rule = self.rule_list[ev.rule] if ev.rule < len(self.rule_list) else self.rules.default
         self.stats.requests_rule[rule.name] += 1
         self.stats.requests_backend[ev.backend] += 1
         conn.requests += 1
         conn.rule = rule
-        if rule.offload == "auto" and conn.offload is Offload.NONE and not self._offload_now(conn):
+        if self.alog is not None and ev.data:    # the kernel copied the request up for the log
+            head = next((e[1] for e in RequestStream(self.fe.max_header_bytes).feed(ev.data) if e[0] == "head"), None)
+            if head is not None:
+                self.alog.request(conn, head, rule.name, now)
+                if conn.alog is not None:
+                    conn.alog.backend = ev.backend
+        if (rule.offload == "auto" and conn.offload is Offload.NONE and not self._offload_now(conn)
+                or conn.alog is not None):
             conn.watch = ResponseWatcher(self.fe.max_header_bytes)
             conn.watch_next = conn.req_ack
         else:

@@ -57,7 +57,7 @@ class FeStat(enum.IntEnum):
     DROP_NO_ENTRY = 20
 
 
-CFG_ROUTE, CFG_FIRST = 1, 2      # bpf/frontend.h FE_CFG_*
+CFG_ROUTE, CFG_FIRST, CFG_LOG = 1, 2, 4   # bpf/frontend.h FE_CFG_*
 ROUTE_OK, ROUTE_OFFLOADED = 1, 2  # FE_ROUTE_*
 _HELD_CODEC = FrameCodec(b"\0" * 6, b"\0" * 6)   # parses a held frame (MACs unused)
 
@@ -76,7 +76,7 @@ def decode_entry(c: L.FeConn, now_ns: int) -> KernelEntry:
 
 def decode_event(raw: bytes) -> KernelEvent:
     h = L.FeEvent.from_buffer_copy(raw[:_EV_SIZE])
-    data = raw[_EV_SIZE:_EV_SIZE + h.copy_len] if h.kind == EvKind.COPY else b""
+    data = raw[_EV_SIZE:_EV_SIZE + h.copy_len] if h.copy_len else b""
     return KernelEvent(EvKind(h.kind), (socket.ntohl(h.addr), socket.ntohs(h.port)), h.cli_ack, h.srv_end,
                        h.cli_nxt, h.to_client_bytes, h.seq, h.payload_len, data, h.rule, h.backend, h.req_flags)
 
@@ -157,7 +157,8 @@ class KernelMaps:
         return kr
 
     def set_health(self, healthy: Sequence[bool]) -> None:
-        """Health changed: the rules' wheels and the healthy set, rewritten (wheels first)."""
+        """Health (or a drain) changed: the rules' wheels and the set of back-ends that may take
+        connections, rewritten (wheels first)."""
         kr, ruleset = self._kr, self._rules
         if kr is None or ruleset is None:
             return
@@ -175,11 +176,13 @@ class KernelMaps:
             k = keys[slot] if slot < len(keys) else CookieKey(0, 0)
             self._maps["fe_keys"].update(ctypes.c_uint32(slot), L.FeCookieKey(k.k0, k.k1))
 
-    def set_routing(self, route: bool, first: bool) -> None:
+    def set_routing(self, route: bool, first: bool, log: bool = False) -> None:
         """Whether the kernel routes next requests (route) and takes new connections (first: off
-        at the connection limit, so that the engine refuses them as it does today)."""
+        at the connection limit, so that the engine refuses them as it does today), and whether
+        it copies routed requests and their response headers up for the access log."""
         usable = self._kr is not None and self._kr.usable
-        flags = (CFG_ROUTE if route and usable else 0) | (CFG_FIRST if first and usable else 0)
+        flags = ((CFG_ROUTE if route and usable else 0) | (CFG_FIRST if first and usable else 0)
+                 | (CFG_LOG if log else 0))
         if flags != self.config.flags:
             self.config.flags = flags
             self._write_config()

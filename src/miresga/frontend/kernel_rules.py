@@ -126,7 +126,10 @@ def compile_rules(ruleset: RuleSet, cfg: Deployment) -> KernelRules:
         steps, whole = _steps(i, r, cfg)
         ops += steps
         after = r.offload_after_requests if r.offload == "auto" else 0
-        out.append(KernelRule(sum(1 << b for b in r.pool), rule_flags(r, whole, weights), min(after, 0xFFFF)))
+        flags = rule_flags(r, whole, weights)
+        if any(cfg.hosts.backends[b].max_connections for b in r.pool):
+            flags &= ~PICKS     # a back-end's connection limit is the engine's to keep
+        out.append(KernelRule(sum(1 << b for b in r.pool), flags, min(after, 0xFFFF)))
     why = ""
     if len(rules) > RULES_MAX:
         why = f"{len(rules)} rules (the kernel path takes {RULES_MAX})"

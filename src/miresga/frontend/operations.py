@@ -88,6 +88,7 @@ class Operations:
         hw = srv.health_worker
         hw.path, hw.interval, hw.timeout = fe.health_path, fe.health_interval_s, fe.health_timeout_s
         self._use_log(*log_to)
+        srv.kernel_rules()      # the kernel path routes by the new rules, pools and drains too
 
     def _access_log(self, cfg: Deployment) -> tuple[LogFile | None, AccessLog | None]:
         """The file and the log `cfg` asks for (the open file kept if its path is the same)."""

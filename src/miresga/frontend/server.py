@@ -132,11 +132,8 @@ class FrontendServer:
             self.engine = Engine(cfg, kernel=kp is not None, positions=kp.positions if kp is not None else None,
                                  counts=kp.counts(len(cfg.hosts.backends)) if kp is not None else None)
             if self.kpath is not None:
-                kr = self.kpath.load_rules(cfg, self.engine.rules, self.engine.healthy)
-                if not kr.usable:
-                    log.warning("the kernel path relays but routes nothing: %s", kr.why)
                 self._kernel_keys: tuple = ()
-                self._kernel_limits(clock())
+                self.kernel_rules()
         except BaseException:   # undo what we made so far
             if self.kpath is not None:
                 self.kpath.close()
@@ -210,6 +207,21 @@ class FrontendServer:
             self._kernel_events(self.clock())
         return entry
 
+    def kernel_rules(self) -> None:
+        """(Re)load the rules into the kernel path: at start and after a reload."""
+        eng, kp = self.engine, self.kpath
+        if kp is None:
+            return
+        kr = kp.load_rules(self.cfg, eng.rules, self._kernel_usable())
+        if not kr.usable:
+            log.warning("the kernel path relays but routes nothing: %s", kr.why)
+        self._kernel_limits(self.clock())
+
+    def _kernel_usable(self) -> list[bool]:
+        """Back-ends the kernel may send new connections to: healthy and not drained."""
+        eng = self.engine
+        return [h and not d for h, d in zip(eng.healthy, eng.pools.drain)]
+
     def _kernel_limits(self, now: float) -> None:
         """What the kernel path must follow as time and load move: the cookie keys (a new
         generation), and whether it may take new connections (not at the engine's limit, which
@@ -219,7 +231,8 @@ class FrontendServer:
         if keys is not self._kernel_keys:
             kp.set_keys(keys)  # type: ignore[union-attr]
             self._kernel_keys = keys
-        kp.set_routing(True, len(eng.conns) < self.cfg.frontend.max_connections - KERNEL_LIMIT_MARGIN)  # type: ignore
+        kp.set_routing(True, len(eng.conns) < self.cfg.frontend.max_connections - KERNEL_LIMIT_MARGIN,  # type: ignore
+                       eng.alog is not None)
 
     def _kernel_events(self, now: float) -> None:
         if self.kpath is None:
@@ -263,7 +276,7 @@ class FrontendServer:
                              "healthy" if changed else "unhealthy")
                     eng.set_health(r[1], changed)
                     if self.kpath is not None:
-                        self.kpath.set_health(eng.healthy)
+                        self.kpath.set_health(self._kernel_usable())
 
     def run(self) -> None:
         opts = self.opts
