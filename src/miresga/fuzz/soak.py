@@ -5,9 +5,12 @@ a new connection per request (one segment per mix and mode), while faults are in
 back-end killed and restarted at 25 % and 75 % of the run, one front-end killed and restarted at
 50 %. Every `--sample` seconds: each front-end's RSS and connections, switch entries, agent
 flows. Afterwards the load stops and the run waits for the state to drain. Written to DIR:
-`soak.json` (samples, wrk segments, faults, verdict) and `soak.png` (each series over time, fault
-windows shaded). Each sample also records how busy the whole machine's CPUs were (`cpu_busy`,
-this soak included) and the load average, since the machine may be shared. Verdict: each
+`soak.json` (samples, wrk segments, faults, verdict), `logs/` (the daemons' logs) and
+`soak.png` (each series over time, fault windows shaded). Each sample keeps the front-ends'
+counters (connections by state, drops, events, local answers) and the agents' (splices, removals,
+drops), so an error can be placed in time and attributed, and how busy the whole machine's CPUs
+were (`cpu_busy`, this soak included) and the load average, since the machine may be shared.
+Verdict: each
 front-end's memory judged against its load (`judge_rss`: per cycle, the highest RSS may rise only
 with a new connection high-water mark, and otherwise stays within `--rss-tolerance`), zero wrk
 errors in segments that do not overlap a fault window, nothing left at the end.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -82,11 +86,17 @@ class Soak:
             try:
                 m = tb.frontend_metrics(f.name)
                 s[f"conns_{f.name}"] = int(sum(m.get("connections", {}).values()))
+                # cumulative counters, to place an error in time: drops by reason, engine events,
+                # local responses (503s...), back-ends' health
+                s[f"fe_{f.name}"] = {g: m.get(g, {}) for g in ("connections", "drops", "events", "local", "healthy")}
             except Exception:  # noqa: BLE001
                 s[f"conns_{f.name}"] = None
         for b in tb.cfg.hosts.backends:
             try:
-                s[f"flows_{b.name}"] = tb.agent_stats(b.name)["flows"]
+                a = tb.agent_stats(b.name)
+                s[f"flows_{b.name}"] = a["flows"]
+                s[f"agent_{b.name}"] = {k: v for k, v in {**a["counters"], **a["drops"]}.items()
+                                        if v and not k.startswith(("xlate", "sack", "window"))}
             except Exception:  # noqa: BLE001
                 s[f"flows_{b.name}"] = None
         return s
@@ -178,6 +188,10 @@ def run(minutes: float, out_dir: Path, sample_s: float = 5.0, rss_tolerance: flo
         soak.stop.set()
         th.join(timeout=30)
         soak.samples.append(last)
+        # the daemons' logs go with the testbed: keep them with the report
+        (out_dir / "logs").mkdir(exist_ok=True)
+        for f in tb.run_dir.glob("*.log"):
+            shutil.copyfile(f, out_dir / "logs" / f.name)
     report = {"minutes": minutes, "sample_s": sample_s, "segment_s": seg_s, "segments_per_cycle": len(segments),
               "samples": soak.samples, "wrk": wrk_runs, "faults": soak.faults, "end_state": last}
     report["verdict"] = verdict(report, rss_tolerance)
