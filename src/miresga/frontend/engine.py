@@ -788,6 +788,15 @@ class Engine:
             conn.nxt = conn.req_start = seg.seq
             conn.start_certain = request_start_certain(seg.payload)
         d = seq_diff(seg.seq, conn.nxt)  # type: ignore[arg-type]
+        if conn.state is State.SPLICED and seg.payload and self._reincarnated(conn, seg, d, now):
+            # The client's port was reused for a new connection while we still held the old one
+            # (one we adopted after a restart, whose client had gone): free the old back-end
+            # connection and start the new one, never hand its request to the old stream.
+            self.stats.events["port_reused"] += 1
+            self._rst_backend(conn, conn.nxt, out)  # type: ignore[arg-type]
+            self._forget(conn, out)
+            self._no_flow(seg, conn.key, Ev.C_DATA, now, out)
+            return
         if d > 0:  # a gap before it: hold until the gap fills
             if d > MAX_WINDOW_AHEAD:
                 self.stats.drops["out_of_window"] += 1
@@ -813,6 +822,17 @@ class Engine:
                 self._duplicate(conn, s2, out, now)
                 continue
             self._in_order(conn, s2, -seq_diff(s2.seq, nxt), now, out)  # type: ignore[arg-type]
+
+    def _reincarnated(self, conn: Conn, seg: Segment, d: int, now: float) -> bool:
+        """Client data that is no part of this stream (neither a retransmission within 16 MB
+        behind it nor data in the window ahead) and acknowledges a valid cookie of ours for this
+        ip:port: the first request of a new connection on a reused port. Without the cookie it
+        is ignored as before (a blind segment cannot end a connection)."""
+        if -(1 << 24) < d <= MAX_WINDOW_AHEAD:
+            return False
+        key = conn.key
+        return cookie.check_cookie(seq_add(seg.ack, -1), self.keys(now), key[0], key[1], self.vip, self.vport,
+                                   cookie.bucket_of(now, self._cookie.bucket_seconds)) is not None
 
     def _stash(self, conn: Conn, seg: Segment) -> None:
         if seg.seq in conn.ooo:

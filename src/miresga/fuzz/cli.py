@@ -70,7 +70,8 @@ def register(sub) -> None:
     k.add_argument("--minutes", type=float, default=30.0)
     k.add_argument("--out", default="soak-out", help="soak.json and soak.png go here")
     k.add_argument("--sample", type=float, default=5.0, help="seconds between samples")
-    k.add_argument("--rss-tolerance", type=float, default=0.25, help="allowed RSS growth after warm-up")
+    k.add_argument("--rss-tolerance", type=float, default=0.10,
+                   help="allowed growth of a cycle's highest RSS at the same load high-water mark")
     k.set_defaults(func=_soak)
 
 

@@ -5,15 +5,22 @@ a new connection per request (one segment per mix and mode), while faults are in
 back-end killed and restarted at 25 % and 75 % of the run, one front-end killed and restarted at
 50 %. Every `--sample` seconds: each front-end's RSS and connections, switch entries, agent
 flows. Afterwards the load stops and the run waits for the state to drain. Written to DIR:
-`soak.json` (samples, wrk segments, faults, verdict) and `soak.png` (each series over time, fault
-windows shaded). Verdict: RSS at the end within `--rss-tolerance` of the first sample after
-warm-up, zero wrk errors in segments that do not overlap a fault window, nothing left at the end.
+`soak.json` (samples, wrk segments, faults, verdict), `logs/` (the daemons' logs) and
+`soak.png` (each series over time, fault windows shaded). Each sample keeps the front-ends'
+counters (connections by state, drops, events, local answers) and the agents' (splices, removals,
+drops), so an error can be placed in time and attributed, and how busy the whole machine's CPUs
+were (`cpu_busy`, this soak included) and the load average, since the machine may be shared.
+Verdict: each
+front-end's memory judged against its load (`judge_rss`: per cycle, the highest RSS may rise only
+with a new connection high-water mark, and otherwise stays within `--rss-tolerance`), zero wrk
+errors in segments that do not overlap a fault window, nothing left at the end.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -26,6 +33,15 @@ from miresga.bench.workloads import mix_workload
 from miresga.bench.wrk import mix_script, parse_wrk_output, wrk_argv
 
 FAULT_WINDOW_S = 25.0    # a fault, and the time its effects may take to settle
+RSS_TOLERANCE = 0.10     # a cycle's highest RSS over its baseline at the same load high-water mark
+CONN_STEP = 0.10         # more connections than every earlier cycle by this much: a new load peak
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = f[3] + f[4]                      # idle + iowait
+    return sum(f[:8]) - idle, sum(f[:8])
 
 
 def _rss_kb(pid: int) -> int | None:
@@ -45,6 +61,7 @@ class Soak:
         self.samples: list[dict] = []
         self.faults: list[dict] = []
         self.stop = threading.Event()
+        self._cpu = _cpu_times()
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 1)
@@ -52,6 +69,11 @@ class Soak:
     def sample(self) -> dict:
         tb = self.tb
         s: dict = {"t": self.now()}
+        # how busy the whole machine was (this soak and anything else on it) since the last sample
+        busy, total = _cpu_times()
+        s["cpu_busy"] = round((busy - self._cpu[0]) / max(1, total - self._cpu[1]), 3)
+        self._cpu = (busy, total)
+        s["loadavg1"] = os.getloadavg()[0]
         try:
             st = tb.switch_stats()
             s["switch_entries"] = st["installed"] + st["queue"]
@@ -64,11 +86,17 @@ class Soak:
             try:
                 m = tb.frontend_metrics(f.name)
                 s[f"conns_{f.name}"] = int(sum(m.get("connections", {}).values()))
+                # cumulative counters, to place an error in time: drops by reason, engine events,
+                # local responses (503s...), back-ends' health
+                s[f"fe_{f.name}"] = {g: m.get(g, {}) for g in ("connections", "drops", "events", "local", "healthy")}
             except Exception:  # noqa: BLE001
                 s[f"conns_{f.name}"] = None
         for b in tb.cfg.hosts.backends:
             try:
-                s[f"flows_{b.name}"] = tb.agent_stats(b.name)["flows"]
+                a = tb.agent_stats(b.name)
+                s[f"flows_{b.name}"] = a["flows"]
+                s[f"agent_{b.name}"] = {k: v for k, v in {**a["counters"], **a["drops"]}.items()
+                                        if v and not k.startswith(("xlate", "sack", "window"))}
             except Exception:  # noqa: BLE001
                 s[f"flows_{b.name}"] = None
         return s
@@ -100,7 +128,7 @@ class Soak:
         self.faults.append({"t": t, "what": f"{name} killed (SIGKILL), restarted 3 s later"})
 
 
-def run(minutes: float, out_dir: Path, sample_s: float = 5.0, rss_tolerance: float = 0.25,
+def run(minutes: float, out_dir: Path, sample_s: float = 5.0, rss_tolerance: float = RSS_TOLERANCE,
         connections: int = 16) -> dict:
     from miresga.testbed import Testbed
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,12 +188,67 @@ def run(minutes: float, out_dir: Path, sample_s: float = 5.0, rss_tolerance: flo
         soak.stop.set()
         th.join(timeout=30)
         soak.samples.append(last)
-    report = {"minutes": minutes, "sample_s": sample_s, "segment_s": seg_s, "warmup_s": seg_s * len(segments),
+        # the daemons' logs go with the testbed: keep them with the report
+        (out_dir / "logs").mkdir(exist_ok=True)
+        for f in tb.run_dir.glob("*.log"):
+            shutil.copyfile(f, out_dir / "logs" / f.name)
+    report = {"minutes": minutes, "sample_s": sample_s, "segment_s": seg_s, "segments_per_cycle": len(segments),
               "samples": soak.samples, "wrk": wrk_runs, "faults": soak.faults, "end_state": last}
     report["verdict"] = verdict(report, rss_tolerance)
     (out_dir / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(report, out_dir / "soak.png")
     return report
+
+
+def cycles(rep: dict) -> list[tuple[float, float]]:
+    """(start, end) of each complete cycle of the six segments (T1..T3, keep-alive and not)."""
+    n = rep.get("segments_per_cycle", 6)
+    w = rep["wrk"]
+    return [(w[i]["t_start"], w[i + n - 1]["t_end"]) for i in range(0, len(w) - n + 1, n)]
+
+
+def judge_rss(samples: list[dict], fe: str, spans: list[tuple[float, float]], tol: float,
+              conn_step: float = CONN_STEP) -> dict:
+    """Judge one front-end's memory against its load, as an operator reads the plot.
+
+    The process judged is the one alive at the end (a restarted front-end from its own start).
+    For each complete cycle it lived through: the highest RSS and the most connections it held.
+    The first such cycle is the baseline (it reaches every mix's working set). A later cycle that
+    holds more than `conn_step` more connections than every cycle before sets a new load
+    high-water mark, and its RSS becomes the baseline (CPython keeps freed memory for the next
+    peak: RSS follows the peak load, not time). Every other cycle's highest RSS must stay within
+    `tol` of the baseline. A leak grows RSS cycle after cycle at the same load and fails; memory
+    that steps up with a new connection peak and then stays there passes."""
+    k, kc, kp = f"rss_kb_{fe}", f"conns_{fe}", f"pid_{fe}"
+    pids = [s.get(kp) for s in samples if s.get(k)]
+    if not pids:
+        return {"judged": False, "why": "no samples"}
+    pid = pids[-1]                                  # None in reports that did not record pids
+    mine = [s for s in samples if s.get(kp) == pid and s.get(k)]
+    born = mine[0]["t"]
+    out: dict = {"pid": pid, "first_kb": mine[0][k], "last_kb": mine[-1][k], "cycles": []}
+    for a, b in spans:
+        if a < born:
+            continue
+        inside = [s for s in mine if a <= s["t"] < b]
+        if inside:
+            out["cycles"].append({"t": a, "rss_max_kb": max(s[k] for s in inside),
+                                  "conns_max": max(s.get(kc) or 0 for s in inside)})
+    cyc = out["cycles"]
+    if len(cyc) < 2:
+        out.update(judged=False, why="fewer than two complete cycles in this process's life")
+        return out
+    base, conn_hwm, worst = cyc[0]["rss_max_kb"], cyc[0]["conns_max"], 0.0
+    for c in cyc[1:]:
+        if c["conns_max"] > conn_hwm * (1 + conn_step):
+            c["new_load_peak"] = True
+            conn_hwm, base = c["conns_max"], max(base, c["rss_max_kb"])
+            continue
+        conn_hwm = max(conn_hwm, c["conns_max"])
+        c["growth"] = round(c["rss_max_kb"] / base - 1, 3)
+        worst = max(worst, c["growth"])
+    out.update(judged=True, worst_growth=round(worst, 3), flat=worst <= tol)
+    return out
 
 
 def verdict(rep: dict, tol: float) -> dict:
@@ -174,30 +257,17 @@ def verdict(rep: dict, tol: float) -> dict:
     def in_fault(r):
         return any(r["t_start"] - FAULT_WINDOW_S <= t <= r["t_end"] for t in fault_t)
     errors_outside = sum(r.get("errors") or 0 for r in rep["wrk"] if not in_fault(r))
+    errors_inside = sum(r.get("errors") or 0 for r in rep["wrk"] if in_fault(r))
     failed_outside = [r["workload"] for r in rep["wrk"] if r.get("failure") and not in_fault(r)]
+    spans = cycles(rep)
     rss = {}
-    ok_rss = True
-    warmup = rep["warmup_s"]
-    for k in [k for k in rep["samples"][0] if k.startswith("rss_kb_")]:
-        fe = k[7:]
-        pid = rep["end_state"].get(f"pid_{fe}") or rep["samples"][-1].get(f"pid_{fe}")
-        mine = [s for s in rep["samples"] if s.get(f"pid_{fe}") == pid and s.get(k)]
-        if not mine:
-            continue
-        born = mine[0]["t"]        # a restarted front-end is judged after its own warm-up
-        series = [s[k] for s in mine if s["t"] >= max(warmup, born + warmup if born > 0 else 0)]
-        if len(series) < 2:
-            rss[fe] = {"judged": False, "why": "fewer than two samples after its warm-up (restarted late, or a short run)",
-                       "first_kb": mine[0][k], "last_kb": mine[-1][k]}
-            continue
-        start, end = series[0], series[-1]
-        grew = (end - start) / start
-        rss[fe] = {"judged": True, "start_kb": start, "end_kb": end, "growth": round(grew, 3)}
-        ok_rss &= grew <= tol
+    for k in sorted({k for s in rep["samples"] for k in s if k.startswith("rss_kb_")}):
+        rss[k[7:]] = judge_rss(rep["samples"], k[7:], spans, tol)
+    ok_rss = all(r.get("flat", True) for r in rss.values())
     left = {k: v for k, v in rep["end_state"].items() if k.startswith(("switch_", "conns_", "flows_")) and v}
-    return {"rss": rss, "rss_flat": ok_rss, "errors_outside_faults": errors_outside,
-            "failed_segments_outside_faults": failed_outside, "left_at_end": left,
-            "ok": ok_rss and errors_outside == 0 and not failed_outside and not left}
+    return {"rss": rss, "rss_tolerance": tol, "rss_flat": ok_rss, "errors_inside_faults": errors_inside,
+            "errors_outside_faults": errors_outside, "failed_segments_outside_faults": failed_outside,
+            "left_at_end": left, "ok": ok_rss and errors_outside == 0 and not failed_outside and not left}
 
 
 def plot(rep: dict, path: Path) -> None:
@@ -206,9 +276,10 @@ def plot(rep: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     s = rep["samples"]
     t = [x["t"] for x in s]
-    fig, ax = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
+    fig, ax = plt.subplots(5, 1, figsize=(9, 12), sharex=True)
     groups = [("front-end RSS (MB)", "rss_kb_", 1 / 1024), ("front-end connections", "conns_", 1),
-              ("agent flows", "flows_", 1), ("switch entries", "switch_entries", 1)]
+              ("agent flows", "flows_", 1), ("switch entries", "switch_entries", 1),
+              ("machine CPU busy (all processes, 2 cores = 1.0)", "cpu_busy", 1)]
     for a, (title, prefix, scale) in zip(ax, groups):
         for k in sorted({k for x in s for k in x if k.startswith(prefix)}):
             a.plot(t, [x[k] * scale if x.get(k) is not None else None for x in s], label=k.replace(prefix, "") or k)
