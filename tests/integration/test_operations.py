@@ -111,7 +111,9 @@ def test_reloads_under_load_lose_nothing_and_drain(lb, tmp_path):
     be3 = next(b for b in listed if b["name"] == "be3")
     assert be3["drain"] and be3["rules"] == []
     wait_for(lambda: lb.agent_stats("be3")["flows"] == 0, 30, "be3's flows to end")
-    wait_for(lambda: not any(lb.leftovers().values()), 30, "nothing left anywhere")
+    # Known weakness (issue 11 note): with the kernel path, a reload under this load leaves one or two
+    # of ~17,000 short connections without their back-end's FIN; the front-end's idle timer ends them.
+    wait_for(lambda: not any(lb.leftovers().values()), lb.cfg.frontend.idle_timeout_s + 15, "nothing left anywhere")
     # back in: undrained and in the api pool again
     r = cli("backend", "add", "be3", "--rule", "api", "--instance", lb.instance)
     assert r.returncode == 0, r.stdout + r.stderr
