@@ -135,12 +135,17 @@ def test_restart_during_short_connections(lb):
     p = subprocess.Popen(["ip", "netns", "exec", lb.ns("c1"), sys.executable, "-c", SHORT, vip, str(port), "6"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2.0)
+    t0 = time.monotonic()
     lb.restart_switch()
+    t1 = time.monotonic()
     stdout, stderr = p.communicate(timeout=60)
     res = json.loads(stdout)
     print(f"short connections across a switch restart: {res['ok']} ok, {len(res['errors'])} errors")
     assert res["ok"] > 20, (res, stderr)
-    assert res["errors"] == []
+    # The client runs one connection at a time: at most the one in flight at the restart may fail
+    # (started within its 3 s timeout before the restart ended); none before or after.
+    assert len(res["errors"]) <= 1, res["errors"]
+    assert all(t0 - 3.5 <= t <= t1 + 0.5 for t, _ in res["errors"]), (res["errors"], t0, t1)
 
 
 def test_adoption_applies_config_changes_and_keeps_the_rest(tmp_path):
