@@ -101,6 +101,17 @@ static __always_inline int to_client(struct __sk_buff *skb, struct pkt *p, struc
 		     p->tcp->source, cfg->vport, 1);
 }
 
+/* Python reads the ring buffer in batches: it polls every few milliseconds (the data never waits
+ * for it), and is woken early only when a batch is worth it. One wake-up per event would cost it
+ * more than the events themselves. */
+#define FE_WAKE_BYTES (16 * 1024)
+
+static __always_inline __u64 fe_wakeup(void)
+{
+	return bpf_ringbuf_query(&fe_events, BPF_RB_AVAIL_DATA) >= FE_WAKE_BYTES ? BPF_RB_FORCE_WAKEUP
+										  : BPF_RB_NO_WAKEUP;
+}
+
 /* Tell Python about the entry at key (no copy). */
 static __always_inline void report(__u32 kind, struct fe_key *key, struct fe_conn *e)
 {
@@ -111,7 +122,7 @@ static __always_inline void report(__u32 kind, struct fe_key *key, struct fe_con
 		return;
 	}
 	fill_event(ev, kind, key, e);
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, fe_wakeup());
 }
 
 struct fe_copy {
@@ -143,7 +154,7 @@ static __always_inline void copy_response(struct __sk_buff *skb, struct pkt *p, 
 		len = 0;
 	}
 	c->h.copy_len = len;
-	bpf_ringbuf_submit(c, 0);
+	bpf_ringbuf_submit(c, fe_wakeup());
 	fe_count(FE_STAT_COPIES);
 }
 
@@ -226,7 +237,7 @@ static __always_inline void report_request(struct __sk_buff *skb, struct pkt *p,
 	if (len && (len > FE_COPY_MAX || bpf_skb_load_bytes(skb, p->l4_off + p->tcp_hlen, c->data, len)))
 		len = 0;
 	c->h.copy_len = len;
-	bpf_ringbuf_submit(c, 0);
+	bpf_ringbuf_submit(c, fe_wakeup());
 }
 
 /* The engine takes it: count, and leave a marker so that its next segments go up too. */

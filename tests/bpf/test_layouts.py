@@ -92,3 +92,10 @@ def test_agent_stats_mirror_header():
     c = header_enum("agent.h", "AGENT_STAT")
     assert c.pop("MAX") == len(AgentStat)
     assert c == {s.name: s.value for s in AgentStat}
+
+
+def test_event_decoder_matches_the_struct():
+    from miresga.frontend.kernel_path import _EV
+    assert _EV.size == ctypes.sizeof(layouts.FeEvent)
+    names = [f[0] for f in layouts.FeEvent._fields_]
+    assert len(names) == len(_EV.format.lstrip("<"))

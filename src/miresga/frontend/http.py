@@ -73,7 +73,8 @@ class RequestStream:
 
     def __init__(self, max_header_bytes: int):
         self.max_header_bytes = max_header_bytes
-        self._p = httptools.HttpRequestParser(self)
+        self._p: httptools.HttpRequestParser | None = None   # made on the first feed: most
+        # connections' requests are the kernel path's, and never need one
         self._events: list[tuple] = []
         self._url = b""
         self._headers: dict[str, str] = {}
@@ -139,6 +140,8 @@ class RequestStream:
         self._events.append(("end",))
 
     def feed(self, data: bytes) -> list[tuple]:
+        if self._p is None:
+            self._p = httptools.HttpRequestParser(self)
         if self._replay is not None:
             replay, self._replay = self._replay, None
             self._p.feed_data(replay)

@@ -34,6 +34,7 @@ log = logging.getLogger("miresga.frontend")
 
 KERNEL_LIMIT_MARGIN = 64   # new connections the kernel may open between two ticks near the limit
 KERNEL_SWEEP_S = 30.0      # how often entries without an engine connection are looked for
+KERNEL_POLL_S = 0.002      # the kernel path's events are read at least this often (they never hold data)
 
 
 # ---------------------------------------------------------------------- kernel guard
@@ -323,6 +324,8 @@ class FrontendServer:
                     self._do(eng.flush(now))
                     held = eng.next_flush()
                 timeout = opts.tick_s if held is None else min(opts.tick_s, max(0.0, held - now))
+                if self.kpath is not None:   # the kernel wakes us only for a batch: poll its events
+                    timeout = min(timeout, KERNEL_POLL_S)
                 if now >= next_tick:
                     next_tick = now + opts.tick_s
                     self._do(eng.tick(now))
