@@ -8,7 +8,7 @@ from frontend_helpers import (ACK, FIN, NOW, PSH, RST, RULES, SYN, Backend, Clie
                               make_cfg, sends, seq_add)
 from miresga import cookie
 from miresga.frontend.engine import Engine
-from miresga.frontend.segment import parse_options, OPT_MSS, OPT_SACK_PERM, OPT_WSCALE
+from miresga.frontend.segment import OPT_MSS, OPT_SACK_PERM, OPT_WSCALE, Segment, parse_options
 from miresga.frontend.states import Offload, State
 
 
@@ -810,3 +810,21 @@ def test_no_ack_held_once_offload_is_asked_for(eng):
     cl, be, acts = open_conn(eng, "/dl/x", backend=2)    # `always`: insert requested at the splice
     assert inserts(acts)
     assert len(sends(eng.segment(be.seg(b"", flags=ACK), NOW))) == 1 and eng.next_flush() is None
+
+
+def test_backend_in_time_wait_gets_a_rst_and_the_syn_again():
+    """A back-end still in TIME_WAIT with the client's ip:port answers the splice SYN with a bare
+    ACK: the engine resets that TIME_WAIT (RST at the ACK's ack) and sends the SYN again at once."""
+    eng = Engine(make_cfg())
+    cl = Client(eng)
+    out = eng.segment(cl.seg(get("/")), NOW)
+    syn = sends(out, "backend")[0]
+    be = Backend(eng, eng.conns[cl.key].backend, cl)
+    old_ack = Segment(be.ip, be.port, cl.ip, cl.port, 123456, 987654, ACK, 500)
+    out = eng.segment(old_ack, NOW + 0.01)
+    rst, syn2 = sends(out, "backend")
+    assert rst.flags == RST and rst.seq == 987654 and (rst.dst, rst.dport) == (be.ip, be.port)
+    assert syn2.flags == SYN and (syn2.seq, syn2.ack, syn2.options) == (syn.seq, syn.ack, syn.options)
+    assert eng.stats.events["backend_time_wait"] == 1
+    out = eng.segment(be.synack(), NOW + 0.02)         # now the back-end takes it
+    assert sends(out, "backend")[0].payload == get("/")

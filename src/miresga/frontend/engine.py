@@ -1169,6 +1169,22 @@ class Engine:
             if conn.alog is not None and self._offload_now(conn):
                 self._insert(conn, out)
 
+    def _backend_in_time_wait(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
+        """The back-end answered the splice SYN with a bare ACK: the same client ip:port was its
+        peer a moment ago, and that connection is in TIME_WAIT there, with a SYN that is not
+        "after" it (a re-route's SYN starts mid-stream; a reused port's ISN is random to it). A
+        TIME_WAIT socket takes a RST at the sequence number its ACK asks for (RFC 1337's case,
+        which Linux accepts by default): send that, then the SYN again at once, instead of waiting
+        out the SYN timer and the back-end's 60 s of TIME_WAIT."""
+        if seg.payload or seg.flags & (FIN | SYN) or not seg.flags & ACK or conn.tries > self.fe.syn_retries:
+            self.stats.drops["protocol:syn_sent:backend_segment"] += 1
+            return
+        ip, port = self.backends[conn.backend]  # type: ignore[index]
+        out.append(Send(Segment(conn.key[0], conn.key[1], ip, port, seg.ack, 0, RST, 0), "backend"))
+        conn.tries += 1
+        self.stats.events["backend_time_wait"] += 1
+        self._syn(conn, out)
+
     def _backend_refused(self, conn: Conn, seg: Segment, now: float, out: list[Action]) -> None:
         self.stats.drops["backend_refused"] += 1
         if self._redispatch(conn, now, out):

@@ -56,6 +56,7 @@ TRANSITIONS: dict[tuple[State, Ev], str] = {
     (S.SYN_SENT, E.C_RST): "client_abort",
     (S.SYN_SENT, E.B_SYNACK): "backend_synack",
     (S.SYN_SENT, E.B_RST): "backend_refused",
+    (S.SYN_SENT, E.B_SEG): "backend_in_time_wait",  # an old connection's ACK where the SYN-ACK should be
 
     (S.SPLICED, E.C_DATA): "client_stream",
     (S.SPLICED, E.C_ACK): "relay_to_backend",
