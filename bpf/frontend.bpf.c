@@ -319,15 +319,7 @@ static __always_inline int build_syn(struct __sk_buff *skb, struct pkt *p, struc
 			__builtin_memcpy(&t.opts[4], ws, 4);
 		thl += 4;
 	}
-	ip.version = 4;
-	ip.ihl = 5;
-	ip.tot_len = bpf_htons(sizeof(struct iphdr) + thl);
-	ip.frag_off = bpf_htons(0x4000); /* DF */
-	ip.ttl = 64;
-	ip.protocol = IPPROTO_TCP;
-	ip.saddr = saddr;
-	ip.daddr = daddr;
-	ip.check = ipv4_csum_fresh(&ip);
+	ipv4_fresh(&ip, saddr, daddr, thl);
 	t.th.source = p->tcp->source;
 	t.th.dest = e->backend_port;
 	t.th.seq = bpf_htonl(e->c);

@@ -57,6 +57,20 @@ static __always_inline __u16 ipv4_csum_fresh(struct iphdr *ip)
 	return (__u16)~sum;
 }
 
+/* A fresh IPv4 header (no options, DF, TTL 64, TCP) for l4_len bytes after it, checksummed. */
+static __always_inline void ipv4_fresh(struct iphdr *ip, __u32 saddr, __u32 daddr, __u32 l4_len)
+{
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tot_len = bpf_htons(sizeof(struct iphdr) + l4_len);
+	ip->frag_off = bpf_htons(0x4000); /* DF */
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_TCP;
+	ip->saddr = saddr;
+	ip->daddr = daddr;
+	ip->check = ipv4_csum_fresh(ip);
+}
+
 static __always_inline __u32 csum_add16(__u32 sum, const void *p, int words)
 {
 	const __u16 *w = p;

@@ -92,15 +92,7 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 	isn = cookie_make(key->k0, key->k1, bpf_ntohl(saddr), bpf_ntohs(sport), bpf_ntohl(daddr),
 			  bpf_ntohs(dport), bucket, opts);
 
-	ip.version = 4;
-	ip.ihl = 5;
-	ip.tot_len = bpf_htons(sizeof(struct iphdr) + SYNACK_TCPLEN);
-	ip.frag_off = bpf_htons(0x4000); /* DF */
-	ip.ttl = 64;
-	ip.protocol = IPPROTO_TCP;
-	ip.saddr = daddr;
-	ip.daddr = saddr;
-	ip.check = ipv4_csum_fresh(&ip);
+	ipv4_fresh(&ip, daddr, saddr, SYNACK_TCPLEN);
 
 	t.th.source = dport;
 	t.th.dest = sport;

@@ -483,12 +483,7 @@ class Engine:
                 self.alog.request(conn, head, rule.name, now)
                 if conn.alog is not None:
                     conn.alog.backend = ev.backend
-        if (rule.offload == "auto" and conn.offload is Offload.NONE and not self._offload_now(conn)
-                or conn.alog is not None):
-            conn.watch = ResponseWatcher(self.fe.max_header_bytes)
-            conn.watch_next = conn.req_ack
-        else:
-            conn.watch = None
+        self._watch(conn, rule)
         if ev.req_flags & (REQ_CLOSE | REQ_HTTP10):
             # The engine's parser never saw the request: give it the framing it would have left
             # (a close after it), so that what follows is judged as it would be.
@@ -999,12 +994,7 @@ class Engine:
         conn.rule = rule
         if conn.alog is not None:
             conn.alog.backend = b
-        if (rule.offload == "auto" and conn.offload is Offload.NONE and not self._offload_now(conn)
-                or conn.alog is not None):
-            conn.watch = ResponseWatcher(self.fe.max_header_bytes)
-            conn.watch_next = conn.req_ack
-        else:
-            conn.watch = None
+        self._watch(conn, rule)
         if b == cur:
             if rule.offload_wait:
                 self._insert_and_wait(conn, out, now)
@@ -1050,6 +1040,15 @@ class Engine:
             conn.alog.backend = b
         self._syn(conn, out)
         return True
+
+    def _watch(self, conn: Conn, rule: CompiledRule) -> None:
+        """Read the request's response header: for `auto` (Content-Length), or for the access log."""
+        if (rule.offload == "auto" and conn.offload is Offload.NONE and not self._offload_now(conn)
+                or conn.alog is not None):
+            conn.watch = ResponseWatcher(self.fe.max_header_bytes)
+            conn.watch_next = conn.req_ack
+        else:
+            conn.watch = None
 
     @staticmethod
     def _offload_now(conn: Conn) -> bool:
