@@ -240,14 +240,21 @@ static __always_inline void report_request(struct __sk_buff *skb, struct pkt *p,
 	bpf_ringbuf_submit(c, fe_wakeup());
 }
 
+/* Response segments to copy up for a routed request: the `auto` watch (unless the switch entry is
+ * already asked for), or every response for the access log. */
+static __always_inline __u32 watch_segs(struct fe_rule *rule, struct fe_config *cfg, __u8 offloaded)
+{
+	return (((rule->flags & FE_RULE_WATCH) && !offloaded) || (cfg->flags & FE_CFG_LOG)) ? FE_WATCH_COPIES : 0;
+}
+
 /* The engine takes it: count, and leave a marker so that its next segments go up too. */
-static __always_inline int punt_new(struct fe_key *key, __u32 stat)
+static __always_inline int punt_new(struct fe_key *key)
 {
 	struct fe_conn m = { .phase = FE_PHASE_PYTHON, .last_seen_ns = bpf_ktime_get_ns() };
 
 	bpf_map_update_elem(&fe_conns, key, &m, BPF_NOEXIST);
 	fe_count(FE_STAT_REQ_PUNTED);
-	return pass(stat);
+	return pass(FE_STAT_PASS_DATA);
 }
 
 /* ack - 1 of a client's first data segment: the cookie the switch made (current or previous key
@@ -273,17 +280,6 @@ struct syn_tcp {
 	__u8 opts[12];
 };
 
-/* The MSS of the cookie's table index (cookie.MSS_TABLE). */
-static __always_inline __u16 cookie_mss(__u32 index)
-{
-	switch (index & 3) {
-	case 0: return 536;
-	case 1: return 1220;
-	case 2: return 1440;
-	}
-	return 1460;
-}
-
 /* Turn the client's request segment into the splice SYN (DESIGN.md §3 step 3), as the engine's
  * _syn builds it: from the client's ip:port to the back-end, seq c, the switch ISN in the ack
  * field with the ACK flag off (the agent reads and clears it), window 65535, the client's
@@ -294,7 +290,7 @@ static __always_inline int build_syn(struct __sk_buff *skb, struct pkt *p, struc
 	struct iphdr ip = {};
 	struct syn_tcp t = {};
 	__u32 saddr = p->ip->saddr, daddr = e->backend_ip, thl = sizeof(struct tcphdr) + 4, pseudo;
-	__u16 mss = cookie_mss(opts >> 5);
+	__u16 mss = COOKIE_OPT_MSS(opts);
 
 	__builtin_memcpy(eth.h_dest, p->eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth.h_source, p->eth->h_dest, ETH_ALEN);
@@ -303,17 +299,17 @@ static __always_inline int build_syn(struct __sk_buff *skb, struct pkt *p, struc
 	t.opts[1] = 4;
 	t.opts[2] = mss >> 8;
 	t.opts[3] = mss & 0xFF;
-	if (opts & 0x10) { /* SACK-permitted */
+	if (COOKIE_OPT_SACK(opts)) {
 		t.opts[4] = 1;
 		t.opts[5] = 1;
 		t.opts[6] = 4;
 		t.opts[7] = 2;
 		thl += 4;
 	}
-	if ((opts & 0xF) != COOKIE_WSCALE_NONE) {
-		__u8 ws[4] = { 1, 3, 3, opts & 0xF };
+	if (COOKIE_OPT_WSCALE(opts) != COOKIE_WSCALE_NONE) {
+		__u8 ws[4] = { 1, 3, 3, COOKIE_OPT_WSCALE(opts) };
 
-		if (opts & 0x10)
+		if (COOKIE_OPT_SACK(opts))
 			__builtin_memcpy(&t.opts[8], ws, 4);
 		else
 			__builtin_memcpy(&t.opts[4], ws, 4);
@@ -365,39 +361,31 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 	if (opts < 0)
 		return pass(FE_STAT_PASS_NO_ENTRY); /* the engine counts the bad cookie */
 	if (!(cfg->flags & FE_CFG_FIRST) || read_request(skb, p, cfg, &q, &frame))
-		return punt_new(key, FE_STAT_PASS_DATA);
+		return punt_new(key);
 	if (!(q.rule->flags & (FE_RULE_WHEEL | FE_RULE_LEASTCONN | FE_RULE_HASH)) || q.rule->after_requests == 1)
-		return punt_new(key, FE_STAT_PASS_DATA);
+		return punt_new(key);
 	b = route_pick(q.rule_index, q.rule, cfg, bpf_ntohl(p->ip->saddr));
 	if (b < 0 || !(cfg->healthy & (1ULL << (b & 63))))
-		return punt_new(key, FE_STAT_PASS_DATA); /* the engine answers 503 */
+		return punt_new(key); /* the engine answers 503 */
 	bi = b;
 	be = bpf_map_lookup_elem(&fe_backends, &bi);
 	if (!be)
-		return punt_new(key, FE_STAT_PASS_DATA);
+		return punt_new(key);
 	struct fe_conn e = {
 		.last_seen_ns = bpf_ktime_get_ns(), .backend_ip = be->ip, .backend_port = be->port,
 		.cli_nxt = seq + p->payload_len, .cli_ack = ack, .srv_end = ack, .phase = FE_PHASE_SYN_SENT,
 		.route_ok = (q.flags & FE_REQ_CLOSE) ? 0 : FE_ROUTE_OK, .has_req_ack = 1, .backend = bi, .last_req_ack = ack,
 		.requests = 1, .c = seq - 1, .s = ack - 1,
 	};
-	if ((q.rule->flags & FE_RULE_WATCH) || (cfg->flags & FE_CFG_LOG)) {
-		e.watch_next = ack;
-		e.watch_segs = FE_WATCH_COPIES;
-	}
+	e.watch_next = ack;
+	e.watch_segs = watch_segs(q.rule, cfg, 0);
 	if (bpf_map_update_elem(&fe_held, key, frame, BPF_NOEXIST))
-		return punt_new(key, FE_STAT_PASS_DATA);
+		return punt_new(key);
 	if (bpf_map_update_elem(&fe_conns, key, &e, replace ? BPF_EXIST : BPF_NOEXIST)) {
 		bpf_map_delete_elem(&fe_held, key);
-		return punt_new(key, FE_STAT_PASS_DATA);
+		return punt_new(key);
 	}
-	bi = FE_COUNT_OPENED + (bi & (FE_BACKENDS_MAX - 1));
-	{
-		__u64 *opened = bpf_map_lookup_elem(&fe_counts, &bi);
-
-		if (opened)
-			__sync_fetch_and_add(opened, 1);
-	}
+	route_opened(bi);
 	report_request(skb, p, cfg, key, &e, &q, seq, FE_REQ_FIRST | ((__u32)opts << 8));
 	if (build_syn(skb, p, &e, opts)) {
 		fe_count(FE_STAT_REWRITE_FAILED);
@@ -412,7 +400,7 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 static __always_inline int release(struct __sk_buff *skb, struct pkt *p, struct fe_key *key, struct fe_conn *e)
 {
 	struct tcphdr *th = p->tcp;
-	__u8 f = TCP_FLAGS(th), macs[2 * ETH_ALEN];
+	__u8 f = TCP_FLAGS(th);
 	struct fe_held *h;
 	struct iphdr *ip;
 	struct tcphdr *t;
@@ -427,9 +415,8 @@ static __always_inline int release(struct __sk_buff *skb, struct pkt *p, struct 
 	len = h->len;
 	if (len < sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct tcphdr) || len > FE_HELD_MAX)
 		return pass(FE_STAT_PASS_OTHER);
-	__builtin_memcpy(macs, p->eth->h_source, ETH_ALEN);
-	__builtin_memcpy(macs + ETH_ALEN, p->eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(h->frame, macs, sizeof(macs));
+	__builtin_memcpy(h->frame, p->eth->h_source, ETH_ALEN); /* back to the switch port it came from */
+	__builtin_memcpy(h->frame + ETH_ALEN, p->eth->h_dest, ETH_ALEN);
 	ip = (void *)(h->frame + sizeof(struct ethhdr));
 	t = (void *)(h->frame + sizeof(struct ethhdr) + sizeof(struct iphdr));
 	ip->daddr = e->backend_ip;
@@ -473,6 +460,19 @@ static __always_inline int release(struct __sk_buff *skb, struct pkt *p, struct 
 	return bpf_redirect(skb->ifindex, 0);
 }
 
+/* Does the routed request stay on the connection's back-end, as the engine's _route would keep it:
+ * in the rule's pool and healthy, and for a hash policy picked again by the client's hash. */
+static __always_inline int keeps_backend(struct routed *q, struct fe_config *cfg, struct fe_conn *e, __u32 client)
+{
+	__u64 bit = 1ULL << (e->backend & 63);
+
+	if (!(q->rule->pool & bit) || !(cfg->healthy & bit))
+		return 0;
+	if (q->rule->flags & FE_RULE_STICKY)
+		return 1;
+	return (q->rule->flags & FE_RULE_HASH) && route_pick(q->rule_index, q->rule, cfg, client) == e->backend;
+}
+
 /* A keep-alive connection's next request, in order and whole: relayed at once when its rule
  * keeps the connection's back-end (DESIGN.md §3 step 8); anything else goes to the engine. */
 static __always_inline int next_request(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
@@ -483,17 +483,13 @@ static __always_inline int next_request(struct __sk_buff *skb, struct pkt *p, st
 	__u32 seq = bpf_ntohl(th->seq), ack = bpf_ntohl(th->ack_seq);
 	struct fe_held *frame;
 	struct routed q = {};
-	__u64 bit = 1ULL << (e->backend & 63);
 	__u8 offloaded;
 
 	if (!(cfg->flags & FE_CFG_ROUTE) || !(e->route_ok & FE_ROUTE_OK) || e->cli_fin || (f & (F_SYN | F_FIN | F_RST)) || !(f & F_ACK) ||
 	    seq != e->cli_nxt || (e->has_req_ack && ack == e->last_req_ack))
 		return pass(FE_STAT_PASS_DATA); /* not a plain next request (pipelined, reordered, ...) */
 	offloaded = e->route_ok & FE_ROUTE_OFFLOADED;
-	if (read_request(skb, p, cfg, &q, &frame) || !(q.rule->pool & bit) || !(cfg->healthy & bit) ||
-	    (!(q.rule->flags & FE_RULE_STICKY) &&   /* a hash policy picks again: the same back-end? */
-	     (!(q.rule->flags & FE_RULE_HASH) ||
-	      route_pick(q.rule_index, q.rule, cfg, bpf_ntohl(p->ip->saddr)) != e->backend)) ||
+	if (read_request(skb, p, cfg, &q, &frame) || !keeps_backend(&q, cfg, e, bpf_ntohl(p->ip->saddr)) ||
 	    (!offloaded && q.rule->after_requests && e->requests + 1 >= q.rule->after_requests)) {
 		fe_count(FE_STAT_REQ_PUNTED);
 		return pass(FE_STAT_PASS_DATA); /* re-route, offload from now on, or not ours to judge */
@@ -506,7 +502,7 @@ static __always_inline int next_request(struct __sk_buff *skb, struct pkt *p, st
 	e->requests += 1;
 	e->route_ok = (q.flags & FE_REQ_CLOSE) ? 0 : e->route_ok;
 	e->watch_next = ack;
-	e->watch_segs = (((q.rule->flags & FE_RULE_WATCH) && !offloaded) || (cfg->flags & FE_CFG_LOG)) ? FE_WATCH_COPIES : 0;
+	e->watch_segs = watch_segs(q.rule, cfg, offloaded);
 	report_request(skb, p, cfg, key, e, &q, seq, 0);
 	fe_count(FE_STAT_REQ_NEXT);
 	return to_backend(skb, p, e);
@@ -521,9 +517,9 @@ static __always_inline int retransmitted(struct fe_conn *e, __u32 seq, __u32 len
 	return behind > 0 && behind < (1 << 24) && (__s32)(seq + len - e->cli_nxt) <= 0;
 }
 
-/* ------------------------------------------------------------------ relay
+/* ------------------------------------------------------------------ relay */
 
- * A segment of a client to VIP:port whose connection the kernel holds. */
+/* A segment of a client to VIP:port whose connection the kernel holds. */
 static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
 				       struct fe_key *key, struct fe_conn *e)
 {

@@ -42,6 +42,21 @@ static __always_inline __u32 cookie_mss_index(__u32 mss)
 	return 0;
 }
 
+/* The MSS of a table index (cookie.MSS_TABLE), and the option bits' other fields. */
+static __always_inline __u16 cookie_mss(__u32 index)
+{
+	switch (index & 3) {
+	case 0: return 536;
+	case 1: return 1220;
+	case 2: return 1440;
+	}
+	return 1460;
+}
+
+#define COOKIE_OPT_MSS(bits) cookie_mss((bits) >> 5)
+#define COOKIE_OPT_SACK(bits) ((bits) & 0x10)
+#define COOKIE_OPT_WSCALE(bits) ((bits) & 0xF)
+
 static __always_inline __u32 cookie_option_bits(__u32 mss, int has_wscale, __u32 wscale, __u32 sack)
 {
 	if (!has_wscale)

@@ -16,10 +16,6 @@
 /* The walk's state: in a map value, as the parser's (see struct http_req). */
 struct route_state {
 	__u64 in;          /* bit r: rule r still matches */
-	__u32 host_off, host_len;
-	__u32 path_off, path_len;
-	__u8 has_host;
-	__u8 method;
 };
 
 /* A pick's loop state (route_pick). */
@@ -48,12 +44,14 @@ struct {
 struct route_walk {
 	__u8 *buf;
 	struct route_state *m;
+	struct http_req *r; /* the parsed request: where its Host and path are */
 };
 
 static long route_step(__u32 i, void *ctx)
 {
 	struct route_walk *w = ctx;
 	struct route_state *m = w->m;
+	struct http_req *r = w->r;
 	struct fe_op *op = bpf_map_lookup_elem(&fe_ops, &i);
 	__u64 bit;
 	int ok;
@@ -65,28 +63,28 @@ static long route_step(__u32 i, void *ctx)
 		return 0;
 	switch (op->kind) {
 	case FE_OP_METHOD:
-		ok = (op->arg & m->method) != 0;
+		ok = (op->arg & r->method) != 0;
 		break;
 	case FE_OP_HOST_LEN_EQ:
-		ok = m->has_host && m->host_len == op->arg;
+		ok = r->seen_host && r->host_len == op->arg;
 		break;
 	case FE_OP_HOST_LEN_GE:
-		ok = m->has_host && m->host_len >= op->arg;
+		ok = r->seen_host && r->host_len >= op->arg;
 		break;
 	case FE_OP_HOST_BYTE:
-		ok = req_lower(REQ_AT(w->buf, m->host_off + op->arg)) == op->byte;
+		ok = req_lower(REQ_AT(w->buf, r->host_off + op->arg)) == op->byte;
 		break;
 	case FE_OP_HOST_TAIL:
-		ok = req_lower(REQ_AT(w->buf, m->host_off + m->host_len - op->arg)) == op->byte;
+		ok = req_lower(REQ_AT(w->buf, r->host_off + r->host_len - op->arg)) == op->byte;
 		break;
 	case FE_OP_PATH_LEN_EQ:
-		ok = m->path_len == op->arg;
+		ok = r->path_len == op->arg;
 		break;
 	case FE_OP_PATH_LEN_GE:
-		ok = m->path_len >= op->arg;
+		ok = r->path_len >= op->arg;
 		break;
 	case FE_OP_PATH_BYTE:
-		ok = REQ_AT(w->buf, m->path_off + op->arg) == op->byte;
+		ok = REQ_AT(w->buf, r->path_off + op->arg) == op->byte;
 		break;
 	default:
 		ok = 0;
@@ -100,20 +98,13 @@ static long route_step(__u32 i, void *ctx)
  * rule has no steps). */
 static __always_inline int route_match(__u8 *buf, struct fe_work *wk, struct fe_config *cfg)
 {
-	struct http_req *r = &wk->r;
 	struct route_state *m = &wk->m;
-	struct route_walk w = { .buf = buf, .m = m };
+	struct route_walk w = { .buf = buf, .m = m, .r = &wk->r };
 	__u32 n = cfg->n_rules;
 	__u64 in;
 
 	if (n == 0 || n > FE_RULES_MAX)
 		return -1;
-	m->host_off = r->host_off;
-	m->host_len = r->host_len;
-	m->path_off = r->path_off;
-	m->path_len = r->path_len;
-	m->has_host = r->seen_host;
-	m->method = r->method;
 	m->in = n == 64 ? ~0ULL : (1ULL << n) - 1;
 	bpf_loop(cfg->n_ops < FE_OPS_MAX ? cfg->n_ops : FE_OPS_MAX, route_step, &w, 0);
 	in = m->in;
@@ -134,6 +125,17 @@ static __always_inline __u64 route_count(__u32 b)
 	if (!e || !o || !h)
 		return ~0ULL;
 	return *e + *o - *h;
+}
+
+/* The kernel opened a connection to back-end b (least connections counts it until the engine
+ * has heard of it). */
+static __always_inline void route_opened(__u32 b)
+{
+	__u32 k = FE_COUNT_OPENED + (b & (FE_BACKENDS_MAX - 1));
+	__u64 *opened = bpf_map_lookup_elem(&fe_counts, &k);
+
+	if (opened)
+		__sync_fetch_and_add(opened, 1);
 }
 
 static __always_inline int route_wheel_at(struct fe_rule *rule, __u32 k)

@@ -414,7 +414,7 @@ class Engine:
         if conn.state is State.SYN_SENT:     # anything after the SYN means the back-end answered
             self._kernel_spliced(conn, now)
         if kind is EvKind.REQUEST:
-            self._kernel_routed(conn, ev, now)
+            self._kernel_request(conn, ev, now)
         elif kind is EvKind.COPY:
             if conn.watch is not None and ev.seq == conn.watch_next:
                 self._watch_response(conn, ev.seq, ev.payload_len, ev.data, out)
@@ -446,9 +446,6 @@ class Engine:
         conn = Conn(key, s, cookie.decode_options((ev.req_flags >> 8) & 0x7F),
                     RequestStream(self.fe.max_header_bytes))
         conn.kernel = conn.start_certain = True
-        conn.nxt = seq_add(ev.seq, ev.payload_len)
-        conn.cli_ack = conn.req_ack = conn.last_req_ack = ev.cli_ack
-        conn.req_start = ev.seq
         self.conns[key] = conn
         self.stats.events["new_conn"] += 1
         self._kernel_request(conn, ev, now)
@@ -459,18 +456,15 @@ class Engine:
         conn.state = State.SYN_SENT
         conn.deadline = now + self.fe.syn_retransmit_s
 
-    def _kernel_routed(self, conn: Conn, ev: KernelEvent, now: float) -> None:
-        """The kernel relayed a keep-alive request to the connection's back-end (step 8, same
-        back-end): the books `_in_order` and `_route` keep for it."""
+    def _kernel_request(self, conn: Conn, ev: KernelEvent, now: float) -> None:
+        """A request the kernel routed (a first one, or a keep-alive one it relayed to the
+        connection's back-end, step 8): the books `_in_order` and `_route` keep for it."""
         conn.nxt = seq_add(ev.seq, ev.payload_len)
         conn.cli_ack = conn.req_ack = conn.last_req_ack = ev.cli_ack
         conn.req_start = ev.seq
         conn.pipelined = False
         if conn.alog is not None:       # the previous response is over
             self.alog.finish(conn, now)  # type: ignore[union-attr]
-        self._kernel_request(conn, ev, now)
-
-    def _kernel_request(self, conn: Conn, ev: KernelEvent, now: float) -> None:
         # (a request routed by the rules before a reload replaced them: counted under the default)
         rule = self.rule_list[ev.rule] if ev.rule < len(self.rule_list) else self.rules.default
         self.stats.requests_rule[rule.name] += 1
@@ -508,7 +502,7 @@ class Engine:
 
     def _handover_key(self, key: Key, out: list[Action]) -> None:
         conn = self.conns.get(key)
-        if conn is not None and self.kernel:
+        if conn is not None:
             self._handover(conn, out)
 
     def _handover(self, conn: Conn, out: list[Action], idle_s: float = 0.0) -> None:

@@ -24,7 +24,7 @@ from miresga.bpf.libbpf import BPF_NOEXIST, BpfObject, Map, RingBuffer, TcAttach
 from miresga.control.config import Deployment
 from miresga.cookie import CookieKey
 from miresga.frontend.handover import EvKind, Key, KernelEntry, KernelEvent, Phase
-from miresga.frontend.kernel_rules import KernelRules, compile_rules, wheels
+from miresga.frontend.kernel_rules import BACKENDS_MAX, KernelRules, compile_rules, wheels
 from miresga.frontend.packetio import FrameCodec
 from miresga.frontend.rules import RuleSet
 from miresga.frontend.selection import HRW_K0, HRW_K1, name_id
@@ -138,10 +138,9 @@ class KernelMaps:
     def counts(self, backends: int) -> tuple[ctypes.Array, ctypes.Array]:
         """(the engine's connections per back-end, kernel-opened ones it heard of): views the
         engine writes in place (bpf/frontend.h FE_COUNT_*), zeroed."""
+        self._counts_mm[:] = bytes(len(self._counts_mm))
         arr = ctypes.c_uint64 * backends
-        engine, heard = arr.from_buffer(self._counts_mm, 0), arr.from_buffer(self._counts_mm, 2 * 64 * 8)
-        ctypes.memset(ctypes.addressof(arr.from_buffer(self._counts_mm, 0)), 0, len(self._counts_mm))
-        return engine, heard
+        return arr.from_buffer(self._counts_mm, 0), arr.from_buffer(self._counts_mm, 2 * BACKENDS_MAX * 8)
 
     def load_rules(self, cfg: Deployment, ruleset: RuleSet, healthy: Sequence[bool]) -> KernelRules:
         """Compile the rules into the maps and start routing (unless they do not fit: then the
@@ -150,7 +149,7 @@ class KernelMaps:
         self._kr, self._rules = kr, ruleset
         self._weights = [b.weight for b in cfg.hosts.backends]
         u32 = ctypes.c_uint32
-        for i, b in enumerate(cfg.hosts.backends[:64]):
+        for i, b in enumerate(cfg.hosts.backends[:BACKENDS_MAX]):
             self._maps["fe_backends"].update(u32(i), L.FeBackend(socket.htonl(int(b.ip)), socket.htons(b.port), 0,
                                                                  name_id(b.name)))
         if kr.usable:
@@ -174,7 +173,7 @@ class KernelMaps:
             for j, b in enumerate(w):
                 self._maps["fe_wheel"].update(u32(off + j), u32(b))
             self._maps["fe_rules"].update(u32(i), L.FeRule(k.pool, off, len(w), k.flags, 0, k.after_requests))
-        self.config.healthy = sum(1 << b for b, ok in enumerate(healthy) if ok and b < 64)
+        self.config.healthy = sum(1 << b for b, ok in enumerate(healthy) if ok and b < BACKENDS_MAX)
         self._write_config()
 
     def set_keys(self, keys: Sequence[CookieKey]) -> None:
