@@ -396,6 +396,9 @@ class map_ops:
     def update(self, flags: int = BPF_ANY) -> int:
         return 0 if _lib.bpf_map_update_elem(self.fd, self.key, self.value, flags) == 0 else ctypes.get_errno()
 
+    def lookup(self) -> int:
+        return 0 if _lib.bpf_map_lookup_elem(self.fd, self.key, self.value) == 0 else ctypes.get_errno()
+
     def lookup_and_delete(self) -> int:
         return 0 if _lib.bpf_map_lookup_and_delete_elem(self.fd, self.key, self.value) == 0 else ctypes.get_errno()
 

@@ -671,7 +671,7 @@ class Engine:
             self.alog.finish(conn, self._now)  # type: ignore[union-attr]
         if self.kernel and kernel_entry:    # its entry, or the marker that kept the kernel off it
             conn.kernel = False
-            out.append(KernelRemove(conn.key))
+            out.append(KernelRemove(conn.key, conn.nxt if conn.cli_fin else None))
         self._drop_offload(conn, out)
         self._discard_acks(conn)
         if conn.ever_installed:

@@ -116,6 +116,10 @@ class KernelMark:
 
 @dataclass(slots=True)
 class KernelRemove:
-    """Action: the engine forgot the connection; remove its entry."""
+    """Action: the engine forgot the connection; remove its entry. `cli_nxt`, for a connection
+    the client had closed: the entry goes only if it is still that connection's (its client
+    sequence ends there). The kernel may already have put a new connection on the reused port
+    in its place, and the engine may not have read that record yet."""
 
     key: Key
+    cli_nxt: int | None = None

@@ -271,14 +271,20 @@ class KernelMaps:
         self._val.last_seen_ns = time.monotonic_ns()
         self._ops.update(BPF_NOEXIST)
 
-    def remove(self, key: Key) -> None:
-        """The engine forgot the connection: its entry, marker or held request go."""
+    def remove(self, key: Key, cli_nxt: int | None = None) -> bool:
+        """The engine forgot the connection: its entry, marker or held request go. With `cli_nxt`
+        (a connection the client closed, whose sequence ends there) an entry whose client
+        sequence is elsewhere is a new connection on the reused port, and stays: False."""
         self._set_key(key)
+        if cli_nxt is not None and self._ops.lookup() == 0 and self._val.phase != Phase.PYTHON \
+                and self._val.cli_nxt != cli_nxt:
+            return False
         rc = self._ops.delete()
         if rc not in (0, errno.ENOENT):
             raise OSError(rc, f"fe_conns delete: {errno.errorcode.get(rc, rc)}")
         if rc == 0:
             self.held.delete(self._key)
+        return True
 
     def events(self) -> list[KernelEvent]:
         return [decode_event(r) for r in self.ring.consume()]

@@ -191,7 +191,8 @@ class FrontendServer:
                 if not self.kpath.handover(a.key, a.entry):  # type: ignore[union-attr]
                     self.engine.handover_refused(a.key)
             elif t is KernelRemove:
-                self.kpath.remove(a.key)  # type: ignore[union-attr]
+                if not self.kpath.remove(a.key, a.cli_nxt):  # type: ignore[union-attr]
+                    self.engine.stats.events["kernel_remove_reused"] += 1
             elif t is KernelMark:
                 self.kpath.mark(a.key)  # type: ignore[union-attr]
             elif t is KernelCheck:
