@@ -112,17 +112,18 @@ static __always_inline __u64 fe_wakeup(void)
 										  : BPF_RB_NO_WAKEUP;
 }
 
-/* Tell Python about the entry at key (no copy). */
-static __always_inline void report(__u32 kind, struct fe_key *key, struct fe_conn *e)
+/* Tell Python about the entry at key (no copy). -1: the ring is full (Python is behind). */
+static __always_inline int report(__u32 kind, struct fe_key *key, struct fe_conn *e)
 {
 	struct fe_event *ev = bpf_ringbuf_reserve(&fe_events, sizeof(*ev), 0);
 
 	if (!ev) {
 		fe_count(FE_STAT_EVENTS_LOST);
-		return;
+		return -1;
 	}
 	fill_event(ev, kind, key, e);
 	bpf_ringbuf_submit(ev, fe_wakeup());
+	return 0;
 }
 
 struct fe_copy {
@@ -158,12 +159,17 @@ static __always_inline void copy_response(struct __sk_buff *skb, struct pkt *p, 
 	fe_count(FE_STAT_COPIES);
 }
 
-/* Both FINs relayed: report once (the two directions may race to it). */
+/* Both FINs relayed: report once (the two directions may race to it). A report the full ring
+ * refused is made again at the connection's next segment (the last ACK follows the last FIN):
+ * without it the engine would keep the connection until its idle timer. */
 static __always_inline void maybe_closing(struct fe_key *key, struct fe_conn *e)
 {
 	if (e->cli_fin && e->srv_fin && !__sync_lock_test_and_set(&e->closing, 1)) {
+		if (report(FE_EV_CLOSING, key, e)) {
+			e->closing = 0;
+			return;
+		}
 		fe_count(FE_STAT_CLOSING);
-		report(FE_EV_CLOSING, key, e);
 	}
 }
 
@@ -215,19 +221,34 @@ static __always_inline int read_request(struct __sk_buff *skb, struct pkt *p, st
 	return 0;
 }
 
-/* Python hears of a request the kernel routed (the entry as it is after the request); with the
- * access log on, with a copy of the request (its line and fields). */
-static __always_inline void report_request(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
+/* The record Python will hear a routed request by, reserved before the kernel commits to the
+ * request: the engine must know every connection and request the kernel takes, so with the ring
+ * full (Python behind) the request is left to the engine instead. With the access log on, room
+ * for a copy of the request (its line and fields). */
+static __always_inline struct fe_copy *reserve_request(struct fe_config *cfg, __u32 *room)
+{
+	struct fe_copy *c;
+
+	/* Two calls: the verifier wants each size a constant, and `room` says which one it got. */
+	if (cfg->flags & FE_CFG_LOG) {
+		c = bpf_ringbuf_reserve(&fe_events, sizeof(struct fe_copy), 0);
+		*room = FE_COPY_MAX;
+	} else {
+		c = bpf_ringbuf_reserve(&fe_events, sizeof(struct fe_event), 0);
+		*room = 0;
+	}
+	if (!c)
+		fe_count(FE_STAT_EVENTS_LOST);
+	return c;
+}
+
+/* Python hears of the request (the entry as it is after it) in the record reserved for it. */
+static __always_inline void report_request(struct fe_copy *c, __u32 room, struct __sk_buff *skb, struct pkt *p,
 					   struct fe_key *key, struct fe_conn *e, struct routed *q, __u32 seq,
 					   __u32 flags)
 {
-	__u32 len = (cfg->flags & FE_CFG_LOG) ? (p->payload_len < FE_COPY_MAX ? p->payload_len : FE_COPY_MAX) : 0;
-	struct fe_copy *c = bpf_ringbuf_reserve(&fe_events, len ? sizeof(struct fe_copy) : sizeof(struct fe_event), 0);
+	__u32 len = room ? (p->payload_len < FE_COPY_MAX ? p->payload_len : FE_COPY_MAX) : 0;
 
-	if (!c) {
-		fe_count(FE_STAT_EVENTS_LOST);
-		return;
-	}
 	fill_event(&c->h, FE_EV_REQUEST, key, e);
 	c->h.seq = seq;
 	c->h.payload_len = p->payload_len;
@@ -379,14 +400,22 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 	};
 	e.watch_next = ack;
 	e.watch_segs = watch_segs(q.rule, cfg, 0);
-	if (bpf_map_update_elem(&fe_held, key, frame, BPF_NOEXIST))
+	__u32 room;
+	struct fe_copy *rec = reserve_request(cfg, &room);
+
+	if (!rec)
 		return punt_new(key);
+	if (bpf_map_update_elem(&fe_held, key, frame, BPF_NOEXIST)) {
+		bpf_ringbuf_discard(rec, 0);
+		return punt_new(key);
+	}
 	if (bpf_map_update_elem(&fe_conns, key, &e, replace ? BPF_EXIST : BPF_NOEXIST)) {
+		bpf_ringbuf_discard(rec, 0);
 		bpf_map_delete_elem(&fe_held, key);
 		return punt_new(key);
 	}
 	route_opened(bi);
-	report_request(skb, p, cfg, key, &e, &q, seq, FE_REQ_FIRST | ((__u32)opts << 8));
+	report_request(rec, room, skb, p, key, &e, &q, seq, FE_REQ_FIRST | ((__u32)opts << 8));
 	if (build_syn(skb, p, &e, opts)) {
 		fe_count(FE_STAT_REWRITE_FAILED);
 		return TC_ACT_SHOT; /* half rewritten; the engine resends the SYN on its timer */
@@ -494,6 +523,11 @@ static __always_inline int next_request(struct __sk_buff *skb, struct pkt *p, st
 		fe_count(FE_STAT_REQ_PUNTED);
 		return pass(FE_STAT_PASS_DATA); /* re-route, offload from now on, or not ours to judge */
 	}
+	__u32 room;
+	struct fe_copy *rec = reserve_request(cfg, &room);
+
+	if (!rec)
+		return pass(FE_STAT_PASS_DATA);
 	e->last_seen_ns = bpf_ktime_get_ns();
 	e->cli_nxt = seq + p->payload_len;
 	e->cli_ack = ack;
@@ -503,7 +537,7 @@ static __always_inline int next_request(struct __sk_buff *skb, struct pkt *p, st
 	e->route_ok = (q.flags & FE_REQ_CLOSE) ? 0 : e->route_ok;
 	e->watch_next = ack;
 	e->watch_segs = watch_segs(q.rule, cfg, offloaded);
-	report_request(skb, p, cfg, key, e, &q, seq, 0);
+	report_request(rec, room, skb, p, key, e, &q, seq, 0);
 	fe_count(FE_STAT_REQ_NEXT);
 	return to_backend(skb, p, e);
 }
@@ -556,8 +590,7 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, str
 	}
 	if (f & F_ACK)
 		e->cli_ack = bpf_ntohl(th->ack_seq);
-	if (f & F_FIN)
-		maybe_closing(key, e);
+	maybe_closing(key, e); /* at the FIN; again at a later segment if the ring was full */
 	return to_backend(skb, p, e);
 }
 
@@ -590,10 +623,9 @@ static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, st
 		if (e->watch_segs && seq == e->watch_next)
 			copy_response(skb, p, key, e, seq);
 	}
-	if (f & F_FIN) {
+	if (f & F_FIN)
 		e->srv_fin = 1;
-		maybe_closing(key, e);
-	}
+	maybe_closing(key, e);
 	return to_client(skb, p, cfg);
 }
 

@@ -11,7 +11,7 @@
 #define FE_CONNS_MAX 262144
 #endif
 #ifndef FE_EVENTS_BYTES
-#define FE_EVENTS_BYTES (1 << 22)
+#define FE_EVENTS_BYTES (1 << 24)
 #endif
 
 /* Client ip:port -> relay state of a connection the engine handed over. A plain hash: a full

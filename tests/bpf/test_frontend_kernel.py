@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import socket
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 from scapy.layers.l2 import Ether
 
 from frontend_helpers import ACK, FIN, NOW, PSH, RST, RULES, SYN, Backend, Client, get, make_cfg, seq_add
-from miresga.bpf.layouts import FeConn
+from miresga.bpf.layouts import FeConn, FeKey
 from miresga.cookie import tai_seconds
 from miresga.bpf.libbpf import BpfObject, object_path
 from miresga.bpf.testrun import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, checksums_ok
@@ -747,3 +748,60 @@ def test_sweep_removes_entries_nobody_knows(bpf):
     t = live_twin(bpf)
     t.sys.maps.mark((0x0A000102, 50001))           # a marker the engine never took up
     assert t.sys.maps.sweep(lambda k: False, 0.0) == 1 and not list(t.sys.maps.conns.keys())
+
+
+def test_full_ring_leaves_requests_to_the_engine():
+    """Python behind and the ring full: the kernel takes no request it could not tell the engine
+    of (a lost record would leave an entry nobody times out, and a connection the engine never
+    counted); those requests go up the slow path and are served as before."""
+    with BpfObject(object_path("frontend"), max_entries={"fe_events": 4096}) as obj:   # one page
+        maps = KernelMaps(obj, int(CFG.vip.address), CFG.vip.port)
+        try:
+            sys_ = System(obj.program("frontend_ingress"), maps, now=LIVE)
+            lost0 = maps.stats()["events_lost"]
+            clients = [Client(sys_.eng, port=42000 + i, now=LIVE) for i in range(120)]
+            segs = [cl.seg(get("/")) for cl in clients]
+            verdicts = [sys_.prog.test_run(frame(s)).retval for s in segs]      # nobody reads the ring
+            taken = verdicts.count(TC_ACT_REDIRECT)
+            assert 0 < taken < len(segs) and maps.stats()["events_lost"] > lost0, verdicts
+            assert set(verdicts) == {TC_ACT_REDIRECT, TC_ACT_OK}
+            out: list = []
+            sys_._events(out, LIVE)                                             # Python catches up
+            kernel_keys = {(socket.ntohl(k.addr), socket.ntohs(k.port))
+                           for k in map(FeKey.from_buffer_copy, relay_entries(maps))}
+            assert len(kernel_keys) == taken and kernel_keys <= set(sys_.eng.conns), "an entry nobody knows"
+            for seg, v in zip(segs, verdicts):
+                if v == TC_ACT_OK:      # what the kernel passed up: the engine's, as without the kernel
+                    sys_._apply(sys_.eng.segment(seg, LIVE), out, LIVE)
+            assert len(sys_.eng.conns) == len(segs)
+            assert all(c.state is State.SYN_SENT for c in sys_.eng.conns.values())
+        finally:
+            maps.close()
+
+
+def test_full_ring_closing_reported_at_the_next_segment():
+    """Both FINs relayed while the ring is full: the closing record is made again at the
+    connection's next segment (the last ACK), so the engine ends the connection on time."""
+    with BpfObject(object_path("frontend"), max_entries={"fe_events": 4096}) as obj:
+        maps = KernelMaps(obj, int(CFG.vip.address), CFG.vip.port)
+        try:
+            sys_ = System(obj.program("frontend_ingress"), maps, now=LIVE)
+            cl = Client(sys_.eng, now=LIVE)
+            sys_.segment(cl.seg(get("/")), LIVE)
+            c = Conn(cl, Backend(sys_.eng, sys_.eng.conns[cl.key].backend, cl))
+            sys_.segment(c.be.synack(), LIVE)
+            lost = maps.stats()["events_lost"]
+            for i in range(200):            # others' requests fill the ring; nobody reads it
+                sys_.prog.test_run(frame(Client(sys_.eng, port=43000 + i, now=LIVE).seg(get("/"))))
+            assert maps.stats()["events_lost"] > lost
+            steps = SCENARIOS[2][2]     # client closes first: response, client FIN, back-end FIN, ACK
+            for step in steps[:3]:
+                assert sys_.prog.test_run(frame(step(c))).retval == TC_ACT_REDIRECT
+            e = FeConn.from_buffer_copy(maps.conns.lookup(fe_key(cl.key)))
+            assert e.cli_fin and e.srv_fin and not e.closing and maps.stats()["closing"] == 0
+            sys_._events([], LIVE)          # Python catches up: no closing heard of yet
+            assert sys_.eng.conns[cl.key].state is not State.CLOSING
+            sys_.segment(steps[3](c), LIVE)
+            assert maps.stats()["closing"] == 1 and sys_.eng.conns[cl.key].state is State.CLOSING
+        finally:
+            maps.close()
