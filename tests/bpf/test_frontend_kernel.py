@@ -33,11 +33,11 @@ from miresga.cookie import tai_seconds
 from miresga.bpf.libbpf import BpfObject, object_path
 from miresga.bpf.testrun import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, checksums_ok
 from miresga.frontend.engine import Engine, Send
-from miresga.frontend.handover import KernelCheck, KernelHandover, KernelMark, KernelRemove, Phase
-from miresga.frontend.kernel_path import FeStat, KernelMaps, decode_entry, fe_key
+from miresga.frontend.kernel.handover import KernelCheck, KernelHandover, KernelMark, KernelRemove, Phase
+from miresga.frontend.kernel.maps import FeStat, KernelMaps, decode_entry, fe_key
 from miresga.frontend.packetio import FrameCodec, mac_bytes
 from miresga.frontend.segment import Segment
-from miresga.frontend.states import State
+from miresga.frontend.engine.states import State
 
 pytestmark = pytest.mark.netns   # root: loads BPF programs
 
@@ -407,7 +407,7 @@ def test_restart_replaces_a_dead_predecessors_program():
     """A front-end killed with SIGKILL leaves its TC filter behind; the next one takes its place
     (no EEXIST), and a clean stop leaves no program on the interface."""
     from miresga.bpf.netns import in_netns
-    from miresga.frontend.kernel_path import KernelPath
+    from miresga.frontend.kernel.maps import KernelPath
     ns = f"mgkt{os.getpid() % 100000}"
 
     def sh(*a):

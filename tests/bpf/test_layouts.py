@@ -95,7 +95,7 @@ def test_agent_stats_mirror_header():
 
 
 def test_event_decoder_matches_the_struct():
-    from miresga.frontend.kernel_path import _EV
+    from miresga.frontend.kernel.maps import _EV
     assert _EV.size == ctypes.sizeof(layouts.FeEvent)
     names = [f[0] for f in layouts.FeEvent._fields_]
     assert len(names) == len(_EV.format.lstrip("<"))

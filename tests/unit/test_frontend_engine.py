@@ -9,7 +9,7 @@ from frontend_helpers import (ACK, FIN, NOW, PSH, RST, RULES, SYN, Backend, Clie
 from miresga import cookie
 from miresga.frontend.engine import Engine
 from miresga.frontend.segment import OPT_MSS, OPT_SACK_PERM, OPT_WSCALE, Segment, parse_options
-from miresga.frontend.states import Offload, State
+from miresga.frontend.engine.states import Offload, State
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from frontend_helpers import NOW, Backend, Client, deletes, get, inserts, make_cfg, sends
 from miresga.control.config import ConfigError, parse_config
 from miresga.frontend.engine import Engine
-from miresga.frontend.states import Offload
+from miresga.frontend.engine.states import Offload
 
 RULES = """
 rules:

@@ -9,7 +9,7 @@ import time
 from frontend_helpers import NOW, Backend, Client, deletes, get, inserts, make_cfg, sends
 from miresga.frontend.engine import Engine, OffloadCheck, OffloadDelete, OffloadInsert
 from miresga.frontend.switch_link import FetchIdle, Heartbeat, OffloadBatcher, OffloadWorker, Read, Register, Write
-from miresga.frontend.states import Offload
+from miresga.frontend.engine.states import Offload
 
 
 class FakeSwitchClient:

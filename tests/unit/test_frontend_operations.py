@@ -11,7 +11,7 @@ from frontend_helpers import ACK, FIN, NOW, PSH, RST, Backend, Client, get, make
 from miresga.frontend.access_log import AccessLog
 from miresga.frontend.engine import Engine
 from miresga.frontend.pools import check_reload
-from miresga.frontend.states import State
+from miresga.frontend.engine.states import State
 
 POOL3 = """
 rules:

@@ -16,7 +16,7 @@ import pytest
 from frontend_helpers import ACK, FIN, NOW, RST, SYN, Backend, Client, get, make_cfg, sends, seq_add
 
 from miresga.frontend.engine import Engine
-from miresga.frontend.states import State
+from miresga.frontend.engine.states import State
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Callable
 
 from miresga.frontend.segment import seq_add, seq_diff
-from miresga.frontend.states import Offload
+from miresga.frontend.engine.states import Offload
 
 _encode_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # C: a JSON string literal
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from miresga import cookie, neighbours
 from miresga.control.config import Deployment
 from miresga.frontend.engine import Engine, Send
-from miresga.frontend.handover import KernelCheck, KernelHandover, KernelMark, KernelRemove
+from miresga.frontend.kernel.handover import KernelCheck, KernelHandover, KernelMark, KernelRemove
 from miresga.frontend.health import HealthTracker, check_ok, probe
 from miresga.frontend.metrics import MetricsPublisher
 from miresga.frontend.switch_link import NoSwitch, OffloadWorker
@@ -126,7 +126,7 @@ class FrontendServer:
                                filter_spec=(str(cfg.vip.address), cfg.vip.port, backends),
                                checksum=cfg.frontend.checksum)
             if cfg.frontend.kernel_path:
-                from miresga.frontend.kernel_path import KernelPath
+                from miresga.frontend.kernel.maps import KernelPath
                 self.kpath = KernelPath(opts.iface, int(cfg.vip.address), cfg.vip.port,
                                         cfg.frontend.max_connections)
             kp = self.kpath

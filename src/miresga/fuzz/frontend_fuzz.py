@@ -39,7 +39,7 @@ from miresga.control.config import Deployment
 from miresga.fuzz.bpfrun import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, ArrayReader, FastRunner, deltas
 from miresga.fuzz.harness import Harness, Input, Violation
 from miresga.fuzz.mutate import SEQ_EDGES, Pools, mutate
-from miresga.frontend.kernel_path import FeStat
+from miresga.frontend.kernel.maps import FeStat
 from miresga.fuzz.wire import ACK, FIN, PSH, RST, SYN, Layout, ip_residue, l3_frame, l4_residue, tcp_frame
 
 M32 = 0xFFFFFFFF

@@ -23,8 +23,8 @@ from miresga.bpf import layouts as L
 from miresga.bpf.libbpf import BPF_NOEXIST, BpfObject, Map, RingBuffer, TcAttachment, map_ops, object_path
 from miresga.control.config import Deployment
 from miresga.cookie import CookieKey
-from miresga.frontend.handover import EvKind, Key, KernelEntry, KernelEvent, Phase
-from miresga.frontend.kernel_rules import BACKENDS_MAX, KernelRules, compile_rules, wheels
+from miresga.frontend.kernel.handover import EvKind, Key, KernelEntry, KernelEvent, Phase
+from miresga.frontend.kernel.rules import BACKENDS_MAX, KernelRules, compile_rules, wheels
 from miresga.frontend.packetio import FrameCodec
 from miresga.frontend.rules import RuleSet
 from miresga.frontend.selection import HRW_K0, HRW_K1, name_id

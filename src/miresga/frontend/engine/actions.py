@@ -1,0 +1,44 @@
+"""What the engine asks the world to do: each entry point returns a list of these (sans I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from miresga.frontend.kernel.handover import KernelCheck, KernelHandover, KernelMark, KernelRemove
+from miresga.frontend.segment import Segment
+
+
+@dataclass(slots=True)
+class Send:
+    seg: Segment
+    to: str  # "client" | "backend" (for metrics and tests; the adapter only needs seg)
+
+
+@dataclass(slots=True)
+class OffloadInsert:
+    client_ip: int
+    client_port: int
+    backend: int
+    gen: int  # echo it back in offload_result
+
+
+@dataclass(slots=True)
+class OffloadDelete:
+    client_ip: int
+    client_port: int
+
+
+@dataclass(slots=True)
+class OffloadCheck:
+    """Ask the switch whether an entry we believe installed is still there (answer through
+    offload_result with the same gen: installed|absent). An entry can vanish without us: another
+    front-end acting on an idle report, a controller restart."""
+
+    client_ip: int
+    client_port: int
+    gen: int
+
+
+Action = Union[Send, OffloadInsert, OffloadDelete, OffloadCheck, KernelHandover, KernelCheck, KernelMark,
+               KernelRemove]
