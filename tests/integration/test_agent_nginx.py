@@ -1,5 +1,5 @@
 """The agent against nginx's real TCP stack, with no switch and no front-end: a raw-packet peer in
-the client namespace plays both (miresga.agent.peer) and downloads 1 MB in the switch's sequence
+the client namespace plays both (tests/support/agent_peer.py) and downloads 1 MB in the switch's sequence
 space through the agent's translation, with and without loss; plus direct traffic, the CLI life
 cycle and the idle sweep."""
 
@@ -14,11 +14,12 @@ import time
 
 import pytest
 
-from miresga.agent.lab import BACKEND_IP, BACKEND_MAC, CLIENT_IP, CLIENT_MAC, PEER_PORTS, AgentLab
 from miresga.agent.manager import AgentManager, AgentSettings, flow_key, pin_dir
-from miresga.agent.peer import SplicePeer
 from miresga.bpf.layouts import AgentFlow
 from miresga.bpf.netns import run
+
+from agent_peer import SplicePeer
+from benchmarks.agent_lab import BACKEND_IP, BACKEND_MAC, CLIENT_IP, CLIENT_MAC, PEER_PORTS, AgentLab
 
 pytestmark = pytest.mark.netns
 PROMISED_WS = 7

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from miresga.switch import throughput
+from benchmarks import switch_throughput as throughput
 
 pytestmark = pytest.mark.netns
 

@@ -1,6 +1,6 @@
 """The engine micro-benchmark runs, and a request's set-up stays far below a millisecond."""
 
-from miresga.frontend.microbench import bench_lifecycle, bench_setup
+from benchmarks.frontend_microbench import bench_lifecycle, bench_setup
 
 
 def test_engine_costs_are_sane():

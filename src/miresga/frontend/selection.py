@@ -7,7 +7,7 @@ hashing moves only the keys of a back-end that leaves (and only ~1/n of keys to 
 Round robin and weighted walk a *wheel*: the healthy back-ends in pool order, or for weighted the
 smooth weighted round-robin sequence of one period (nginx's: the heavy back-end spread out, never
 bunched). A position counter per rule says where the walk is; the front-end's kernel path walks
-the same wheel with the same counter (kernel_rules.py), so both pick as one selector would.
+the same wheel with the same counter (kernel/rules.py), so both pick as one selector would.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def wheel(rule: CompiledRule, healthy: Sequence[bool], weights: Sequence[int]) -
 
 
 class Positions:
-    """Wheel positions per rule index: the selector's own, or (kernel_path.KernelPositions) the
+    """Wheel positions per rule index: the selector's own, or (kernel/maps.py KernelPositions) the
     kernel path's counters, which both walk."""
 
     def __init__(self) -> None:

@@ -297,7 +297,7 @@ class FrontendServer:
         next_sweep = clock() + KERNEL_SWEEP_S
         # Every segment allocates a few objects and tens of thousands of connections stay alive:
         # with the default thresholds the cyclic collector rescans them all the time (a quarter
-        # of the engine's time in the microbench). Startup objects are frozen out of it.
+        # of the engine's time in benchmarks/frontend_microbench.py). Startup objects are frozen out of it.
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         log.info("front-end %s up on %s (mtu %d)", opts.name, opts.iface, io.codec.mtu)

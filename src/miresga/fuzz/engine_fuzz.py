@@ -1,4 +1,4 @@
-"""Fuzz target: the front-end engine (src/miresga/frontend/engine.py) with its frame codec, sans I/O.
+"""Fuzz target: the front-end engine (src/miresga/frontend/engine/) with its frame codec, sans I/O.
 
 Frames go in as the packet socket would hand them (`FrameCodec.parse`), the engine's actions come
 out, and every segment it sends is built by the codec (software checksums) and checked. Epochs of

@@ -6,7 +6,7 @@ rule whose step fails is out, and the lowest rule still in is the match, as `Rul
 decides. Conditions the kernel cannot check (regex, headers) are not compiled: the rule is marked
 for Python, so a request it might match goes up to the engine. A rule's offload and policy say
 what the kernel may do with a request it matched (see `rule_flags`). Pure: the adapter
-(kernel_path.py) writes the result into the maps.
+(maps.py) writes the result into the maps.
 """
 
 from __future__ import annotations

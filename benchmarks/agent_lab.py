@@ -1,7 +1,7 @@
 """A two-namespace lab for the agent alone: a "client" namespace and a "backend" namespace joined
 by one veth pair, nginx in the back-end serving generated objects on a service and a direct port.
 
-No switch and no front-end: a raw-packet peer in the client namespace (miresga.agent.peer) plays
+No switch and no front-end: a raw-packet peer in the client namespace (tests/support/agent_peer.py) plays
 both. The client namespace's own kernel would reset connections it never opened, so an nftables
 rule there drops back-end segments addressed to the peer's port range in the input hook; AF_PACKET
 sees them before netfilter does. Everything built is recorded and removed on exit, also after a

@@ -1,7 +1,7 @@
 """The agent's costs, for the record: ns per packet (BPF_PROG_TEST_RUN repeat) and the throughput
 of direct 1 MB downloads from nginx with and without the agent attached (same run, alternating).
 
-    python -m miresga.agent.measure [--seconds 3] [--rounds 2]
+    python -m benchmarks.agent_measure [--seconds 3] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import statistics
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from miresga.agent.lab import BACKEND_IP, AgentLab
 from miresga.agent.manager import AGENT_FLOW_ESTABLISHED, AgentManager, AgentSettings, flow_key
 from miresga.bpf.layouts import AgentConfig, AgentFlow
 from miresga.bpf.libbpf import BpfObject, object_path
 from miresga.bpf.netns import run
 from miresga.bpf.testrun import per_packet_ns
+
+from benchmarks.agent_lab import BACKEND_IP, AgentLab
 
 CLIENT, BACKEND, CPORT = "10.0.1.2", "10.0.4.2", 40000
 

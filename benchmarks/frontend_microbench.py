@@ -1,4 +1,4 @@
-"""Micro-benchmark of the splice engine: `python -m miresga.frontend.microbench [N]`.
+"""Micro-benchmark of the splice engine: `python -m benchmarks.frontend_microbench [N]`.
 
 Times are CPU time of this process (time.process_time), so other load on the machine inflates
 them less than wall-clock time would (it still shares caches and cores).
