@@ -36,6 +36,7 @@ from miresga.frontend.engine import Engine, Send
 from miresga.frontend.kernel.handover import KernelCheck, KernelHandover, KernelMark, KernelRemove, Phase
 from miresga.frontend.kernel.maps import FeStat, KernelMaps, decode_entry, fe_key
 from miresga.frontend.packetio import FrameCodec, mac_bytes
+from miresga.frontend.rules import RuleSet
 from miresga.frontend.segment import Segment
 from miresga.frontend.engine.states import State
 
@@ -805,3 +806,30 @@ def test_full_ring_closing_reported_at_the_next_segment():
             assert maps.stats()["closing"] == 1 and sys_.eng.conns[cl.key].state is State.CLOSING
         finally:
             maps.close()
+
+
+CLOSE_EARLY = b"HTTP/1.1 200 OK\r\nContent-Length: 10485760\r\n\r\n" + b"z" * 1000
+
+
+@pytest.mark.parametrize("path", ["/", "/big/x"])
+@pytest.mark.parametrize("resp", [RESP_1K, CLOSE_EARLY], ids=["1k", "10m-claimed"])
+def test_response_with_fin_ends_the_watch(bpf, path, resp):
+    """A watched response whose segment carries the back-end's FIN is over: nothing is left to
+    offload, so the kernel copies nothing up and the engine asks for nothing — even when its
+    Content-Length claims 10 MB more (a back-end that closes early)."""
+    t = live_twin(bpf)
+    before = t.sys.maps.stats()["copies"]
+    cl = Client(t.ref, now=LIVE)
+    t.segment(cl.seg(get(path)), LIVE)
+    be = Backend(t.ref, t.ref.conns[cl.key].backend, cl)
+    t.segment(be.synack(), LIVE)
+    t.segment(_respond(Conn(cl, be), resp, ACK | PSH | FIN), LIVE)
+    assert t.sys.verdicts[-1] == TC_ACT_REDIRECT
+    assert t.sys.maps.stats()["copies"] == before
+    assert t.ref.stats.offload["requested"] == t.sys.eng.stats.offload["requested"] == 0
+
+
+def test_fin_ends_the_watch_unless_a_rule_offloads_at_zero():
+    assert RuleSet(CFG).fin_ends_watch
+    zero = make_cfg(RULES.replace("offload_threshold: 65536", "offload_threshold: 0"))
+    assert not RuleSet(zero).fin_ends_watch

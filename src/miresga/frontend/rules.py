@@ -83,6 +83,9 @@ class RuleSet:
                                     Rule.model_fields["offload_after_requests"].default, ())
         if self.rules and not self.rules[-1].predicates:
             self.default = self.rules[-1]
+        # A response segment that carries the back-end's FIN ends the response: nothing is left
+        # to offload, unless some `auto` rule offloads at 0 bytes to come.
+        self.fin_ends_watch = all(r.offload_threshold > 0 for r in self.all() if r.offload == "auto")
 
     def match(self, head: RequestHead) -> CompiledRule:
         for r in self.rules:

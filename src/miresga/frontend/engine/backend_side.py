@@ -36,7 +36,10 @@ class BackendSide:
         if seg.payload:
             conn.slow_srv_bytes += len(seg.payload)
             if conn.watch is not None and seg.seq == conn.watch_next:
-                self._watch_response(conn, seg.seq, len(seg.payload), seg.payload, out)
+                if seg.flags & FIN and self.alog is None and self.rules.fin_ends_watch:
+                    conn.watch = None   # the response ends here: nothing left to offload
+                else:
+                    self._watch_response(conn, seg.seq, len(seg.payload), seg.payload, out)
             if conn.alog is not None and conn.alog.resp_end is not None and conn.alog.total is None \
                     and seq_diff(seg.end, conn.alog.resp_end) >= 0:
                 conn.alog.total = now - conn.alog.t0

@@ -58,7 +58,7 @@ class FeStat(enum.IntEnum):
     DROP_NO_ENTRY = 20
 
 
-CFG_ROUTE, CFG_FIRST, CFG_LOG = 1, 2, 4   # bpf/frontend.h FE_CFG_*
+CFG_ROUTE, CFG_FIRST, CFG_LOG, CFG_FIN_ENDS = 1, 2, 4, 8   # bpf/frontend.h FE_CFG_*
 ROUTE_OK, ROUTE_OFFLOADED = 1, 2  # FE_ROUTE_*
 _HELD_CODEC = FrameCodec(b"\0" * 6, b"\0" * 6)   # parses a held frame (MACs unused)
 
@@ -187,8 +187,9 @@ class KernelMaps:
         at the connection limit, so that the engine refuses them as it does today), and whether
         it copies routed requests and their response headers up for the access log."""
         usable = self._kr is not None and self._kr.usable
+        fin_ends = self._rules is not None and self._rules.fin_ends_watch
         flags = ((CFG_ROUTE if route and usable else 0) | (CFG_FIRST if first and usable else 0)
-                 | (CFG_LOG if log else 0))
+                 | (CFG_LOG if log else 0) | (CFG_FIN_ENDS if fin_ends else 0))
         if flags != self.config.flags:
             self.config.flags = flags
             self._write_config()
