@@ -68,6 +68,7 @@ for name, res, args in [
     ("bpf_object__find_program_by_name", _P, [_P, ctypes.c_char_p]),
     ("bpf_object__find_map_by_name", _P, [_P, ctypes.c_char_p]),
     ("bpf_program__fd", ctypes.c_int, [_P]),
+    ("bpf_program__type", ctypes.c_int, [_P]),
     ("bpf_map__fd", ctypes.c_int, [_P]),
     ("bpf_map__set_max_entries", ctypes.c_int, [_P, ctypes.c_uint32]),
     ("bpf_map__reuse_fd", ctypes.c_int, [_P, ctypes.c_int]),
@@ -267,9 +268,16 @@ class TestRunResult:
     duration_ns: int
 
 
+BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP = 3, 6
+
+
 class Program:
-    def __init__(self, fd: int, name: str):
-        self.fd, self.name = fd, name
+    def __init__(self, fd: int, name: str, prog_type: int = BPF_PROG_TYPE_SCHED_CLS):
+        self.fd, self.name, self.prog_type = fd, name, prog_type
+
+    @property
+    def is_xdp(self) -> bool:
+        return self.prog_type == BPF_PROG_TYPE_XDP
 
     def pin(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +343,7 @@ class BpfObject:
         p = _lib.bpf_object__find_program_by_name(self._obj, name.encode())
         if not p:
             raise KeyError(f"{self.path.name}: no program {name!r}")
-        return Program(_lib.bpf_program__fd(p), name)
+        return Program(_lib.bpf_program__fd(p), name, _lib.bpf_program__type(p))
 
     def map(self, name: str) -> Map:
         m = _lib.bpf_object__find_map_by_name(self._obj, name.encode())
