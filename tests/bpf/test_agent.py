@@ -123,7 +123,7 @@ def test_settings_from_config():
 
 # --- the runner ------------------------------------------------------------------------------
 
-Check = Callable[[BpfObject], None]
+Check = Callable[[AgentObjects], None]
 
 
 @dataclass
