@@ -1,5 +1,7 @@
-"""Load the switch data plane (build/bpf/switch.bpf.o), fill its tables from the config, attach
-it to TC ingress of every port, and remove exactly that on close.
+"""Load the switch data plane (build/bpf/switch.bpf.o, and its XDP build switch_xdp.bpf.o on the
+same maps when a port may use XDP), fill its tables from the config, attach it to the ingress of
+every port (native XDP or TC per `switch.attach` / `switch.attach_interfaces`, `self.port_modes`
+says what each port got), and remove exactly that on close.
 
     ports = ports_for(cfg, "mgab12-sw")      # interfaces from the config, MACs from the kernel
     with SwitchDataplane(cfg, "mgab12-sw", ports) as dp:
@@ -28,8 +30,9 @@ from typing import Iterator
 
 from miresga import cookie
 from miresga.bpf.layouts import BackendEntry
-from miresga.bpf.libbpf import (BpfError, BpfObject, Map, TcAttachment, ensure_bpffs, object_path, tc_detach_if,
-                                tc_prog_id)
+from miresga.bpf.attach import attach_ingress
+from miresga.bpf.libbpf import (BpfError, BpfObject, Map, TcAttachment, XdpAttachment, ensure_bpffs, object_path,
+                                tc_detach_if, tc_prog_id, xdp_detach_if, xdp_prog_id)
 from miresga.bpf.netns import ifindex as ns_ifindex
 from miresga.control.config import Deployment, Host
 from miresga.neighbours import NeighbourError, link_mac, resolve
@@ -185,7 +188,9 @@ class SwitchDataplane:
         """`adopt`: a data plane pinned at `pin_dir` is taken over (see the module doc) instead of
         refused; `self.adopted` says which happened, `self.reconciled` what changed."""
         self.cfg, self.netns, self.ports = cfg, netns, list(ports)
-        self.attachments: list[TcAttachment] = []
+        self.attachments: list[TcAttachment | XdpAttachment] = []
+        self.port_modes: dict[str, str] = {}   # interface -> "xdp" | "tc", as attached
+        self.xdp_obj: BpfObject | None = None
         self.pin_dir = default_pin_dir(netns) if pin_dir is True else (pin_dir or None)
         self._pinned = False
         self.adopted = False
@@ -224,10 +229,22 @@ class SwitchDataplane:
                     for name in MAP_NAMES:
                         self.obj.map(name).pin(self.pin_dir / name)
             prog = self.obj.program("switch_ingress")
-            for ifx in dict.fromkeys(p.ifindex for p in self.ports):   # hosts may share an interface
+            ifaces = {p.ifindex: p.ifname for p in self.ports}   # hosts may share an interface
+            xdp_prog = None
+            if any(cfg.switch_attach(name) != "tc" for name in ifaces.values()):
+                self.xdp_obj = BpfObject(object_path("switch_xdp"), max_entries={"sw_offload": capacity},
+                                         reuse={n: self.obj.map(n) for n in MAP_NAMES})
+                xdp_prog = self.xdp_obj.program("switch_ingress")
+            for ifx, name in ifaces.items():
                 # replace: an adopted data plane's old program gives way in one step, per port
-                self.attachments.append(TcAttachment(netns, ifx, "ingress", prog, priority=SWITCH_PRIORITY,
-                                                     replace=self.adopted))
+                a, mode = attach_ingress(netns, ifx, name, cfg.switch_attach(name), prog, xdp_prog,
+                                         priority=SWITCH_PRIORITY, replace=self.adopted, who="switch")
+                self.attachments.append(a)
+                self.port_modes[name] = mode
+                # an earlier start attached in the other mode: that program goes (XDP would
+                # otherwise pass packets on to a second switch program in TC)
+                _detach_switch_mode(netns, ifx, "tc" if mode == "xdp" else "xdp")
+            log.info("switch attached: %s", ", ".join(f"{n} {m}" for n, m in self.port_modes.items()))
         except BaseException:
             self.close(keep=self.adopted)
             raise
@@ -248,6 +265,9 @@ class SwitchDataplane:
                 shutil.rmtree(self.pin_dir, ignore_errors=True)
         self.attachments.clear()
         self._pinned = False
+        if getattr(self, "xdp_obj", None) is not None:
+            self.xdp_obj.close()
+            self.xdp_obj = None
         if getattr(self, "obj", None) is not None:
             self.obj.close()
             self.obj = None
@@ -259,19 +279,33 @@ class SwitchDataplane:
         self.close()
 
 
+def _is_switch_prog(prog: int) -> bool:
+    p = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog)], capture_output=True, text=True)
+    return p.returncode == 0 and json.loads(p.stdout or "{}").get("name") == "switch_ingress"
+
+
+def _detach_switch_mode(netns: str | None, idx: int, mode: str) -> bool:
+    """Remove the switch program attached in `mode` (tc: our filter's place; xdp: the native XDP
+    program) from interface `idx`, if it is there, and only it: someone else's stays."""
+    if mode == "tc":
+        prog = tc_prog_id(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY)
+        if prog is None or not _is_switch_prog(prog):
+            return False
+        return tc_detach_if(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY, prog)
+    prog = xdp_prog_id(netns, idx)
+    if prog is None or not _is_switch_prog(prog):
+        return False
+    return xdp_detach_if(netns, idx, prog)
+
+
 def detach_switch(netns: str | None, ifname: str) -> bool:
-    """Remove the switch program from `ifname`'s TC ingress if it is there (and only it)."""
+    """Remove the switch program from `ifname`'s ingress (TC or XDP) if it is there (and only it)."""
     try:
         idx = ns_ifindex(netns, ifname)
     except OSError:
         return False
-    prog = tc_prog_id(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY)
-    if prog is None:
-        return False
-    p = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog)], capture_output=True, text=True)
-    if p.returncode != 0 or json.loads(p.stdout or "{}").get("name") != "switch_ingress":
-        return False   # someone else's filter at our place: not ours to remove
-    return tc_detach_if(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY, prog)
+    tc = _detach_switch_mode(netns, idx, "tc")
+    return _detach_switch_mode(netns, idx, "xdp") or tc
 
 
 class AdoptError(Exception):
