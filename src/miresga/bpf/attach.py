@@ -7,9 +7,12 @@ program and gets back the attachment and the mode that interface got, which it l
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
 
-from miresga.bpf.libbpf import BpfError, Program, TcAttachment, XdpAttachment
+from miresga.bpf.libbpf import (BpfError, Program, TcAttachment, XdpAttachment, tc_detach_if, tc_prog_id,
+                                xdp_detach_if, xdp_prog_id)
 
 log = logging.getLogger("miresga.attach")
 MODES = ("auto", "xdp", "tc")
@@ -37,3 +40,24 @@ def attach_ingress(netns: str | None, ifindex: int, ifname: str, mode: str, tc_p
                                   "set attach: tc (or auto) for this interface") from None
             log.info("%s: native XDP refused (%s), %s attached with TC", ifname, e.strerror, who)
     return TcAttachment(netns, ifindex, "ingress", tc_prog, priority=priority, replace=replace), "tc"
+
+
+def _prog_name(prog: int) -> str | None:
+    p = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog)], capture_output=True, text=True)
+    return json.loads(p.stdout or "{}").get("name") if p.returncode == 0 else None
+
+
+def detach_mode(netns: str | None, ifindex: int, mode: str, prog_name: str, *, handle: int, priority: int) -> bool:
+    """Remove the ingress program named `prog_name` attached in `mode` (tc: the TC filter at
+    (handle, priority); xdp: the native XDP program) from the interface, if it is there, and only
+    it: someone else's program stays. A restart that changes an interface's mode uses it to remove
+    the earlier mode's program (under XDP, packets passed on would meet it again in TC)."""
+    if mode == "tc":
+        prog = tc_prog_id(netns, ifindex, "ingress", handle, priority)
+        if prog is None or _prog_name(prog) != prog_name:
+            return False
+        return tc_detach_if(netns, ifindex, "ingress", handle, priority, prog)
+    prog = xdp_prog_id(netns, ifindex)
+    if prog is None or _prog_name(prog) != prog_name:
+        return False
+    return xdp_detach_if(netns, ifindex, prog)

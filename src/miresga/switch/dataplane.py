@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-import json
 import logging
 import shutil
 import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from miresga import cookie
 from miresga.bpf.layouts import BackendEntry
-from miresga.bpf.attach import attach_ingress
-from miresga.bpf.libbpf import (BpfError, BpfObject, Map, TcAttachment, XdpAttachment, ensure_bpffs, object_path,
-                                tc_detach_if, tc_prog_id, xdp_detach_if, xdp_prog_id)
+from miresga.bpf.attach import attach_ingress, detach_mode
+from miresga.bpf.libbpf import BpfError, BpfObject, Map, TcAttachment, XdpAttachment, ensure_bpffs, object_path
 from miresga.bpf.netns import ifindex as ns_ifindex
 from miresga.control.config import Deployment, Host
 from miresga.neighbours import NeighbourError, link_mac, resolve
@@ -279,23 +276,8 @@ class SwitchDataplane:
         self.close()
 
 
-def _is_switch_prog(prog: int) -> bool:
-    p = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog)], capture_output=True, text=True)
-    return p.returncode == 0 and json.loads(p.stdout or "{}").get("name") == "switch_ingress"
-
-
 def _detach_switch_mode(netns: str | None, idx: int, mode: str) -> bool:
-    """Remove the switch program attached in `mode` (tc: our filter's place; xdp: the native XDP
-    program) from interface `idx`, if it is there, and only it: someone else's stays."""
-    if mode == "tc":
-        prog = tc_prog_id(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY)
-        if prog is None or not _is_switch_prog(prog):
-            return False
-        return tc_detach_if(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY, prog)
-    prog = xdp_prog_id(netns, idx)
-    if prog is None or not _is_switch_prog(prog):
-        return False
-    return xdp_detach_if(netns, idx, prog)
+    return detach_mode(netns, idx, mode, "switch_ingress", handle=TC_HANDLE, priority=SWITCH_PRIORITY)
 
 
 def detach_switch(netns: str | None, ifname: str) -> bool:
