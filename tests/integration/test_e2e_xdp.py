@@ -4,7 +4,14 @@ large one carried by the switch's fast path, and every port and agent reporting 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import threading
+import time
+
 import pytest
+
+from miresga.bpf.attach import prog_name
 
 from test_e2e import curl, e2e_config, name_of, objects, sha, vip
 
@@ -56,3 +63,43 @@ def test_100mb_offloaded_byte_exact(lb):
     agents = [lb.agent_stats(b.name)["counters"] for b in lb.cfg.hosts.backends]
     # egress (TC) sees the back-end's GSO frames of up to 64 KB: 100 MB is at least 1600 of them
     assert sum(a["xlate_in"] for a in agents) > 0 and sum(a["xlate_out"] for a in agents) >= 1600
+
+
+def switch_programs(lb) -> dict[str, list[str]]:
+    """Per switch port: the programs attached, as `xdp:<name>` / `tc:<name>` (bpftool)."""
+    out = {}
+    for port in sorted({h.interface for h in lb.cfg.hosts.all()}):
+        p = subprocess.run(["ip", "netns", "exec", lb.ns_switch, "bpftool", "-j", "net", "show", "dev", port],
+                           capture_output=True, text=True, check=True)
+        d = json.loads(p.stdout)[0]
+        out[port] = [f"xdp:{prog_name(x['id'])}" for x in d.get("xdp", [])] + \
+            [f"tc:{prog_name(x['id'])}" for x in d.get("tc", []) if x.get("kind") == "clsact/ingress"]
+    return out
+
+
+def test_restart_during_offloaded_download_keeps_xdp(lb):
+    """A restart with --keep-dataplane adopts the XDP data plane (the new program replaces the old
+    one in one step on every port) during an offloaded download, which completes byte-exact; each
+    port then runs exactly one switch program, in XDP."""
+    o = objects(lb)[100 << 20]
+    curl_p = subprocess.Popen(["ip", "netns", "exec", lb.ns("c1"), "curl", "-s", "--max-time", "60", "--limit-rate",
+                               "25M", f"http://{vip(lb)[0]}/download/{name_of(100 << 20)}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out: dict = {}
+    reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), curl_p.communicate())))
+    reader.start()
+    try:
+        deadline = time.monotonic() + 10
+        while lb.switch_stats()["installed"] < 1:
+            assert time.monotonic() < deadline, "the download was never offloaded"
+            time.sleep(0.1)
+        assert curl_p.poll() is None, "the download ended before the restart: nothing was tested"
+        lb.restart_switch()
+        log = (lb.run_dir / "switch.log").read_text()
+        assert "running data plane adopted" in log, log[-800:]
+    finally:
+        reader.join(70)
+    assert curl_p.returncode == 0, out.get("stderr")
+    assert len(out["stdout"]) == o["size"] and sha(out["stdout"]) == o["sha256"]
+    progs = switch_programs(lb)
+    assert all(p == ["xdp:switch_ingress"] for p in progs.values()), progs

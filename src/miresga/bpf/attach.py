@@ -42,22 +42,23 @@ def attach_ingress(netns: str | None, ifindex: int, ifname: str, mode: str, tc_p
     return TcAttachment(netns, ifindex, "ingress", tc_prog, priority=priority, replace=replace), "tc"
 
 
-def _prog_name(prog: int) -> str | None:
+def prog_name(prog: int) -> str | None:
+    """A loaded program's name by id (bpftool), None if there is none."""
     p = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog)], capture_output=True, text=True)
     return json.loads(p.stdout or "{}").get("name") if p.returncode == 0 else None
 
 
-def detach_mode(netns: str | None, ifindex: int, mode: str, prog_name: str, *, handle: int, priority: int) -> bool:
-    """Remove the ingress program named `prog_name` attached in `mode` (tc: the TC filter at
+def detach_mode(netns: str | None, ifindex: int, mode: str, name: str, *, handle: int, priority: int) -> bool:
+    """Remove the ingress program named `name` attached in `mode` (tc: the TC filter at
     (handle, priority); xdp: the native XDP program) from the interface, if it is there, and only
     it: someone else's program stays. A restart that changes an interface's mode uses it to remove
     the earlier mode's program (under XDP, packets passed on would meet it again in TC)."""
     if mode == "tc":
         prog = tc_prog_id(netns, ifindex, "ingress", handle, priority)
-        if prog is None or _prog_name(prog) != prog_name:
+        if prog is None or prog_name(prog) != name:
             return False
         return tc_detach_if(netns, ifindex, "ingress", handle, priority, prog)
     prog = xdp_prog_id(netns, ifindex)
-    if prog is None or _prog_name(prog) != prog_name:
+    if prog is None or prog_name(prog) != name:
         return False
     return xdp_detach_if(netns, ifindex, prog)
