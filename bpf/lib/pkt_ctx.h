@@ -11,7 +11,8 @@
  *    local stack's, over veth) is something XDP cannot tell and the kernel drops its metadata on
  *    XDP_TX/REDIRECT anyway: docs/deploy.md says to keep tx checksum offload off on senders that
  *    share a veth with an XDP switch (the testbed does);
- *  - the frame is linear (no multi-buffer: the program is not loaded with BPF_F_XDP_HAS_FRAGS);
+ *  - the frame is linear (no multi-buffer: the program is not loaded with BPF_F_XDP_HAS_FRAGS),
+ *    so parsing needs no pull (parse.h);
  *  - resizing is bpf_xdp_adjust_tail;
  *  - "back out the port it came in on" is XDP_TX. */
 #ifndef MIRESGA_PKT_CTX_H
@@ -103,10 +104,6 @@ static __always_inline long ctx_set_len(pkt_ctx_t *ctx, __u32 len)
 /* Send the (rewritten) frame back out the port it came in on. */
 static __always_inline int ctx_bounce(pkt_ctx_t *ctx) { return XDP_TX; }
 
-/* Pull is never needed: an XDP frame is linear. */
-static __always_inline long ctx_pull(pkt_ctx_t *ctx, __u32 len) { return -1; }
-static __always_inline __u32 ctx_len(pkt_ctx_t *ctx) { return ctx->data_end - ctx->data; }
-
 #else /* TC */
 
 typedef struct __sk_buff pkt_ctx_t;
@@ -154,9 +151,6 @@ static __always_inline int ctx_csum_is_partial(pkt_ctx_t *ctx, __u32 csum_off)
 static __always_inline long ctx_set_len(pkt_ctx_t *ctx, __u32 len) { return bpf_skb_change_tail(ctx, len, 0); }
 
 static __always_inline int ctx_bounce(pkt_ctx_t *ctx) { return bpf_redirect(ctx->ifindex, 0); }
-
-static __always_inline long ctx_pull(pkt_ctx_t *ctx, __u32 len) { return bpf_skb_pull_data(ctx, len); }
-static __always_inline __u32 ctx_len(pkt_ctx_t *ctx) { return ctx->len; }
 
 #endif
 

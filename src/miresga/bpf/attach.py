@@ -31,7 +31,7 @@ def attach_ingress(netns: str | None, ifindex: int, ifname: str, mode: str, tc_p
         raise ValueError(f"attach mode {mode!r}: one of {MODES}")
     if mode in ("auto", "xdp"):
         if xdp_prog is None:
-            raise ValueError("attach mode {mode!r} needs the XDP build of the program")
+            raise ValueError(f"attach mode {mode!r} needs the XDP build of the program")
         try:
             return XdpAttachment(netns, ifindex, xdp_prog, replace=replace), "xdp"
         except BpfError as e:

@@ -30,10 +30,9 @@ class SwitchMetrics:
         s = self.cp.stats()
         decisions, drops = split_counters(s["counters"])
         yield family("g", P + "info", "the switch's hardware profile (value 1)", ["profile"], {s["profile"]: 1})
-        if self.port_modes:
-            yield family("g", P + "port_attach", "how the data plane is attached to each interface (value 1): "
-                         "native XDP or TC (switch.attach)", ["interface", "mode"],
-                         {(i, m): 1 for i, m in self.port_modes.items()})
+        yield family("g", P + "port_attach", "how the data plane is attached to each interface (value 1): "
+                     "native XDP or TC (switch.attach)", ["interface", "mode"],
+                     {(i, m): 1 for i, m in self.port_modes.items()})
         yield family("c", P + "packets", "data plane: packets by decision (to_client: offloaded responses, "
                      "the fast path)", ["decision"], decisions)
         yield family("c", P + "drops", "data plane: packets dropped, by reason", ["reason"], drops)
