@@ -39,6 +39,7 @@ def test_every_port_and_agent_runs_xdp(lb):
     assert "tc" not in log.split("data plane loaded on", 1)[1].split(")", 1)[0]
     for b in lb.cfg.hosts.backends:
         assert lb.agent_stats(b.name)["ingress"] == "xdp"
+    assert lb.switch_stats()["attach"] == {p: "xdp" for p in ports}   # `miresga status`, from the kernel
 
 
 @pytest.mark.parametrize("size", [1024, 1 << 20])

@@ -60,7 +60,7 @@ def test_adoption_changes_the_mode_and_leaves_one_program():
     the switch once, in the mode of the last start; traffic is routed throughout; a clean close
     leaves nothing."""
     from miresga.control.config import load_config
-    from miresga.switch.dataplane import SwitchDataplane, ports_for
+    from miresga.switch.dataplane import SwitchDataplane, attached_modes, ports_for
     from miresga.testbed import Testbed
     with Testbed(_with_attach(load_config(), "xdp")) as tb:   # host ends ready for XDP
         sw, be = tb.ns_switch, tb.cfg.hosts.backends[0]
@@ -73,6 +73,7 @@ def test_adoption_changes_the_mode_and_leaves_one_program():
                     dp.close(keep=True)
                 dp = SwitchDataplane(cfg, sw, ports_for(cfg, sw), adopt=True)
                 assert set(dp.port_modes.values()) == {mode}
+                assert attached_modes(sw, ifaces) == {i: mode for i in ifaces}   # as `miresga status` reads it
                 assert all(_switch_programs(sw, i) == [f"{mode}:switch_ingress"] for i in ifaces), \
                     {i: _switch_programs(sw, i) for i in ifaces}
                 r = tb.run("c1", "curl", "-sf", "-m", "5", f"http://{be.ip}:{be.direct_port}/whoami")
@@ -81,3 +82,4 @@ def test_adoption_changes_the_mode_and_leaves_one_program():
             if dp is not None:
                 dp.close()
         assert all(_switch_programs(sw, i) == [] for i in ifaces)
+        assert attached_modes(sw, ifaces) == {i: "none" for i in ifaces}

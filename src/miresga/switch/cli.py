@@ -142,6 +142,8 @@ def format_status(s: dict) -> str:
     lines.append(f"  bucket moves: {s['bucket_moves']}")
     nz = {k: v for k, v in s["counters"].items() if v}
     lines.append("data plane: " + (", ".join(f"{k}={v}" for k, v in sorted(nz.items())) or "no packets yet"))
+    if s.get("attach"):
+        lines.append("attached  " + ", ".join(f"{i} {m}" for i, m in s["attach"].items()))
     return "\n".join(lines)
 
 
@@ -166,6 +168,9 @@ def _status(args: argparse.Namespace) -> int:
                         "a testbed instance's is /run/miresga/<id>/config.yaml)")
             print(f"status: {address}: {e.code().name}: {e.details()}{hint}", file=sys.stderr)
             return 1
+    # read from this host's kernel (not the control API): empty when asked from another host
+    from miresga.switch.dataplane import attached_modes
+    s["attach"] = attached_modes(None, [h.interface for h in cfg.hosts.all() if h.interface])
     print(json.dumps(s, indent=1) if args.json else format_status(s))
     return 0
 

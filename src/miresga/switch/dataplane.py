@@ -28,8 +28,9 @@ from typing import Iterator
 
 from miresga import cookie
 from miresga.bpf.layouts import BackendEntry
-from miresga.bpf.attach import attach_ingress, detach_mode
-from miresga.bpf.libbpf import BpfError, BpfObject, Map, TcAttachment, XdpAttachment, ensure_bpffs, object_path
+from miresga.bpf.attach import attach_ingress, detach_mode, prog_name
+from miresga.bpf.libbpf import (BpfError, BpfObject, Map, TcAttachment, XdpAttachment, ensure_bpffs, object_path,
+                                tc_prog_id, xdp_prog_id)
 from miresga.bpf.netns import ifindex as ns_ifindex
 from miresga.control.config import Deployment, Host
 from miresga.neighbours import NeighbourError, link_mac, resolve
@@ -278,6 +279,22 @@ class SwitchDataplane:
 
 def _detach_switch_mode(netns: str | None, idx: int, mode: str) -> bool:
     return detach_mode(netns, idx, mode, "switch_ingress", handle=TC_HANDLE, priority=SWITCH_PRIORITY)
+
+
+def attached_modes(netns: str | None, ifnames) -> dict[str, str]:
+    """How the switch program runs on each interface, read from the kernel (for `miresga status`):
+    "xdp", "tc" or "none"; interfaces that do not exist here are left out."""
+    out = {}
+    for name in dict.fromkeys(ifnames):
+        try:
+            idx = ns_ifindex(netns, name)
+        except OSError:
+            continue
+        xdp = xdp_prog_id(netns, idx)
+        tc = tc_prog_id(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY)
+        out[name] = ("xdp" if xdp is not None and prog_name(xdp) == "switch_ingress" else
+                     "tc" if tc is not None and prog_name(tc) == "switch_ingress" else "none")
+    return out
 
 
 def detach_switch(netns: str | None, ifname: str) -> bool:
