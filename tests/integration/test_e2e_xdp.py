@@ -1,6 +1,7 @@
 """Miresga end to end with the switch and the agents in native XDP mode (veth supports it; the
-testbed adds what veth needs, miresga.testbed.xdp): byte-exact downloads through the VIP, a
-large one carried by the switch's fast path, and every port and agent reporting XDP."""
+testbed adds what veth needs, miresga.testbed.xdp), on both layouts: byte-exact downloads through
+the VIP, a large one carried by the switch's fast path, restarts of the switch and of an agent
+during one, and every port and agent reporting XDP."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from miresga.bpf.attach import prog_name
 
-from test_e2e import curl, e2e_config, name_of, objects, sha, vip
+from test_e2e import curl, e2e_config, layout_testbed, name_of, objects, sha, vip
 
 pytestmark = pytest.mark.netns
 
@@ -25,16 +26,15 @@ def xdp_config(path=None):
     return cfg.model_copy(update={"switch": sw, "agent": ag})
 
 
-@pytest.fixture(scope="module")
-def lb():
-    from miresga.testbed import Testbed
-    with Testbed(xdp_config(), lb="miresga") as tb:
+@pytest.fixture(scope="module", params=["classic", "realistic"])
+def lb(request):
+    with layout_testbed(request.param, xdp_config) as tb:
         yield tb
 
 
 def test_every_port_and_agent_runs_xdp(lb):
     log = (lb.run_dir / "switch.log").read_text()
-    ports = {h.interface for h in lb.cfg.hosts.all()}
+    ports = {h.interface for h in lb.cfg.hosts.all() if h.interface}
     assert all(f"{p} xdp" in log for p in ports), log[-2000:]
     assert "tc" not in log.split("data plane loaded on", 1)[1].split(")", 1)[0]
     for b in lb.cfg.hosts.backends:
@@ -69,7 +69,7 @@ def test_100mb_offloaded_byte_exact(lb):
 def switch_programs(lb) -> dict[str, list[str]]:
     """Per switch port: the programs attached, as `xdp:<name>` / `tc:<name>` (bpftool)."""
     out = {}
-    for port in sorted({h.interface for h in lb.cfg.hosts.all()}):
+    for port in sorted({h.interface for h in lb.cfg.hosts.all() if h.interface}):
         p = subprocess.run(["ip", "netns", "exec", lb.ns_switch, "bpftool", "-j", "net", "show", "dev", port],
                            capture_output=True, text=True, check=True)
         d = json.loads(p.stdout)[0]
