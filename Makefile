@@ -4,7 +4,10 @@ VENV      := .venv
 VPY       := $(VENV)/bin/python
 BUILD     := build
 BPF_SRC   := $(wildcard bpf/*.bpf.c)
-BPF_OBJ   := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRC))
+# Programs that also build for XDP from the same source (bpf/lib/pkt_ctx.h): X_xdp.bpf.o
+BPF_XDP   := switch agent
+BPF_OBJ   := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRC)) \
+             $(patsubst %,$(BUILD)/bpf/%_xdp.bpf.o,$(BPF_XDP))
 BPF_HDR   := $(wildcard bpf/lib/*.h) $(wildcard bpf/*.h)
 ARCH_INC  := /usr/include/$(shell uname -m)-linux-gnu
 BPF_CFLAGS ?= -O2 -g -Wall -Werror -target bpf -I bpf -I bpf/lib -I $(ARCH_INC)
@@ -34,6 +37,10 @@ bpf: $(BPF_OBJ)
 $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDR) | sysdeps
 	@mkdir -p $(dir $@)
 	clang $(BPF_CFLAGS) -c $< -o $@
+
+$(BUILD)/bpf/%_xdp.bpf.o: bpf/%.bpf.c $(BPF_HDR) | sysdeps
+	@mkdir -p $(dir $@)
+	clang $(BPF_CFLAGS) -DMIRESGA_XDP -c $< -o $@
 
 proto: $(PROTO_OUT)/.built
 

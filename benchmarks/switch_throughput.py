@@ -150,15 +150,21 @@ def offload_stream(cfg, client_ns: str, backend_ns: str, backend_index: int, map
         c.close()
 
 
-def measure(total: int = 1 << 30, repeats: int = 3) -> dict:
+def measure(total: int = 1 << 30, repeats: int = 3, attach: str = "tc") -> dict:
     """Bring up a testbed and measure the three paths `repeats` times, interleaved (a loaded
-    machine drifts; interleaving spreads that over all three). Bytes/s per run."""
+    machine drifts; interleaving spreads that over all three). Bytes/s per run, and for the two
+    eBPF paths the switch's packets/s (its counters over the stream's time). `attach`: the
+    switch.attach mode (tc, xdp, auto); with XDP the testbed's hosts send MTU frames (veth turns
+    GSO off toward an XDP peer) with software checksums (miresga.testbed.xdp), the kernel path too."""
     from miresga.bpf.netns import run
+    from miresga.control.config import load_config
     from miresga.switch.dataplane import SwitchDataplane, ports_for
     from miresga.testbed import Testbed
 
-    out: dict[str, list[float]] = {"kernel": [], "routed": [], "offload": []}
-    with Testbed() as tb:
+    out: dict[str, list[float]] = {"kernel": [], "routed": [], "offload": [], "routed_pps": [], "offload_pps": []}
+    base = load_config()
+    base = base.model_copy(update={"switch": base.switch.model_copy(update={"attach": attach})})
+    with Testbed(base) as tb:
         cfg, sw = tb.cfg, tb.ns_switch
         be = cfg.hosts.backends[0]
         c, b = tb.ns(cfg.hosts.clients[0].name), tb.ns(be.name)
@@ -167,8 +173,12 @@ def measure(total: int = 1 << 30, repeats: int = 3) -> dict:
             with SwitchDataplane(cfg, sw, ports_for(cfg, sw)) as dp:
                 run(sw, "sysctl", "-qw", "net.ipv4.ip_forward=0")
                 try:
-                    out["routed"].append(plain_stream(c, b, str(be.ip), 9200 + i, total))
-                    out["offload"].append(offload_stream(cfg, c, b, 0, dp.maps, total))
+                    for path, go in (("routed", lambda: plain_stream(c, b, str(be.ip), 9200 + i, total)),
+                                     ("offload", lambda: offload_stream(cfg, c, b, 0, dp.maps, total))):
+                        n0, t0 = sum(dp.maps.read_counters().values()), time.monotonic()
+                        out[path].append(go())
+                        dt = time.monotonic() - t0
+                        out[f"{path}_pps"].append((sum(dp.maps.read_counters().values()) - n0) / dt)
                 finally:
                     run(sw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     return out
@@ -179,7 +189,8 @@ if __name__ == "__main__":
     import statistics
     import sys
 
-    res = measure(int(sys.argv[1]) if len(sys.argv) > 1 else 1 << 30, int(sys.argv[2]) if len(sys.argv) > 2 else 3)
+    res = measure(int(sys.argv[1]) if len(sys.argv) > 1 else 1 << 30, int(sys.argv[2]) if len(sys.argv) > 2 else 3,
+                  sys.argv[3] if len(sys.argv) > 3 else "tc")
     med = {k: statistics.median(v) for k, v in res.items()}
     print(json.dumps({"runs_bytes_per_s": res, "median_bytes_per_s": med,
                       "offload_over_kernel": med["offload"] / med["kernel"],

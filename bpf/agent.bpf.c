@@ -1,6 +1,8 @@
 /* The back-end agent (DESIGN.md §3 step 4, §6): translates sequence numbers between the switch's
  * sequence space (what the client sees) and the back-end's, so that the switch only ever rewrites
- * addresses and ports. TC programs on the back-end's interface. Maps and counters are in
+ * addresses and ports. Programs on the back-end's interface: ingress TC or XDP (agent_xdp.bpf.o,
+ * -DMIRESGA_XDP, lib/pkt_ctx.h; it holds only the ingress program and shares the TC object's
+ * maps), egress always TC (XDP has no egress hook). Maps and counters are in
  * lib/agent_maps.h, parsing, checksum, sequence and option helpers in lib/; the agent's own small
  * helpers sit above the entry points. */
 #include <linux/bpf.h>
@@ -15,6 +17,7 @@
 #include "agent.h"
 #include "agent_maps.h"
 #include "tcp_opts.h"
+#include "pkt_ctx.h"
 
 #define TCP_FLAG_BITS(tcp) (((__u8 *)(tcp))[13])
 #define F_FIN 0x01
@@ -32,7 +35,7 @@ static __always_inline int agent_drop(int reason)
 
 	if (c)
 		*c += 1;
-	return TC_ACT_SHOT;
+	return CTX_DROP;
 }
 
 static __always_inline struct agent_config *agent_cfg(void)
@@ -54,11 +57,11 @@ static __always_inline int is_service_port(struct agent_config *cfg, __u16 port_
 /* Parse a segment and, if it belongs to the back-end's service port, fill the flow key (the
  * client's ip:port: the source on ingress, the destination on egress) and return the config;
  * NULL means "not ours: pass untouched". */
-static __always_inline struct agent_config *service_segment(struct __sk_buff *skb, struct pkt *p,
+static __always_inline struct agent_config *service_segment(pkt_ctx_t *ctx, struct pkt *p,
 							    struct agent_flow_key *key, int egress)
 {
 	struct agent_config *cfg;
-	int rc = parse_tcp_ipv4_skb(skb, p);
+	int rc = parse_tcp_ipv4_skb(ctx, p);
 
 	if (rc != PARSE_TCP) {
 		if (rc < 0) /* broken, not merely another protocol: the kernel will judge it */
@@ -80,7 +83,7 @@ static __always_inline int all_closed(struct agent_flow *f)
 
 /* Splice SYN (ack field = switch ISN): store the flow, clear the field. A plain SYN (ack field 0)
  * from the same ip:port is a direct connection: forget any stale splice state for it. */
-static __always_inline int ingress_syn(struct __sk_buff *skb, struct pkt *p, struct agent_flow_key *key)
+static __always_inline int ingress_syn(pkt_ctx_t *ctx, struct pkt *p, struct agent_flow_key *key)
 {
 	__u32 ack_be = p->tcp->ack_seq, l4 = p->l4_off;
 	__u32 s = bpf_ntohl(ack_be);
@@ -89,7 +92,7 @@ static __always_inline int ingress_syn(struct __sk_buff *skb, struct pkt *p, str
 	if (s == 0) {
 		if (bpf_map_delete_elem(&agent_flows, key) == 0)
 			agent_count(AGENT_STAT_REMOVED_PLAIN_SYN);
-		return TC_ACT_OK;
+		return CTX_PASS;
 	}
 	old = bpf_map_lookup_elem(&agent_flows, key);
 	if (old && old->switch_isn == s) {
@@ -107,9 +110,9 @@ static __always_inline int ingress_syn(struct __sk_buff *skb, struct pkt *p, str
 		}
 		agent_count(old ? AGENT_STAT_RESPLICE : AGENT_STAT_SPLICE_SYN);
 	}
-	if (tcp_store4(skb, l4, TCP_ACK_OFF, ack_be, 0))
+	if (tcp_store4(ctx, l4, TCP_ACK_OFF, ack_be, 0))
 		return agent_drop(DROP_REWRITE_FAILED);
-	return TC_ACT_OK;
+	return CTX_PASS;
 }
 
 /* After a segment of a flow was translated: count it, and remove the flow on RST or once both
@@ -124,12 +127,12 @@ static __always_inline int translated(struct agent_flow *f, struct agent_flow_ke
 		bpf_map_delete_elem(&agent_flows, key);
 		agent_count(AGENT_STAT_REMOVED_FIN);
 	}
-	return TC_ACT_OK;
+	return CTX_PASS;
 }
 
 /* Client -> back-end: ack and SACK blocks from the switch's space into the back-end's (+diff). */
-SEC("tc")
-int agent_ingress(struct __sk_buff *skb)
+CTX_SEC
+int agent_ingress(pkt_ctx_t *ctx)
 {
 	struct agent_flow_key key = {};
 	struct agent_config *cfg;
@@ -139,23 +142,23 @@ int agent_ingress(struct __sk_buff *skb)
 	__u32 l4, seq, ack, diff, payload, hlen;
 	__u8 flags;
 
-	cfg = service_segment(skb, &p, &key, 0);
+	cfg = service_segment(ctx, &p, &key, 0);
 	if (!cfg)
-		return TC_ACT_OK;
+		return CTX_PASS;
 	flags = TCP_FLAG_BITS(p.tcp);
 	if ((flags & (F_SYN | F_ACK | F_RST)) == F_SYN)
-		return ingress_syn(skb, &p, &key);
+		return ingress_syn(ctx, &p, &key);
 
 	f = bpf_map_lookup_elem(&agent_flows, &key);
 	if (!f) {
 		agent_count(AGENT_STAT_UNKNOWN);
-		return TC_ACT_OK;
+		return CTX_PASS;
 	}
 	if (f->state != AGENT_FLOW_ESTABLISHED) {
 		if (flags & F_RST) { /* the front-end gave up before the back-end answered */
 			bpf_map_delete_elem(&agent_flows, &key);
 			agent_count(AGENT_STAT_REMOVED_RST);
-			return TC_ACT_OK;
+			return CTX_PASS;
 		}
 		return agent_drop(DROP_AGENT_NOT_SPLICED);
 	}
@@ -170,23 +173,23 @@ int agent_ingress(struct __sk_buff *skb)
 	if (flags & F_ACK) {
 		__u32 acc = 0; /* one checksum update for the ack and every SACK edge */
 
-		if (tcp_store4_acc(skb, l4, TCP_ACK_OFF, p.tcp->ack_seq, bpf_htonl(ack), &acc))
+		if (tcp_store4_acc(ctx, l4, TCP_ACK_OFF, p.tcp->ack_seq, bpf_htonl(ack), &acc))
 			return agent_drop(DROP_REWRITE_FAILED);
 		if (hlen > 20) {
-			if (tcp_opts_parse(skb, l4, hlen, &o))
+			if (tcp_opts_parse(ctx, l4, hlen, &o))
 				return agent_drop(DROP_REWRITE_FAILED);
 			if (o.malformed || o.bad_sack)
 				agent_count(AGENT_STAT_BAD_OPTIONS);
 			for (__u32 i = 0; i < TCP_SACK_MAX; i++) {
 				if (i >= o.sack_blocks)
 					break;
-				if (tcp_sack_block_shift(skb, l4, o.sack_off[i & (TCP_SACK_MAX - 1)], diff, &acc))
+				if (tcp_sack_block_shift(ctx, l4, o.sack_off[i & (TCP_SACK_MAX - 1)], diff, &acc))
 					return agent_drop(DROP_REWRITE_FAILED);
 			}
 			if (o.sack_blocks)
 				agent_count_n(AGENT_STAT_SACK_BLOCKS, o.sack_blocks);
 		}
-		if (tcp_csum_apply(skb, l4, acc))
+		if (tcp_csum_apply(ctx, l4, acc))
 			return agent_drop(DROP_REWRITE_FAILED);
 		if (f->fin_out && !f->fin_out_acked && seq_after_eq(ack, f->fin_out_end))
 			f->fin_out_acked = 1;
@@ -198,6 +201,7 @@ int agent_ingress(struct __sk_buff *skb)
 	return translated(f, &key, flags, AGENT_STAT_XLATE_IN);
 }
 
+#ifndef MIRESGA_XDP
 /* The back-end's window field, in its own scale, re-expressed in the scale the switch promised
  * the client; clamped to 16 bits, and never rounded down to a zero window. */
 static __always_inline __u16 rescale_window(__u16 win, __u8 from, __u8 to)
@@ -215,7 +219,7 @@ static __always_inline __u16 rescale_window(__u16 win, __u8 from, __u8 to)
 /* Back-end -> client: learn the diff from the SYN-ACK, then seq from the back-end's space into the
  * switch's (-diff) and the window into the promised scale. */
 SEC("tc")
-int agent_egress(struct __sk_buff *skb)
+int agent_egress(pkt_ctx_t *ctx)
 {
 	struct agent_flow_key key = {};
 	struct agent_config *cfg;
@@ -226,13 +230,13 @@ int agent_egress(struct __sk_buff *skb)
 	__u16 win_be;
 	__u8 flags;
 
-	cfg = service_segment(skb, &p, &key, 1);
+	cfg = service_segment(ctx, &p, &key, 1);
 	if (!cfg)
-		return TC_ACT_OK;
+		return CTX_PASS;
 	f = bpf_map_lookup_elem(&agent_flows, &key);
 	if (!f) {
 		agent_count(AGENT_STAT_UNKNOWN);
-		return TC_ACT_OK;
+		return CTX_PASS;
 	}
 	flags = TCP_FLAG_BITS(p.tcp);
 	l4 = p.l4_off;
@@ -242,7 +246,7 @@ int agent_egress(struct __sk_buff *skb)
 	payload = p.payload_len;
 
 	if ((flags & (F_SYN | F_ACK)) == (F_SYN | F_ACK)) {
-		if (tcp_opts_parse(skb, l4, p.tcp_hlen, &o))
+		if (tcp_opts_parse(ctx, l4, p.tcp_hlen, &o))
 			return agent_drop(DROP_REWRITE_FAILED);
 		f->diff = seq - f->switch_isn;
 		f->backend_wscale = o.wscale == TCP_WSCALE_NONE ? AGENT_WSCALE_NONE : o.wscale;
@@ -255,17 +259,17 @@ int agent_egress(struct __sk_buff *skb)
 			bpf_map_delete_elem(&agent_flows, &key);
 			agent_count(AGENT_STAT_REMOVED_RST);
 		}
-		return TC_ACT_OK;
+		return CTX_PASS;
 	}
 	f->last_seen_ns = bpf_ktime_get_ns();
-	if (tcp_store4(skb, l4, TCP_SEQ_OFF, bpf_htonl(seq), bpf_htonl(seq - f->diff)))
+	if (tcp_store4(ctx, l4, TCP_SEQ_OFF, bpf_htonl(seq), bpf_htonl(seq - f->diff)))
 		return agent_drop(DROP_REWRITE_FAILED);
 	/* SYN windows are never scaled (RFC 7323) */
 	if (!(flags & F_SYN) && f->backend_wscale != AGENT_WSCALE_NONE && f->backend_wscale != f->promised_wscale) {
 		__u16 nw = bpf_htons(rescale_window(bpf_ntohs(win_be), f->backend_wscale, f->promised_wscale));
 
 		if (nw != win_be) {
-			if (tcp_store2(skb, l4, TCP_WINDOW_OFF, win_be, nw))
+			if (tcp_store2(ctx, l4, TCP_WINDOW_OFF, win_be, nw))
 				return agent_drop(DROP_REWRITE_FAILED);
 			agent_count(AGENT_STAT_WINDOW_RESCALED);
 		}
@@ -278,5 +282,6 @@ int agent_egress(struct __sk_buff *skb)
 		f->fin_in_acked = 1;
 	return translated(f, &key, flags, AGENT_STAT_XLATE_OUT);
 }
+#endif
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,4 +1,5 @@
-/* The switch of DESIGN.md §4 as one TC ingress program on every port of the switch host.
+/* The switch of DESIGN.md §4 as one ingress program on every port of the switch host: TC
+ * (build/bpf/switch.bpf.o) or XDP (switch_xdp.bpf.o, -DMIRESGA_XDP; lib/pkt_ctx.h hides which).
  * Per packet: ARP for listed targets -> reply; SYN to VIP:port -> SYN-ACK (stateless, cookie);
  * the handshake's final ACK (pure, ack-1 a valid cookie, no entry) -> absorbed;
  * FIN/RST/payload to the VIP or no offload entry -> bucket's front-end; client ACK with an entry ->
@@ -18,23 +19,24 @@
 #include "switch_hash.h"
 #include "switch_arp.h"
 #include "synack.h"
+#include "pkt_ctx.h"
 
 #define LAST_HIT_GRANULARITY_NS 100000000ULL /* 100 ms: bounds cache-line writes per entry */
 
 static __always_inline int drop(int reason)
 {
 	sw_count(SW_CNT_DROP(reason));
-	return TC_ACT_SHOT;
+	return CTX_DROP;
 }
 
 static __always_inline int to_kernel(void)
 {
 	sw_count(SW_CNT_TO_KERNEL);
-	return TC_ACT_OK;
+	return CTX_PASS;
 }
 
 /* Write the hop's MACs and redirect to its port. */
-static __always_inline int forward(struct __sk_buff *skb, const struct sw_config *cfg, const struct hop *h,
+static __always_inline int forward(pkt_ctx_t *ctx, const struct sw_config *cfg, const struct hop *h,
 				   __u32 counter)
 {
 	__u8 macs[2 * ETH_ALEN];
@@ -42,7 +44,7 @@ static __always_inline int forward(struct __sk_buff *skb, const struct sw_config
 
 	__builtin_memcpy(macs, h->dmac, ETH_ALEN);
 	__builtin_memcpy(macs + ETH_ALEN, h->smac, ETH_ALEN);
-	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0))
+	if (ctx_store_bytes(ctx, 0, macs, sizeof(macs), 0))
 		return drop(DROP_REWRITE_FAILED);
 	if (cfg->flags & SW_F_TRACE) {
 		__u32 zero = 0;
@@ -59,14 +61,14 @@ static __always_inline struct hop *route_lookup(__u32 daddr)
 	return bpf_map_lookup_elem(&sw_routes, &k);
 }
 
-static __always_inline int to_frontend(struct __sk_buff *skb, const struct sw_config *cfg, __u32 cip, __u16 cport)
+static __always_inline int to_frontend(pkt_ctx_t *ctx, const struct sw_config *cfg, __u32 cip, __u16 cport)
 {
 	__u32 b = hash8(bpf_ntohl(cip), bpf_ntohs(cport));
 	struct hop *h = bpf_map_lookup_elem(&sw_buckets, &b);
 
 	if (!h || !(h->flags & HOP_VALID))
 		return drop(DROP_NO_FRONTEND);
-	return forward(skb, cfg, h, SW_CNT_TO_FRONTEND);
+	return forward(ctx, cfg, h, SW_CNT_TO_FRONTEND);
 }
 
 static __always_inline void touch(struct offload_entry *e)
@@ -77,19 +79,19 @@ static __always_inline void touch(struct offload_entry *e)
 		e->last_hit_ns = now;
 }
 
-static __always_inline int route(struct __sk_buff *skb, const struct sw_config *cfg, struct hop *h)
+static __always_inline int route(pkt_ctx_t *ctx, const struct sw_config *cfg, struct hop *h)
 {
 	if (!h)
 		return drop(DROP_NO_ROUTE);
 	if (h->flags & HOP_LOCAL)
 		return to_kernel();
-	return forward(skb, cfg, h, SW_CNT_ROUTED);
+	return forward(ctx, cfg, h, SW_CNT_ROUTED);
 }
 
 /* The switch's own services (the control API) serve front-ends only: TCP to a guarded port of a
  * switch-owned address must come from a front-end's address on that front-end's port. Returns 0
  * (allowed) or the drop reason. Only packets for the switch itself pay for the lookups. */
-static __always_inline int guard_local(struct __sk_buff *skb, const struct pkt *p)
+static __always_inline int guard_local(pkt_ctx_t *ctx, const struct pkt *p)
 {
 	__u16 port = p->tcp->dest;
 	__u32 saddr = p->ip->saddr, *ifindex;
@@ -97,13 +99,13 @@ static __always_inline int guard_local(struct __sk_buff *skb, const struct pkt *
 	if (!bpf_map_lookup_elem(&sw_guarded_ports, &port))
 		return 0;
 	ifindex = bpf_map_lookup_elem(&sw_ctl_peers, &saddr);
-	if (ifindex && *ifindex == skb->ingress_ifindex)
+	if (ifindex && *ifindex == ctx_ingress_ifindex(ctx))
 		return 0;
 	return DROP_GUARDED_PORT;
 }
 
 /* TCP to VIP:port from a client. */
-static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, const struct sw_config *cfg)
+static __always_inline int from_client(pkt_ctx_t *ctx, struct pkt *p, const struct sw_config *cfg)
 {
 	struct tcphdr *th = p->tcp;
 	struct flow_key k = { .ip = p->ip->saddr, .port = th->source };
@@ -114,35 +116,35 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, con
 	int rc;
 
 	if (th->syn && !th->ack && !th->rst && !th->fin) {
-		rc = build_synack(skb, p, cfg);
+		rc = build_synack(ctx, p, cfg);
 		if (rc)
 			return drop(rc);
 		sw_count(SW_CNT_SYNACK);
-		return bpf_redirect(skb->ifindex, 0);
+		return ctx_bounce(ctx);
 	}
 	if (th->syn || th->fin || th->rst || p->payload_len)
-		return to_frontend(skb, cfg, k.ip, k.port);
+		return to_frontend(ctx, cfg, k.ip, k.port);
 	e = bpf_map_lookup_elem(&sw_offload, &k);
 	if (!e) {
 		/* Step 1's last packet: a front-end has nothing to do with it; one crossing less. */
 		if (th->ack && is_handshake_ack(p, cfg)) {
 			sw_count(SW_CNT_HANDSHAKE_ACK);
-			return TC_ACT_SHOT;
+			return CTX_DROP;
 		}
-		return to_frontend(skb, cfg, k.ip, k.port);
+		return to_frontend(ctx, cfg, k.ip, k.port);
 	}
 	be = bpf_map_lookup_elem(&sw_backends, &e->backend);
 	if (!be || !(be->hop.flags & HOP_VALID))
 		return drop(DROP_NO_BACKEND);
 	touch(e);
-	if (ip_store_addr(skb, l3, l4, offsetof(struct iphdr, daddr), old_daddr, be->ip) ||
-	    tcp_store2(skb, l4, offsetof(struct tcphdr, dest), old_dport, be->port))
+	if (ip_store_addr(ctx, l3, l4, offsetof(struct iphdr, daddr), old_daddr, be->ip) ||
+	    tcp_store2(ctx, l4, offsetof(struct tcphdr, dest), old_dport, be->port))
 		return drop(DROP_REWRITE_FAILED);
-	return forward(skb, cfg, &be->hop, SW_CNT_TO_BACKEND);
+	return forward(ctx, cfg, &be->hop, SW_CNT_TO_BACKEND);
 }
 
 /* TCP from a back-end's service ip:port to a client (dst outside the fabric). */
-static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, const struct sw_config *cfg,
+static __always_inline int from_backend(pkt_ctx_t *ctx, struct pkt *p, const struct sw_config *cfg,
 					__u32 backend, struct hop *rt)
 {
 	struct tcphdr *th = p->tcp;
@@ -152,28 +154,28 @@ static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, co
 	__u16 old_sport = th->source;
 
 	if (th->syn || th->fin || th->rst)
-		return to_frontend(skb, cfg, k.ip, k.port);
+		return to_frontend(ctx, cfg, k.ip, k.port);
 	e = bpf_map_lookup_elem(&sw_offload, &k);
 	if (!e)
-		return to_frontend(skb, cfg, k.ip, k.port);
+		return to_frontend(ctx, cfg, k.ip, k.port);
 	if (e->backend != backend) {
 		/* Only the back-end the front-end chose may reach the client directly. */
 		sw_count(SW_CNT_OFFLOAD_MISMATCH);
-		return to_frontend(skb, cfg, k.ip, k.port);
+		return to_frontend(ctx, cfg, k.ip, k.port);
 	}
 	if (!rt)
 		return drop(DROP_NO_ROUTE);
 	touch(e);
-	if (ip_store_addr(skb, l3, l4, offsetof(struct iphdr, saddr), old_saddr, cfg->vip) ||
-	    tcp_store2(skb, l4, offsetof(struct tcphdr, source), old_sport, cfg->vport))
+	if (ip_store_addr(ctx, l3, l4, offsetof(struct iphdr, saddr), old_saddr, cfg->vip) ||
+	    tcp_store2(ctx, l4, offsetof(struct tcphdr, source), old_sport, cfg->vport))
 		return drop(DROP_REWRITE_FAILED);
-	return forward(skb, cfg, rt, SW_CNT_TO_CLIENT);
+	return forward(ctx, cfg, rt, SW_CNT_TO_CLIENT);
 }
 
-SEC("tc")
-int switch_ingress(struct __sk_buff *skb)
+CTX_SEC
+int switch_ingress(pkt_ctx_t *ctx)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	void *data = ctx_data(ctx), *data_end = ctx_data_end(ctx);
 	struct pkt p = {};
 	struct sw_config *cfg;
 	struct hop *rt;
@@ -182,33 +184,33 @@ int switch_ingress(struct __sk_buff *skb)
 
 	cfg = bpf_map_lookup_elem(&sw_config, &zero);
 	if (!cfg)
-		return TC_ACT_OK;
+		return CTX_PASS;
 	rc = parse_tcp_ipv4(data, data_end, &p);
 	if (rc < 0)
 		return drop(rc);
 	if (rc == PARSE_OTHER_L3) {
 		if (p.eth->h_proto == bpf_htons(ETH_P_ARP) && arp_answer(data, data_end)) {
 			sw_count(SW_CNT_ARP_REPLY);
-			return bpf_redirect(skb->ifindex, 0);
+			return ctx_bounce(ctx);
 		}
 		return to_kernel();
 	}
 	if (rc == PARSE_OTHER_L4) {
 		if (p.ip->daddr == cfg->vip)
 			return drop(DROP_NOT_TCP_TO_VIP);
-		return route(skb, cfg, route_lookup(p.ip->daddr));
+		return route(ctx, cfg, route_lookup(p.ip->daddr));
 	}
 	if (p.ip->daddr == cfg->vip) {
 		if (p.tcp->dest != cfg->vport) {
-			rc = guard_local(skb, &p);
+			rc = guard_local(ctx, &p);
 			return drop(rc ? rc : DROP_NOT_TCP_TO_VIP);
 		}
 		/* Reverse-path check: a known client network must come in on its own port, so
 		 * nobody can speak for another client's connection (its offload entry). */
 		rt = route_lookup(p.ip->saddr);
-		if (rt && rt->ifindex != skb->ingress_ifindex)
+		if (rt && rt->ifindex != ctx_ingress_ifindex(ctx))
 			return drop(DROP_SPOOFED_CLIENT);
-		return from_client(skb, &p, cfg);
+		return from_client(ctx, &p, cfg);
 	}
 	rt = route_lookup(p.ip->daddr);
 	if (rt && !(rt->flags & (HOP_LOCAL | HOP_INTERNAL))) {
@@ -220,17 +222,17 @@ int switch_ingress(struct __sk_buff *skb)
 
 			/* Only the back-end's own port may speak as it: a client forging the source
 			 * must not reach another client's offloaded connection. */
-			if (!be || be->hop.ifindex != skb->ingress_ifindex)
+			if (!be || be->hop.ifindex != ctx_ingress_ifindex(ctx))
 				return drop(DROP_SPOOFED_BACKEND);
-			return from_backend(skb, &p, cfg, *backend, rt);
+			return from_backend(ctx, &p, cfg, *backend, rt);
 		}
 	}
 	if (rt && (rt->flags & HOP_LOCAL)) {
-		rc = guard_local(skb, &p);
+		rc = guard_local(ctx, &p);
 		if (rc)
 			return drop(rc);
 	}
-	return route(skb, cfg, rt);
+	return route(ctx, cfg, rt);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,6 +1,6 @@
-/* Incremental checksum updates for TC programs (skb): rewrites of addresses, ports, sequence
- * numbers and options fix the IP and TCP checksums with the kernel helpers, which also handle
- * CHECKSUM_PARTIAL (GSO) packets correctly. */
+/* Incremental checksum updates: rewrites of addresses, ports, sequence numbers and options fix
+ * the IP and TCP checksums. On TC through the kernel helpers, which also handle CHECKSUM_PARTIAL
+ * (GSO) packets correctly; on XDP by hand (pkt_ctx.h). */
 #ifndef MIRESGA_CSUM_H
 #define MIRESGA_CSUM_H
 
@@ -11,35 +11,36 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "pkt_ctx.h"
 
 #define IP_CSUM_OFF(l3) ((l3) + offsetof(struct iphdr, check))
 #define TCP_CSUM_OFF(l4) ((l4) + offsetof(struct tcphdr, check))
 
 /* Store a 4-byte field of the TCP header and fix the TCP checksum (not part of the pseudo header). */
-static __always_inline int tcp_store4(struct __sk_buff *skb, __u32 l4, __u32 field_off, __u32 old_be, __u32 new_be)
+static __always_inline int tcp_store4(pkt_ctx_t *ctx, __u32 l4, __u32 field_off, __u32 old_be, __u32 new_be)
 {
-	if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF(l4), old_be, new_be, sizeof(__u32)))
+	if (ctx_l4_csum_replace(ctx, TCP_CSUM_OFF(l4), old_be, new_be, sizeof(__u32)))
 		return -1;
-	return bpf_skb_store_bytes(skb, l4 + field_off, &new_be, sizeof(new_be), 0);
+	return ctx_store_bytes(ctx, l4 + field_off, &new_be, sizeof(new_be), 0);
 }
 
-static __always_inline int tcp_store2(struct __sk_buff *skb, __u32 l4, __u32 field_off, __u16 old_be, __u16 new_be)
+static __always_inline int tcp_store2(pkt_ctx_t *ctx, __u32 l4, __u32 field_off, __u16 old_be, __u16 new_be)
 {
-	if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF(l4), old_be, new_be, sizeof(__u16)))
+	if (ctx_l4_csum_replace(ctx, TCP_CSUM_OFF(l4), old_be, new_be, sizeof(__u16)))
 		return -1;
-	return bpf_skb_store_bytes(skb, l4 + field_off, &new_be, sizeof(new_be), 0);
+	return ctx_store_bytes(ctx, l4 + field_off, &new_be, sizeof(new_be), 0);
 }
 
 /* Store an IPv4 address (saddr/daddr offset in the IP header): fixes the IP checksum and the
  * TCP checksum's pseudo header. */
-static __always_inline int ip_store_addr(struct __sk_buff *skb, __u32 l3, __u32 l4, __u32 field_off,
+static __always_inline int ip_store_addr(pkt_ctx_t *ctx, __u32 l3, __u32 l4, __u32 field_off,
 					 __u32 old_be, __u32 new_be)
 {
-	if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF(l4), old_be, new_be, BPF_F_PSEUDO_HDR | sizeof(__u32)))
+	if (ctx_l4_csum_replace(ctx, TCP_CSUM_OFF(l4), old_be, new_be, BPF_F_PSEUDO_HDR | sizeof(__u32)))
 		return -1;
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF(l3), old_be, new_be, sizeof(__u32)))
+	if (ctx_l3_csum_replace(ctx, IP_CSUM_OFF(l3), old_be, new_be, sizeof(__u32)))
 		return -1;
-	return bpf_skb_store_bytes(skb, l3 + field_off, &new_be, sizeof(new_be), 0);
+	return ctx_store_bytes(ctx, l3 + field_off, &new_be, sizeof(new_be), 0);
 }
 
 /* Full one's-complement checksum of a freshly built IPv4 header (20 bytes, no options). */
@@ -90,19 +91,17 @@ static __always_inline __u16 csum_fold32(__u32 sum)
 }
 
 /* Store a TCP checksum computed from scratch (`full`, pseudo header included; `pseudo` the
- * pseudo header's sum) for the TCP header at l4. A packet from a local stack over veth is
- * CHECKSUM_PARTIAL: its checksum field must then hold the folded pseudo-header sum, not the full
- * sum. A non-pseudo checksum update is a no-op exactly in that mode, which tells the two apart. */
-static __always_inline int tcp_csum_store_fresh(struct __sk_buff *skb, __u32 l4, __u32 pseudo, __u16 full)
+ * pseudo header's sum) for the TCP header at l4. A CHECKSUM_PARTIAL packet (pkt_ctx.h) must
+ * then hold the folded pseudo-header sum, not the full sum. */
+static __always_inline int tcp_csum_store_fresh(pkt_ctx_t *ctx, __u32 l4, __u32 pseudo, __u16 full)
 {
-	__u16 before, after, check;
+	int partial = ctx_csum_is_partial(ctx, TCP_CSUM_OFF(l4));
+	__u16 check;
 
-	if (bpf_skb_load_bytes(skb, TCP_CSUM_OFF(l4), &before, 2) ||
-	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF(l4), 0, 1, 2) ||
-	    bpf_skb_load_bytes(skb, TCP_CSUM_OFF(l4), &after, 2))
+	if (partial < 0)
 		return -1;
-	check = after == before ? csum_fold32(pseudo) : full;
-	return bpf_skb_store_bytes(skb, TCP_CSUM_OFF(l4), &check, 2, 0);
+	check = partial ? csum_fold32(pseudo) : full;
+	return ctx_store_bytes(ctx, TCP_CSUM_OFF(l4), &check, 2, 0);
 }
 
 /* The pseudo header's sum for a TCP segment of tcp_len bytes (addresses network order). */

@@ -12,6 +12,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "drop_reasons.h"
+#include "pkt_ctx.h"
 
 struct cursor {
 	void *pos;
@@ -84,12 +85,15 @@ static __always_inline int parse_tcp_ipv4(void *data, void *data_end, struct pkt
 /* Headers we may need in the linear area: Ethernet + IPv4 with options + TCP with options. */
 #define PARSE_PULL_LEN (14 + 60 + 60)
 
-/* parse_tcp_ipv4 on an skb, pulling the headers into the linear area once if they are not there
- * yet (GSO frames may carry them in fragments). One parse call site in a real (not unrolled)
- * loop: two inlined copies made clang merge their paths into reads of registers the verifier
- * sees as uninitialised. */
-static __always_inline int parse_tcp_ipv4_skb(struct __sk_buff *skb, struct pkt *p)
+/* parse_tcp_ipv4 on a program's context. On an skb, the headers are pulled into the linear area
+ * once if they are not there yet (GSO frames may carry them in fragments). One parse call site in
+ * a real (not unrolled) loop: two inlined copies made clang merge their paths into reads of
+ * registers the verifier sees as uninitialised. An XDP frame is linear: one parse. */
+static __always_inline int parse_tcp_ipv4_skb(pkt_ctx_t *skb, struct pkt *p)
 {
+#ifdef MIRESGA_XDP
+	return parse_tcp_ipv4(ctx_data(skb), ctx_data_end(skb), p);
+#else
 	int rc = 0;
 
 #pragma clang loop unroll(disable)
@@ -103,6 +107,7 @@ static __always_inline int parse_tcp_ipv4_skb(struct __sk_buff *skb, struct pkt 
 			break;
 	}
 	return rc;
+#endif
 }
 
 #endif

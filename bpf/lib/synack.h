@@ -63,8 +63,8 @@ static __always_inline int is_handshake_ack(const struct pkt *p, const struct sw
 	return key && (key->k0 | key->k1) && cookie_check(key->k0, key->k1, cip, cport, vip, vport, bucket, isn);
 }
 
-/* Returns 0 (skb now holds the SYN-ACK, to be sent back out its ingress port) or a drop reason. */
-static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, const struct sw_config *cfg)
+/* Returns 0 (the packet now holds the SYN-ACK, to be sent back out its ingress port) or a drop reason. */
+static __always_inline int build_synack(pkt_ctx_t *ctx, struct pkt *p, const struct sw_config *cfg)
 {
 	struct ethhdr eth;
 	struct iphdr ip = {};
@@ -80,7 +80,7 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 	__builtin_memcpy(eth.h_source, p->eth->h_dest, ETH_ALEN);
 	eth.h_proto = bpf_htons(ETH_P_IP);
 
-	if (tcp_opts_parse(skb, p->l4_off, p->tcp_hlen, &o) || o.malformed)
+	if (tcp_opts_parse(ctx, p->l4_off, p->tcp_hlen, &o) || o.malformed)
 		return DROP_BAD_TCP_OPTIONS;
 
 	bucket = cookie_bucket_now(cfg);
@@ -125,14 +125,14 @@ static __always_inline int build_synack(struct __sk_buff *skb, struct pkt *p, co
 	pseudo = tcp_pseudo_sum(saddr, daddr, SYNACK_TCPLEN);
 	t.th.check = ~csum_fold32(csum_add16(pseudo, &t, SYNACK_TCPLEN / 2));
 
-	if (bpf_skb_change_tail(skb, SYNACK_LEN, 0))
+	if (ctx_set_len(ctx, SYNACK_LEN))
 		return DROP_REWRITE_FAILED;
-	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), BPF_F_RECOMPUTE_CSUM) ||
-	    bpf_skb_store_bytes(skb, sizeof(eth), &ip, sizeof(ip), BPF_F_RECOMPUTE_CSUM) ||
-	    bpf_skb_store_bytes(skb, sizeof(eth) + sizeof(ip), &t, sizeof(t), BPF_F_RECOMPUTE_CSUM))
+	if (ctx_store_bytes(ctx, 0, &eth, sizeof(eth), BPF_F_RECOMPUTE_CSUM) ||
+	    ctx_store_bytes(ctx, sizeof(eth), &ip, sizeof(ip), BPF_F_RECOMPUTE_CSUM) ||
+	    ctx_store_bytes(ctx, sizeof(eth) + sizeof(ip), &t, sizeof(t), BPF_F_RECOMPUTE_CSUM))
 		return DROP_REWRITE_FAILED;
 
-	if (tcp_csum_store_fresh(skb, sizeof(eth) + sizeof(ip), pseudo, t.th.check))
+	if (tcp_csum_store_fresh(ctx, sizeof(eth) + sizeof(ip), pseudo, t.th.check))
 		return DROP_REWRITE_FAILED;
 	return 0;
 }

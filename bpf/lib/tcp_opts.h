@@ -7,6 +7,7 @@
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include "pkt_ctx.h"
 
 #define TCPOPT_EOL 0
 #define TCPOPT_NOP 1
@@ -88,7 +89,7 @@ static long tcp_opts_step(__u32 n, void *ctx)
 
 /* Walk the options of the TCP header at packet offset l4 (tcp_hlen includes the 20 fixed bytes).
  * Returns 0, or -1 if the bytes could not be read. */
-static __always_inline int tcp_opts_parse(struct __sk_buff *skb, __u32 l4, __u32 tcp_hlen, struct tcp_opts *o)
+static __always_inline int tcp_opts_parse(pkt_ctx_t *ctx, __u32 l4, __u32 tcp_hlen, struct tcp_opts *o)
 {
 	struct tcp_opts_walk w = {};
 	__u32 optlen = tcp_hlen - 20;
@@ -98,7 +99,7 @@ static __always_inline int tcp_opts_parse(struct __sk_buff *skb, __u32 l4, __u32
 		return -1;
 	if (optlen) {
 		/* ((n - 1) & 63) + 1 == n here, but lets the verifier see a size in [1, 64] */
-		if (bpf_skb_load_bytes(skb, l4 + 20, w.buf, ((optlen - 1) & 0x3F) + 1))
+		if (ctx_load_bytes(ctx, l4 + 20, w.buf, ((optlen - 1) & 0x3F) + 1))
 			return -1;
 		w.optlen = optlen;
 		bpf_loop(TCP_MAX_OPTLEN, tcp_opts_step, &w, 0);

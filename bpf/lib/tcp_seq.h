@@ -6,6 +6,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "csum.h"
+#include "pkt_ctx.h"
 
 /* a before b in sequence space (RFC 1982 style, as the kernel's before()). */
 static __always_inline int seq_before(__u32 a, __u32 b) { return (__s32)(a - b) < 0; }
@@ -23,7 +24,7 @@ static __always_inline __u32 csum_parity_fix(__u32 v_be, __u32 off_in_tcp)
 
 /* Rewrites that share one checksum update: each adds its difference to `acc` (a bpf_csum_diff
  * seed chain), and tcp_csum_apply() folds the sum into the TCP checksum once. */
-static __always_inline int tcp_store4_acc(struct __sk_buff *skb, __u32 l4, __u32 off_in_tcp, __u32 old_be,
+static __always_inline int tcp_store4_acc(pkt_ctx_t *ctx, __u32 l4, __u32 off_in_tcp, __u32 old_be,
 					  __u32 new_be, __u32 *acc)
 {
 	__u32 o = csum_parity_fix(old_be, off_in_tcp), n = csum_parity_fix(new_be, off_in_tcp);
@@ -32,17 +33,17 @@ static __always_inline int tcp_store4_acc(struct __sk_buff *skb, __u32 l4, __u32
 	if (d < 0)
 		return -1;
 	*acc = (__u32)d;
-	return bpf_skb_store_bytes(skb, l4 + off_in_tcp, &new_be, sizeof(new_be), 0);
+	return ctx_store_bytes(ctx, l4 + off_in_tcp, &new_be, sizeof(new_be), 0);
 }
 
 /* Both edges of the SACK block at `off_in_tcp` (any alignment) shifted by delta. */
-static __always_inline int tcp_sack_block_shift(struct __sk_buff *skb, __u32 l4, __u32 off_in_tcp, __u32 delta,
+static __always_inline int tcp_sack_block_shift(pkt_ctx_t *ctx, __u32 l4, __u32 off_in_tcp, __u32 delta,
 						__u32 *acc)
 {
 	__u32 old[2], nw[2], oc[2], nc[2];
 	__s64 d;
 
-	if (bpf_skb_load_bytes(skb, l4 + off_in_tcp, old, sizeof(old)))
+	if (ctx_load_bytes(ctx, l4 + off_in_tcp, old, sizeof(old)))
 		return -1;
 #pragma unroll
 	for (int i = 0; i < 2; i++) {
@@ -54,12 +55,12 @@ static __always_inline int tcp_sack_block_shift(struct __sk_buff *skb, __u32 l4,
 	if (d < 0)
 		return -1;
 	*acc = (__u32)d;
-	return bpf_skb_store_bytes(skb, l4 + off_in_tcp, nw, sizeof(nw), 0);
+	return ctx_store_bytes(ctx, l4 + off_in_tcp, nw, sizeof(nw), 0);
 }
 
-static __always_inline int tcp_csum_apply(struct __sk_buff *skb, __u32 l4, __u32 acc)
+static __always_inline int tcp_csum_apply(pkt_ctx_t *ctx, __u32 l4, __u32 acc)
 {
-	return bpf_l4_csum_replace(skb, TCP_CSUM_OFF(l4), 0, acc, 0);
+	return ctx_l4_csum_replace(ctx, TCP_CSUM_OFF(l4), 0, acc, 0);
 }
 
 #endif

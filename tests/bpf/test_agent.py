@@ -25,7 +25,7 @@ from miresga.agent.manager import (AGENT_FLOW_ESTABLISHED, AGENT_FLOW_SYN, AGENT
                                    AgentStat, flow_key, percpu_sum)
 from miresga.bpf.drop_reasons import DropReason
 from miresga.bpf.layouts import AgentConfig, AgentFlow
-from miresga.bpf.libbpf import BpfObject, object_path
+from miresga.agent.objects import AgentObjects
 from miresga.bpf.testrun import TC_ACT_OK, TC_ACT_SHOT, PacketCase, check_case, run_packet
 
 CLIENT, CPORT, BACKEND, SPORT, DIRECT = "10.0.1.2", 40000, "10.0.4.2", 80, 8080
@@ -45,9 +45,10 @@ def from_backend(flags="A", seq=1000, ack=0, options=(), load=b"", sport=SPORT, 
     return p / Raw(load) if load else p
 
 
-@pytest.fixture(scope="module")
-def obj():
-    with BpfObject(object_path("agent"), max_entries={"agent_flows": 64}) as o:
+@pytest.fixture(scope="module", params=["tc", "xdp"])
+def obj(request):
+    """The agent with TC or XDP ingress (bpf/lib/pkt_ctx.h): every case must hold for both."""
+    with AgentObjects(request.param == "xdp", 64) as o:
         c = AgentConfig()
         c.service_ports[0] = socket.htons(SPORT)
         c.window_scale = 7
@@ -122,7 +123,7 @@ def test_settings_from_config():
 
 # --- the runner ------------------------------------------------------------------------------
 
-Check = Callable[[BpfObject], None]
+Check = Callable[[AgentObjects], None]
 
 
 @dataclass

@@ -5,6 +5,7 @@ need more than one packet."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import struct
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from miresga.bpf.drop_reasons import DropReason
 from miresga.bpf.layouts import SwKey
 from miresga.bpf.libbpf import BpfObject, object_path
 from miresga.bpf.testrun import (TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, PacketCase, RunResult, check_case,
-                                 per_packet_ns, run_packet)
+                                 fake_ports, per_packet_ns, run_packet)
 from miresga.switch.hashing import hash8
 from miresga.switch.maps import HOP_INTERNAL, HOP_LOCAL, HOP_VALID, SW_F_TRACE, Counter, SwitchMaps, drop_index, hop
 
@@ -54,9 +55,17 @@ def client_port_for(fe: str, start: int = 40000) -> int:
     return next(p for p in range(start, 65536) if fe_for(CLIENT, p) == fe)
 
 
-@pytest.fixture(scope="module")
-def sw():
-    with BpfObject(object_path("switch"), max_entries={"sw_offload": 64}) as obj:
+PORTS = (C_IF, *(f[3] for f in FE.values()), *(b[4] for b in BE), FAR_IF)
+
+
+@pytest.fixture(scope="module", params=["tc", "xdp"])
+def sw(request):
+    """The switch, once per build (bpf/lib/pkt_ctx.h): every case must hold for both."""
+    name = "switch" if request.param == "tc" else "switch_xdp"
+    with contextlib.ExitStack() as stack:
+        if request.param == "xdp":
+            stack.enter_context(fake_ports(PORTS))
+        obj = stack.enter_context(BpfObject(object_path(name), max_entries={"sw_offload": 64}))
         m = SwitchMaps(obj)
         m.set_config(vip=VIP, vport=VPORT, key=(KEY.k0, KEY.k1), mss=MSS, wscale=WSCALE, sack=True,
                      bucket_seconds=64, flags=SW_F_TRACE)

@@ -57,8 +57,11 @@ def lab():
         yield lab_
 
 
-def test_splice_download_1m(lab):
-    with AgentManager(settings(), lab.backend_ns, "eth0", pin=False) as agent:
+@pytest.mark.parametrize("mode", ["tc", "xdp"])
+def test_splice_download_1m(lab, mode):
+    """Ingress as TC or native XDP (veth supports it); egress is TC either way."""
+    with AgentManager(settings(attach=mode), lab.backend_ns, "eth0", pin=False) as agent:
+        assert agent.ingress_mode == mode
         res = splice_download(lab, agent, s=0xFFFF_F000)  # the switch's stream wraps past 2^32
         st = agent.stats()
     assert res.closed and st["flows"] == 0

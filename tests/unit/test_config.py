@@ -203,3 +203,28 @@ def test_bad_mac_names_the_key(tmp_path):
                                                     "{name: be2, address: 10.0.5.2/24, mac: 02:00:zz:00:00:01,"))
     p = _cli("switch", "--config", str(f))
     assert p.returncode != 0 and "hosts.backends.1.mac" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+# --- attach modes (XDP or TC) ------------------------------------------------------------------
+
+def test_attach_modes_default_tc_and_resolve_per_interface_and_backend():
+    text = DEFAULT_CONFIG.read_text().replace("{name: c1, address: 10.0.1.2/24}",
+                                              "{name: c1, address: 10.0.1.2/24, interface: eth1}")
+    text = text.replace("  sack: true\n", "  sack: true\n  attach: auto\n  attach_interfaces: {eth1: tc}\n")
+    text = text.replace("{name: be2, address: 10.0.5.2/24,", "{name: be2, address: 10.0.5.2/24, agent_attach: xdp,")
+    cfg = parse_config(text)
+    assert cfg.switch_attach("eth1") == "tc" and cfg.switch_attach("eth2") == "auto"
+    assert cfg.agent_attach("be1") == "tc" and cfg.agent_attach("be2") == "xdp"
+    assert load_config().switch_attach("p-c1") == "tc"   # the default changes nothing
+
+
+@pytest.mark.parametrize("edit,key", [
+    (("  sack: true\n", "  sack: true\n  attach: native\n"), "switch.attach"),
+    (("  sack: true\n", "  sack: true\n  attach_interfaces: {eth9: xdp}\n"), "switch.attach_interfaces.eth9"),
+    (("{name: be1, address: 10.0.4.2/24,", "{name: be1, address: 10.0.4.2/24, agent_attach: fast,"),
+     "hosts.backends.0.agent_attach"),
+])
+def test_attach_mode_errors_name_the_key(edit, key):
+    with pytest.raises(ConfigError) as e:
+        parse_config(DEFAULT_CONFIG.read_text().replace(*edit, 1))
+    assert key in str(e.value)

@@ -60,8 +60,10 @@ def test_switch_metrics_follow_the_control_plane():
     cp.identity_refused = 3
     cp.ctl.unauthenticated = 1
 
-    m = served(SwitchMetrics(cp))
+    m = served(SwitchMetrics(cp, {"p-c1": "xdp", "p-fe1": "tc"}))
     one = {name: next(iter(v.values())) for name, v in m.items() if len(v) == 1 and () in v}
+    assert {(dict(k)["interface"], dict(k)["mode"]): v for k, v in m["miresga_switch_port_attach"].items()} == \
+        {("p-c1", "xdp"): 1, ("p-fe1", "tc"): 1}
 
     def by(name, label):
         return {dict(k)[label]: v for k, v in m[name].items()}
@@ -118,6 +120,7 @@ class FakeAgent:
 
     swept = 4
     maps = {"agent_flows": FakeFlows()}
+    ingress_mode = "xdp"
 
     def counters(self):
         c = {s.name.lower(): 0 for s in AgentStat}
@@ -138,6 +141,7 @@ def test_agent_metrics():
     stats = {dict(k)["counter"]: v for k, v in m["miresga_agent_stats_total"].items()}
     assert set(stats) == {s.name.lower() for s in AgentStat} and stats["splice_syn"] == 3
     assert next(iter(m["miresga_agent_swept_total"].values())) == 4
+    assert {dict(k)["mode"]: v for k, v in m["miresga_agent_ingress_attach"].items()} == {"xdp": 1}
 
 
 # ---------------------------------------------------------------- dashboard and reference

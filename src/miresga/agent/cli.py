@@ -13,6 +13,7 @@ import sys
 import threading
 
 from miresga.agent.manager import AgentManager, AgentSettings, pin_dir
+from miresga.bpf.attach import AttachError
 from miresga.agent.metrics import AgentMetrics
 from miresga.bpf.netns import ifindex
 from miresga.control.config import ConfigError, load_config
@@ -53,8 +54,13 @@ def _attach(args: argparse.Namespace) -> int:
     s = _settings(args)
     if s is None:
         return 1
-    AgentManager(s, args.netns, args.iface, pin=True).attach()
-    print(f"agent attached on {args.iface} in {args.netns or 'host'}: service ports {list(s.service_ports)}, "
+    try:
+        m = AgentManager(s, args.netns, args.iface, pin=True).attach()
+    except AttachError as e:
+        print(f"agent: {e}", file=sys.stderr)
+        return 2
+    print(f"agent attached on {args.iface} in {args.netns or 'host'} (ingress {m.ingress_mode}): service ports "
+          f"{list(s.service_ports)}, "
           f"window scale {s.window_scale}, capacity {s.capacity}; pinned at {pin_dir(args.netns)}")
     return 0  # exit without detaching: the filters and the pins keep the agent alive
 
@@ -82,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
                                                   "apply rules and pools; agent settings need a restart)", flush=True))
     try:
         m = AgentManager(s, args.netns, args.iface, pin=True, adopt=True).attach()
-    except OSError as e:
+    except (OSError, AttachError) as e:
         print(f"agent: {e}", file=sys.stderr)
         return 2
     if m.adopted:
@@ -95,7 +101,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"agent: {e}", file=sys.stderr)
             return 2  # released on the way out (detached, unless kept)
         with endpoint:
-            print(f"agent running on {args.iface} in {args.netns or 'host'}; sweeping flows idle > "
+            print(f"agent running on {args.iface} in {args.netns or 'host'} (ingress {m.ingress_mode}); "
+                  f"sweeping flows idle > "
                   f"{s.idle_timeout_s}s; metrics on {a.metrics_address}:{a.metrics_port}", flush=True)
             m.run_forever(stop)
         print(json.dumps(m.stats()))

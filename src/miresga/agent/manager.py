@@ -5,6 +5,9 @@ it pins the agent's maps and programs under /sys/fs/bpf/miresga/<netns>/agent/, 
 process (`miresga agent stats|sweep|detach`) can find them after the attaching one has exited;
 `AgentManager.from_pins(netns, iface)` is that other process's view. Detaching removes the TC
 filters it can prove are the agent's (same program id as the pinned one) and the pins.
+
+The ingress program is TC or native XDP (`agent.attach`, `hosts.backends.*.agent_attach`; see
+miresga.agent.objects); egress is always TC. `ingress_mode` says which one this interface got.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from pathlib import Path
 
 from miresga.bpf.drop_reasons import DropReason
 from miresga.bpf.layouts import AgentConfig, AgentFlow, AgentFlowKey
-from miresga.bpf.libbpf import (BPF_FS, BpfError, BpfObject, Map, TcAttachment, ensure_bpffs, num_possible_cpus,
-                                object_path, pinned_prog_id, tc_detach_if)
+from miresga.agent.objects import AgentObjects
+from miresga.bpf.attach import attach_ingress, detach_mode
+from miresga.bpf.libbpf import (BPF_FS, BpfError, Map, TcAttachment, XdpAttachment, ensure_bpffs, num_possible_cpus,
+                                pinned_prog_id, tc_detach_if, xdp_detach_if, xdp_prog_id)
 from miresga.bpf.netns import ifindex
 
 PIN_ROOT = BPF_FS / "miresga"
@@ -65,6 +70,7 @@ class AgentSettings:
     window_scale: int = 7          # promised to clients by the switch (cfg.switch.window_scale)
     capacity: int = 65536          # flow table entries (cfg.agent.capacity)
     idle_timeout_s: float = 120.0  # sweep entries idle longer than this (cfg.agent.idle_timeout_s)
+    attach: str = "tc"             # ingress: auto | xdp | tc (cfg.agent_attach(backend))
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.service_ports) <= 4:
@@ -77,7 +83,8 @@ class AgentSettings:
         """From a Deployment; the service port of `backend` (name), or of every back-end."""
         bes = [cfg.backend(backend)] if backend else cfg.hosts.backends
         return cls(service_ports=tuple(sorted({b.port for b in bes})), window_scale=cfg.switch.window_scale,
-                   capacity=cfg.agent.capacity, idle_timeout_s=cfg.agent.idle_timeout_s)
+                   capacity=cfg.agent.capacity, idle_timeout_s=cfg.agent.idle_timeout_s,
+                   attach=cfg.agent_attach(backend) if backend else cfg.agent.attach)
 
 
 def pin_dir(netns: str | None) -> Path:
@@ -102,6 +109,15 @@ def _tc_detach_if(netns: str | None, iface: str, direction: str, prog_id: int) -
     return tc_detach_if(netns, idx, direction, TC_HANDLE, AGENT_PRIORITY, prog_id)
 
 
+def _xdp_detach_if(netns: str | None, iface: str, prog_id: int) -> bool:
+    """Detach the native XDP program of the interface if it is program `prog_id`."""
+    try:
+        idx = ifindex(netns, iface)
+    except OSError:
+        return False
+    return xdp_detach_if(netns, idx, prog_id)
+
+
 def flow_key(addr: str, port: int) -> AgentFlowKey:
     return AgentFlowKey(int.from_bytes(socket.inet_aton(addr), "little"), socket.htons(port))
 
@@ -123,9 +139,10 @@ class AgentManager:
         self.swept = 0
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
-        self.obj: BpfObject | None = None
+        self.obj: AgentObjects | None = None
         self.maps: dict[str, Map] = {}
-        self._attachments: list[TcAttachment] = []
+        self._attachments: list[TcAttachment | XdpAttachment] = []
+        self.ingress_mode: str | None = None   # "xdp" | "tc" once attached (or found pinned)
         self._pinned_prog_ids: dict[str, int] = {}
 
     # -- life cycle --------------------------------------------------------------------------
@@ -147,24 +164,29 @@ class AgentManager:
                                    f"asks for {self.settings.capacity}: it cannot be resized in place; `miresga agent "
                                    "detach` first (that back-end's spliced connections break)")
         try:
-            self.obj = BpfObject(object_path("agent"), max_entries={"agent_flows": self.settings.capacity},
-                                 reuse=old)
+            self.obj = AgentObjects(self.settings.attach != "tc", self.settings.capacity, reuse=old)
             self.maps = {n: self.obj.map(n) for n in MAPS}
             self.adopted = old is not None
             self.configure()
             idx = ifindex(self.netns, self.iface)
-            for direction, prog in PROGS.items():
-                p = self.obj.program(prog)
-                # replace: an adopted agent's programs give way in one step per direction
-                self._attachments.append(TcAttachment(self.netns, idx, direction, p, priority=AGENT_PRIORITY,
-                                                      replace=self.adopted))
+            # replace: an adopted agent's programs give way in one step per direction
+            xdp = self.obj.xdp_obj.program(PROGS["ingress"]) if self.obj.xdp_obj else None
+            a, self.ingress_mode = attach_ingress(self.netns, idx, self.iface, self.settings.attach,
+                                                  self.obj.tc.program(PROGS["ingress"]), xdp,
+                                                  priority=AGENT_PRIORITY, replace=self.adopted, who="agent")
+            self._attachments.append(a)
+            # an earlier start in the other mode: its ingress program goes
+            detach_mode(self.netns, idx, "tc" if self.ingress_mode == "xdp" else "xdp", PROGS["ingress"],
+                        handle=TC_HANDLE, priority=AGENT_PRIORITY)
+            self._attachments.append(TcAttachment(self.netns, idx, "egress", self.obj.program(PROGS["egress"]),
+                                                  priority=AGENT_PRIORITY, replace=self.adopted))
             if self.pin:
                 if not self.adopted:
                     for n, m in self.maps.items():
                         m.pin(d / n)
                 for direction, prog in PROGS.items():
                     (d / prog).unlink(missing_ok=True)   # an adopted agent's old program
-                    self.obj.program(prog).pin(d / prog)
+                    self.obj.program(prog).pin(d / prog)   # the ingress one as attached (XDP or TC)
         except BaseException:
             if self.adopted:   # the running agent stays as it was
                 self.keep = True
@@ -215,6 +237,13 @@ class AgentManager:
             pid = pinned_prog_id(d / prog)
             if pid is not None:
                 m._pinned_prog_ids[direction] = pid
+        m.ingress_mode = "tc"
+        try:
+            pid = m._pinned_prog_ids.get("ingress")
+            if pid is not None and xdp_prog_id(netns, ifindex(netns, iface)) == pid:
+                m.ingress_mode = "xdp"
+        except OSError:
+            pass
         return m
 
     def detach(self) -> None:
@@ -227,7 +256,8 @@ class AgentManager:
             a.detach()
         self._attachments.clear()
         for direction, pid in self._pinned_prog_ids.items():
-            _tc_detach_if(self.netns, self.iface, direction, pid)
+            if not _tc_detach_if(self.netns, self.iface, direction, pid) and direction == "ingress":
+                _xdp_detach_if(self.netns, self.iface, pid)
         self._pinned_prog_ids.clear()
         for m in self.maps.values():
             m.close()
@@ -293,7 +323,7 @@ class AgentManager:
         flows = sum(1 for _ in self.maps["agent_flows"].keys())
         cap = self.maps["agent_flows"].max_entries
         c = self.counters()
-        return {"flows": flows, "capacity": cap, "occupancy": flows / cap,
+        return {"flows": flows, "capacity": cap, "occupancy": flows / cap, "ingress": self.ingress_mode,
                 "translations": c["xlate_in"] + c["xlate_out"], "swept": self.swept, "counters": c,
                 "drops": self.drops()}
 

@@ -19,6 +19,8 @@ class AgentMetrics:
         c = m.counters()
         flows = sum(1 for _ in m.maps["agent_flows"].keys())
         yield family("g", P + "flows", "spliced flows in the table", values=flows)
+        yield family("g", P + "ingress_attach", "how the ingress program is attached (value 1): native XDP "
+                     "or TC (agent.attach)", ["mode"], {m.ingress_mode: 1} if m.ingress_mode else {})
         yield family("g", P + "flow_capacity", "flow table entries (agent.capacity)",
                      values=m.maps["agent_flows"].max_entries)
         yield family("c", P + "translations", "segments whose sequence numbers were translated: in (ack of "

@@ -1,4 +1,4 @@
-"""A small Python layer over libbpf (ctypes): objects, programs, maps, TC attach, test-run.
+"""A small Python layer over libbpf (ctypes): objects, programs, maps, TC and XDP attach, test-run.
 
 Life cycle as in libbpf-bootstrap: open -> (resize maps) -> load -> attach -> run -> detach ->
 close. Each attach returns a handle that detaches only what it attached. Map keys and values are
@@ -54,6 +54,14 @@ class _TcOpts(ctypes.Structure):
                 ("_pad", ctypes.c_uint32)]
 
 
+class _XdpAttachOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("old_prog_fd", ctypes.c_int), ("_pad", ctypes.c_int)]
+
+
+# XDP_FLAGS_* (linux/if_link.h)
+XDP_FLAGS_UPDATE_IF_NOEXIST, XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE, XDP_FLAGS_REPLACE = 1, 2, 4, 16
+
+
 class _MapInfo(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
                 ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
@@ -68,6 +76,7 @@ for name, res, args in [
     ("bpf_object__find_program_by_name", _P, [_P, ctypes.c_char_p]),
     ("bpf_object__find_map_by_name", _P, [_P, ctypes.c_char_p]),
     ("bpf_program__fd", ctypes.c_int, [_P]),
+    ("bpf_program__type", ctypes.c_int, [_P]),
     ("bpf_map__fd", ctypes.c_int, [_P]),
     ("bpf_map__set_max_entries", ctypes.c_int, [_P, ctypes.c_uint32]),
     ("bpf_map__reuse_fd", ctypes.c_int, [_P, ctypes.c_int]),
@@ -95,15 +104,20 @@ for name, res, args in [
     ("bpf_tc_detach", ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
     ("bpf_tc_query", ctypes.c_int, [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]),
     ("libbpf_num_possible_cpus", ctypes.c_int, []),
+    ("bpf_xdp_attach", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.POINTER(_XdpAttachOpts)]),
+    ("bpf_xdp_detach", ctypes.c_int, [ctypes.c_int, ctypes.c_uint32, ctypes.POINTER(_XdpAttachOpts)]),
+    ("bpf_xdp_query_id", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]),
+    ("bpf_prog_get_fd_by_id", ctypes.c_int, [ctypes.c_uint32]),
 ]:
     f = getattr(_lib, name)
     f.restype, f.argtypes = res, args
 
 # libbpf's own diagnostics go to stderr (they explain verifier rejections), except the notice that
-# a clsact qdisc already exists, which is expected when ingress and egress share one.
+# a clsact qdisc already exists, which is expected when ingress and egress share one, and that
+# there is none, which a query of an interface without TC programs answers.
 _libc = ctypes.CDLL(ctypes.util.find_library("c"))
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-_QUIET = (b"Exclusivity flag on",)
+_QUIET = (b"Exclusivity flag on", b"Parent Qdisc doesn't exist")
 
 
 @_PRINT_FN
@@ -267,9 +281,16 @@ class TestRunResult:
     duration_ns: int
 
 
+BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP = 3, 6
+
+
 class Program:
-    def __init__(self, fd: int, name: str):
-        self.fd, self.name = fd, name
+    def __init__(self, fd: int, name: str, prog_type: int = BPF_PROG_TYPE_SCHED_CLS):
+        self.fd, self.name, self.prog_type = fd, name, prog_type
+
+    @property
+    def is_xdp(self) -> bool:
+        return self.prog_type == BPF_PROG_TYPE_XDP
 
     def pin(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +356,7 @@ class BpfObject:
         p = _lib.bpf_object__find_program_by_name(self._obj, name.encode())
         if not p:
             raise KeyError(f"{self.path.name}: no program {name!r}")
-        return Program(_lib.bpf_program__fd(p), name)
+        return Program(_lib.bpf_program__fd(p), name, _lib.bpf_program__type(p))
 
     def map(self, name: str) -> Map:
         m = _lib.bpf_object__find_map_by_name(self._obj, name.encode())
@@ -383,6 +404,55 @@ class TcAttachment:
                 _lib.bpf_tc_detach(ctypes.byref(self._hook), ctypes.byref(opts))
         except OSError:
             pass  # namespace or interface already gone: nothing left to detach
+
+
+class XdpAttachment:
+    """A program attached as the native (driver) XDP program of one interface (in a namespace).
+
+    Native only: generic (skb) XDP would be slower than the TC program it replaces, so a driver
+    without native XDP is an error here and the caller's cue to use TC (attach: auto)."""
+
+    def __init__(self, netns: str | None, ifindex: int, prog: Program, replace: bool = False):
+        """`replace`: take the place of the XDP program already there (an adopted data plane's,
+        in one step) instead of failing with EBUSY."""
+        self.netns, self.ifindex, self.prog = netns, ifindex, prog
+        flags = XDP_FLAGS_DRV_MODE | (0 if replace else XDP_FLAGS_UPDATE_IF_NOEXIST)
+        with in_netns(netns):
+            rc = _lib.bpf_xdp_attach(ifindex, prog.fd, flags, None)
+        if rc != 0:
+            raise _err(f"xdp attach {prog.name} (native) ifindex {ifindex}", rc)
+
+    def detach(self) -> None:
+        """Remove the program only if it is still ours (XDP_FLAGS_REPLACE with our fd)."""
+        opts = _XdpAttachOpts(sz=ctypes.sizeof(_XdpAttachOpts), old_prog_fd=self.prog.fd)
+        try:
+            with in_netns(self.netns):
+                _lib.bpf_xdp_detach(self.ifindex, XDP_FLAGS_DRV_MODE | XDP_FLAGS_REPLACE, ctypes.byref(opts))
+        except OSError:
+            pass  # namespace or interface already gone: nothing left to detach
+
+
+def xdp_prog_id(netns: str | None, ifindex: int) -> int | None:
+    """Id of the native XDP program on the interface, or None."""
+    pid = ctypes.c_uint32(0)
+    with in_netns(netns):
+        if _lib.bpf_xdp_query_id(ifindex, XDP_FLAGS_DRV_MODE, ctypes.byref(pid)) != 0:
+            return None
+    return pid.value or None
+
+
+def xdp_detach_if(netns: str | None, ifindex: int, prog: int) -> bool:
+    """Detach the native XDP program only if it is still program id `prog` (see tc_detach_if)."""
+    fd = _lib.bpf_prog_get_fd_by_id(prog)
+    if fd < 0:
+        return False
+    try:
+        opts = _XdpAttachOpts(sz=ctypes.sizeof(_XdpAttachOpts), old_prog_fd=fd)
+        with in_netns(netns):
+            rc = _lib.bpf_xdp_detach(ifindex, XDP_FLAGS_DRV_MODE | XDP_FLAGS_REPLACE, ctypes.byref(opts))
+        return rc == 0
+    finally:
+        os.close(fd)
 
 
 class map_ops:

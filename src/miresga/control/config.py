@@ -78,8 +78,15 @@ class Host(Strict):
         return self
 
 
+AttachMode = Literal["auto", "xdp", "tc"]
+ATTACH_HELP = ("auto: native XDP where the driver takes it, TC otherwise; xdp: native XDP or fail at start; "
+               "tc: TC (works everywhere)")
+
+
 class Backend(Host):
     port: int = Field(default=80, ge=1, le=65535, description="service port Miresga balances to")
+    agent_attach: AttachMode | None = Field(
+        default=None, description="the agent's ingress on this back-end's nic (unset: agent.attach). " + ATTACH_HELP)
     direct_port: int = Field(default=8080, ge=1, le=65535, description="port for traffic that bypasses Miresga")
     weight: int = Field(default=1, ge=0, le=1000)
     site: str = Field(default="default", description="object catalog name this back-end serves")
@@ -179,6 +186,10 @@ class Switch(Strict):
     sack: bool = True
     cookie: Cookie
     control: ControlApi
+    attach: AttachMode = Field(default="tc", description="how the switch program is attached to its "
+                               "interfaces. " + ATTACH_HELP)
+    attach_interfaces: dict[str, AttachMode] = Field(
+        default_factory=dict, description="per switch interface (hosts.*.interface): overrides `attach`")
     metrics_port: int = Field(default=9101, ge=1, le=65535,
                               description="Prometheus endpoint of `miresga switch` (miresga_switch_*)")
     metrics_address: ipaddress.IPv4Address = Field(
@@ -291,6 +302,8 @@ class Frontend(Strict):
 
 class Agent(Strict):
     capacity: int = Field(default=65536, ge=16)
+    attach: AttachMode = Field(default="tc", description="the agent's ingress program (egress is always TC, "
+                               "XDP has no egress hook); per back-end: hosts.backends.*.agent_attach. " + ATTACH_HELP)
     idle_timeout_s: float = Field(default=120.0, gt=0)
     metrics_port: int = Field(default=9102, ge=1, le=65535,
                               description="Prometheus endpoint of `miresga agent run` (miresga_agent_*)")
@@ -323,7 +336,21 @@ class Deployment(Strict):
         for h in self.hosts.all():
             if self.vip.address in h.address.network:
                 raise ValueError(f"vip.address {self.vip.address} lies in host {h.name}'s network")
+        ifaces = {h.interface for h in self.hosts.all() if h.interface}
+        for name in self.switch.attach_interfaces:
+            if name not in ifaces:
+                raise ValueError(f"switch.attach_interfaces.{name}: no host is behind a switch interface of that "
+                                 f"name (have {sorted(ifaces)})")
         return self
+
+    def switch_attach(self, ifname: str) -> str:
+        """The attach mode (auto, xdp, tc) of the switch program on one of its interfaces."""
+        return self.switch.attach_interfaces.get(ifname, self.switch.attach)
+
+    def agent_attach(self, backend: str) -> str:
+        """The attach mode of the agent's ingress program on a back-end."""
+        b = self.backend(backend)
+        return b.agent_attach or self.agent.attach
 
     def backend(self, name: str) -> Backend:
         return next(b for b in self.hosts.backends if b.name == name)

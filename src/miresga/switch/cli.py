@@ -61,6 +61,7 @@ def _switch(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _enter_netns(args.netns)
     from miresga.metrics import Endpoint
+    from miresga.bpf.attach import AttachError
     from miresga.switch.dataplane import AdoptError, PortError, SwitchDataplane, default_pin_dir, frontend_hops, ports_for
     from miresga.switch.metrics import SwitchMetrics
     from miresga.switch.server import ControlPlane, ControlServer, MapTables, internal_addresses
@@ -69,13 +70,14 @@ def _switch(args: argparse.Namespace) -> int:
     try:
         ports = ports_for(cfg, None)
         dp = SwitchDataplane(cfg, None, ports, pin_dir=pin_dir, adopt=True)
-    except (PortError, AdoptError) as e:
+    except (PortError, AdoptError, AttachError) as e:
         print(f"miresga switch: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # bpffs, the object file, the kernel refusing the program
         print(f"miresga switch: cannot load the data plane: {e}", file=sys.stderr)
         return 2
-    where = f"{len(dp.attachments)} interfaces ({len(ports)} hosts)"
+    where = (f"{len(dp.attachments)} interfaces ({len(ports)} hosts; "
+             f"{', '.join(f'{i} {m}' for i, m in dp.port_modes.items())})")
     if dp.adopted:
         changed = {k: v for k, v in dp.reconciled.items() if v}
         how = (f"running data plane adopted on {where} (maps at {pin_dir}; offloaded connections kept; "
@@ -93,7 +95,7 @@ def _switch(args: argparse.Namespace) -> int:
         cp = ControlPlane(cfg, MapTables(dp.maps, frontend_hops(cfg, ports)), dead_after_s=args.dead_after)
         sw = cfg.switch
         with ControlServer(cp, args.listen or internal_addresses(cfg), tls=tls) as srv, \
-                Endpoint(SwitchMetrics(cp), sw.metrics_port, str(sw.metrics_address)):
+                Endpoint(SwitchMetrics(cp, dp.port_modes), sw.metrics_port, str(sw.metrics_address)):
             print(f"miresga switch: {how}; control API on port {srv.port} "
                   f"({'mutual TLS' if tls else 'no TLS, token only'}), profile {cp.profile.name}; "
                   f"metrics on {sw.metrics_address}:{sw.metrics_port}", flush=True)
@@ -140,6 +142,8 @@ def format_status(s: dict) -> str:
     lines.append(f"  bucket moves: {s['bucket_moves']}")
     nz = {k: v for k, v in s["counters"].items() if v}
     lines.append("data plane: " + (", ".join(f"{k}={v}" for k, v in sorted(nz.items())) or "no packets yet"))
+    if s.get("attach"):
+        lines.append("attached  " + ", ".join(f"{i} {m}" for i, m in s["attach"].items()))
     return "\n".join(lines)
 
 
@@ -164,6 +168,9 @@ def _status(args: argparse.Namespace) -> int:
                         "a testbed instance's is /run/miresga/<id>/config.yaml)")
             print(f"status: {address}: {e.code().name}: {e.details()}{hint}", file=sys.stderr)
             return 1
+    # read from this host's kernel (not the control API): empty when asked from another host
+    from miresga.switch.dataplane import attached_modes
+    s["attach"] = attached_modes(None, [h.interface for h in cfg.hosts.all() if h.interface])
     print(json.dumps(s, indent=1) if args.json else format_status(s))
     return 0
 

@@ -1,5 +1,7 @@
-"""Load the switch data plane (build/bpf/switch.bpf.o), fill its tables from the config, attach
-it to TC ingress of every port, and remove exactly that on close.
+"""Load the switch data plane (build/bpf/switch.bpf.o, and its XDP build switch_xdp.bpf.o on the
+same maps when a port may use XDP), fill its tables from the config, attach it to the ingress of
+every port (native XDP or TC per `switch.attach` / `switch.attach_interfaces`, `self.port_modes`
+says what each port got), and remove exactly that on close.
 
     ports = ports_for(cfg, "mgab12-sw")      # interfaces from the config, MACs from the kernel
     with SwitchDataplane(cfg, "mgab12-sw", ports) as dp:
@@ -17,19 +19,18 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-import json
 import logging
 import shutil
 import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from miresga import cookie
 from miresga.bpf.layouts import BackendEntry
-from miresga.bpf.libbpf import (BpfError, BpfObject, Map, TcAttachment, ensure_bpffs, object_path, tc_detach_if,
-                                tc_prog_id)
+from miresga.bpf.attach import attach_ingress, detach_mode, prog_name
+from miresga.bpf.libbpf import (BpfError, BpfObject, Map, TcAttachment, XdpAttachment, ensure_bpffs, object_path,
+                                tc_prog_id, xdp_prog_id)
 from miresga.bpf.netns import ifindex as ns_ifindex
 from miresga.control.config import Deployment, Host
 from miresga.neighbours import NeighbourError, link_mac, resolve
@@ -185,7 +186,9 @@ class SwitchDataplane:
         """`adopt`: a data plane pinned at `pin_dir` is taken over (see the module doc) instead of
         refused; `self.adopted` says which happened, `self.reconciled` what changed."""
         self.cfg, self.netns, self.ports = cfg, netns, list(ports)
-        self.attachments: list[TcAttachment] = []
+        self.attachments: list[TcAttachment | XdpAttachment] = []
+        self.port_modes: dict[str, str] = {}   # interface -> "xdp" | "tc", as attached
+        self.xdp_obj: BpfObject | None = None
         self.pin_dir = default_pin_dir(netns) if pin_dir is True else (pin_dir or None)
         self._pinned = False
         self.adopted = False
@@ -224,10 +227,22 @@ class SwitchDataplane:
                     for name in MAP_NAMES:
                         self.obj.map(name).pin(self.pin_dir / name)
             prog = self.obj.program("switch_ingress")
-            for ifx in dict.fromkeys(p.ifindex for p in self.ports):   # hosts may share an interface
+            ifaces = {p.ifindex: p.ifname for p in self.ports}   # hosts may share an interface
+            xdp_prog = None
+            if any(cfg.switch_attach(name) != "tc" for name in ifaces.values()):
+                self.xdp_obj = BpfObject(object_path("switch_xdp"), max_entries={"sw_offload": capacity},
+                                         reuse={n: self.obj.map(n) for n in MAP_NAMES})
+                xdp_prog = self.xdp_obj.program("switch_ingress")
+            for ifx, name in ifaces.items():
                 # replace: an adopted data plane's old program gives way in one step, per port
-                self.attachments.append(TcAttachment(netns, ifx, "ingress", prog, priority=SWITCH_PRIORITY,
-                                                     replace=self.adopted))
+                a, mode = attach_ingress(netns, ifx, name, cfg.switch_attach(name), prog, xdp_prog,
+                                         priority=SWITCH_PRIORITY, replace=self.adopted, who="switch")
+                self.attachments.append(a)
+                self.port_modes[name] = mode
+                # an earlier start attached in the other mode: that program goes (XDP would
+                # otherwise pass packets on to a second switch program in TC)
+                _detach_switch_mode(netns, ifx, "tc" if mode == "xdp" else "xdp")
+            log.info("switch attached: %s", ", ".join(f"{n} {m}" for n, m in self.port_modes.items()))
         except BaseException:
             self.close(keep=self.adopted)
             raise
@@ -248,6 +263,9 @@ class SwitchDataplane:
                 shutil.rmtree(self.pin_dir, ignore_errors=True)
         self.attachments.clear()
         self._pinned = False
+        if getattr(self, "xdp_obj", None) is not None:
+            self.xdp_obj.close()
+            self.xdp_obj = None
         if getattr(self, "obj", None) is not None:
             self.obj.close()
             self.obj = None
@@ -259,19 +277,34 @@ class SwitchDataplane:
         self.close()
 
 
+def _detach_switch_mode(netns: str | None, idx: int, mode: str) -> bool:
+    return detach_mode(netns, idx, mode, "switch_ingress", handle=TC_HANDLE, priority=SWITCH_PRIORITY)
+
+
+def attached_modes(netns: str | None, ifnames) -> dict[str, str]:
+    """How the switch program runs on each interface, read from the kernel (for `miresga status`):
+    "xdp", "tc" or "none"; interfaces that do not exist here are left out."""
+    out = {}
+    for name in dict.fromkeys(ifnames):
+        try:
+            idx = ns_ifindex(netns, name)
+        except OSError:
+            continue
+        xdp = xdp_prog_id(netns, idx)
+        tc = tc_prog_id(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY)
+        out[name] = ("xdp" if xdp is not None and prog_name(xdp) == "switch_ingress" else
+                     "tc" if tc is not None and prog_name(tc) == "switch_ingress" else "none")
+    return out
+
+
 def detach_switch(netns: str | None, ifname: str) -> bool:
-    """Remove the switch program from `ifname`'s TC ingress if it is there (and only it)."""
+    """Remove the switch program from `ifname`'s ingress (TC or XDP) if it is there (and only it)."""
     try:
         idx = ns_ifindex(netns, ifname)
     except OSError:
         return False
-    prog = tc_prog_id(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY)
-    if prog is None:
-        return False
-    p = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog)], capture_output=True, text=True)
-    if p.returncode != 0 or json.loads(p.stdout or "{}").get("name") != "switch_ingress":
-        return False   # someone else's filter at our place: not ours to remove
-    return tc_detach_if(netns, idx, "ingress", TC_HANDLE, SWITCH_PRIORITY, prog)
+    tc = _detach_switch_mode(netns, idx, "tc")
+    return _detach_switch_mode(netns, idx, "xdp") or tc
 
 
 class AdoptError(Exception):

@@ -21,13 +21,18 @@ def split_counters(counters: dict[str, int]) -> tuple[dict[str, int], dict[str, 
 class SwitchMetrics:
     """Collector over a ControlPlane (miresga.switch.server)."""
 
-    def __init__(self, cp):
+    def __init__(self, cp, port_modes: dict[str, str] | None = None):
+        """`port_modes`: interface -> "xdp" | "tc", how the data plane is attached there."""
         self.cp = cp
+        self.port_modes = dict(port_modes or {})
 
     def collect(self):
         s = self.cp.stats()
         decisions, drops = split_counters(s["counters"])
         yield family("g", P + "info", "the switch's hardware profile (value 1)", ["profile"], {s["profile"]: 1})
+        yield family("g", P + "port_attach", "how the data plane is attached to each interface (value 1): "
+                     "native XDP or TC (switch.attach)", ["interface", "mode"],
+                     {(i, m): 1 for i, m in self.port_modes.items()})
         yield family("c", P + "packets", "data plane: packets by decision (to_client: offloaded responses, "
                      "the fast path)", ["decision"], decisions)
         yield family("c", P + "drops", "data plane: packets dropped, by reason", ["reason"], drops)

@@ -159,11 +159,29 @@ class RealisticTestbed(Testbed):
                                 port_mac=link_mac(n.port_iface, sw) if n.port_iface else "")
             for n in self.topo.nodes))
         self._log(f"namespaces up: {', '.join(self.topo.namespaces)} (+ {seg}, {mg})")
+        self._prepare_xdp_ports_realistic(seg, client)
         self._start_backends()
         self._attach_counters()
         self._wait_ready()
         if self.lb == "miresga":
             self._start_miresga()
+
+    def _prepare_xdp_ports_realistic(self, seg: str, client) -> None:
+        """miresga.testbed.xdp for this layout. The far end of an XDP switch port is a host's eth0
+        (the stub goes there) or, for the back-ends' shared port, the segment bridge's `sw0` (stub
+        there; the back-ends get their frames from the bridge, not by redirect). Every sender whose
+        frames reach an XDP port turns tx checksum offload off: the hosts, and the client behind
+        the router too (forwarding keeps a half checksum)."""
+        from miresga.bpf.libbpf import BpfObject, XdpAttachment, object_path
+        from miresga.testbed.xdp import prepare_host_end
+        xdp = [n for n in self.topo.nodes if n.role != "client" and self.cfg.switch_attach(n.port_iface) != "tc"]
+        for n in xdp:
+            prepare_host_end(n.netns, n.iface, stub=n.role != "backend")
+        if any(n.role == "backend" for n in xdp):
+            with BpfObject(object_path("xdp_pass")) as obj:
+                XdpAttachment(seg, nsx.ifindex(seg, "sw0"), obj.program("xdp_pass"))
+        if xdp:
+            nsx.run(client.netns, "ethtool", "-K", client.iface, "tx", "off")
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
         """The back-ends answer their front-ends (health checks' path); clients reach only the VIP."""

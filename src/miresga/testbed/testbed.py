@@ -123,12 +123,23 @@ class Testbed:
                     "nud", "permanent")
             nsx.run(sw, "ip", "neigh", "replace", str(n.ip), "lladdr", n.mac, "dev", n.port_iface, "nud", "permanent")
         self._log(f"namespaces up: {', '.join(self.topo.namespaces)}")
+        self._prepare_xdp_ports()
         self._start_backends()
         self._start_peers()
         self._attach_counters()
         self._wait_ready()
         if self.lb == "miresga":
             self._start_miresga()
+
+    def _prepare_xdp_ports(self) -> None:
+        """Hosts behind a switch port in XDP mode: see miresga.testbed.xdp (veth needs a receiving
+        XDP program; a back-end whose agent runs XDP has its own)."""
+        from miresga.testbed.xdp import prepare_host_end
+        for n in self.topo.nodes:
+            if self.cfg.switch_attach(n.port_iface) == "tc":
+                continue
+            own = n.role == "backend" and self.lb == "miresga" and self.cfg.agent_attach(n.name) != "tc"
+            prepare_host_end(n.netns, n.iface, stub=not own)
 
     def _spawn_daemon(self, host: str, key: str, argv: list[str], pidfile: Path) -> None:
         self.state["pids"][key] = str(pidfile)
