@@ -10,6 +10,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -61,6 +62,41 @@ def curl(tb, *args, timeout=120):
 
 def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
+
+
+class PacedDownload:
+    """A curl download at `rate` in the background, from the client c1: something (a restart)
+    happens while it runs; `done()` then returns the body once curl ended well."""
+
+    def __init__(self, tb, url: str, rate: str):
+        self.curl = subprocess.Popen(["ip", "netns", "exec", tb.ns("c1"), "curl", "-s", "--max-time", "60",
+                                      "--limit-rate", rate, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out: dict = {}
+        self.reader = threading.Thread(target=lambda: self.out.update(zip(("stdout", "stderr"),
+                                                                          self.curl.communicate())))
+        self.reader.start()
+
+    def assert_running(self) -> None:
+        assert self.curl.poll() is None, "the download ended before the restart: nothing was tested"
+
+    def join(self) -> None:
+        self.reader.join(70)
+
+    def done(self) -> bytes:
+        self.join()
+        assert self.curl.returncode == 0, self.out.get("stderr")
+        return self.out["stdout"]
+
+
+def serving_agent(tb, timeout: float = 10) -> str:
+    """The back-end whose agent holds a flow (the download's)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        serving = [b.name for b in tb.cfg.hosts.backends if tb.agent_stats(b.name)["flows"] > 0]
+        if serving:
+            return serving[0]
+        assert time.monotonic() < deadline, "no agent holds the download's flow"
+        time.sleep(0.1)
 
 
 def name_of(size: int) -> str:

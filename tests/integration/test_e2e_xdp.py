@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 
 import pytest
 
 from miresga.bpf.attach import prog_name
 
-from test_e2e import curl, e2e_config, layout_testbed, name_of, objects, sha, vip
+from test_e2e import PacedDownload, curl, e2e_config, layout_testbed, name_of, objects, serving_agent, sha, vip
 
 pytestmark = pytest.mark.netns
 
@@ -86,25 +85,20 @@ def test_restart_during_offloaded_download_keeps_xdp(lb):
     one in one step on every port) during an offloaded download, which completes byte-exact; each
     port then runs exactly one switch program, in XDP."""
     o = objects(lb)[100 << 20]
-    curl_p = subprocess.Popen(["ip", "netns", "exec", lb.ns("c1"), "curl", "-s", "--max-time", "60", "--limit-rate",
-                               "25M", f"http://{vip(lb)[0]}/download/{name_of(100 << 20)}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out: dict = {}
-    reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), curl_p.communicate())))
-    reader.start()
+    dl = PacedDownload(lb, f"http://{vip(lb)[0]}/download/{name_of(100 << 20)}", "25M")
     try:
         deadline = time.monotonic() + 10
         while lb.switch_stats()["installed"] < 1:
             assert time.monotonic() < deadline, "the download was never offloaded"
             time.sleep(0.1)
-        assert curl_p.poll() is None, "the download ended before the restart: nothing was tested"
+        dl.assert_running()
         lb.restart_switch()
         log = (lb.run_dir / "switch.log").read_text()
         assert "running data plane adopted" in log, log[-800:]
     finally:
-        reader.join(70)
-    assert curl_p.returncode == 0, out.get("stderr")
-    assert len(out["stdout"]) == o["size"] and sha(out["stdout"]) == o["sha256"]
+        dl.join()
+    body = dl.done()
+    assert len(body) == o["size"] and sha(body) == o["sha256"]
     progs = switch_programs(lb)
     assert all(p == ["xdp:switch_ingress"] for p in progs.values()), progs
 
@@ -114,29 +108,18 @@ def test_agent_restart_during_offloaded_download_keeps_xdp(lb):
     ingress is replaced in place, every segment still translated, the download byte-exact; the
     back-end's eth0 then runs one agent ingress (XDP) and one egress (TC)."""
     o = objects(lb)[100 << 20]
-    curl_p = subprocess.Popen(["ip", "netns", "exec", lb.ns("c1"), "curl", "-s", "--max-time", "60", "--limit-rate",
-                               "25M", f"http://{vip(lb)[0]}/download/{name_of(100 << 20)}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out: dict = {}
-    reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), curl_p.communicate())))
-    reader.start()
+    dl = PacedDownload(lb, f"http://{vip(lb)[0]}/download/{name_of(100 << 20)}", "25M")
     try:
-        deadline = time.monotonic() + 10
-        serving = []
-        while not serving:
-            assert time.monotonic() < deadline, "no agent holds the download's flow"
-            serving = [b.name for b in lb.cfg.hosts.backends if lb.agent_stats(b.name)["flows"] > 0]
-            time.sleep(0.1)
-        name = serving[0]
-        assert curl_p.poll() is None, "the download ended before the restart: nothing was tested"
+        name = serving_agent(lb)
+        dl.assert_running()
         lb.restart(f"agent-{name}", lb.miresga_argv("agent", name), "agent running")
         log = (lb.run_dir / f"agent-{name}.log").read_text()
         assert "running agent adopted" in log, log[-500:]
         assert "(ingress xdp)" in log.rsplit("running agent adopted", 1)[1], log[-500:]
     finally:
-        reader.join(70)
-    assert curl_p.returncode == 0, out.get("stderr")
-    assert len(out["stdout"]) == o["size"] and sha(out["stdout"]) == o["sha256"]
+        dl.join()
+    body = dl.done()
+    assert len(body) == o["size"] and sha(body) == o["sha256"]
     p = subprocess.run(["ip", "netns", "exec", lb.ns(name), "bpftool", "-j", "net", "show", "dev", "eth0"],
                        capture_output=True, text=True, check=True)
     d = json.loads(p.stdout)[0]

@@ -9,12 +9,13 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
 
 from miresga.control.config import load_config
+
+from test_e2e import PacedDownload, serving_agent
 
 pytestmark = pytest.mark.netns
 
@@ -49,25 +50,21 @@ def test_restart_during_offloaded_100mb_download(lb):
     vip = lb.cfg.vip.address
     before = lb.switch_stats()["counters"]["to_client"]
     # 10 MB/s: ten seconds of download, the restart falls in it (asserted: curl still running)
-    curl = subprocess.Popen(["ip", "netns", "exec", lb.ns("c1"), "curl", "-s", "--max-time", "60", "--limit-rate",
-                             "10M", f"http://{vip}/download/100m"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out: dict = {}
-    reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), curl.communicate())))
-    reader.start()
+    dl = PacedDownload(lb, f"http://{vip}/download/100m", "10M")
     try:
         deadline = time.monotonic() + 10
         while lb.switch_stats()["installed"] < 1:
             assert time.monotonic() < deadline, "the download was never offloaded"
             time.sleep(0.1)
         mid = lb.switch_stats()["counters"]["to_client"]
-        assert curl.poll() is None, "the download ended before the restart: nothing was tested"
+        dl.assert_running()
         away = lb.restart_switch()
         log = (lb.run_dir / "switch.log").read_text()
         assert "running data plane adopted" in log and "changed from config: nothing" in log, log[-800:]
     finally:
-        reader.join(70)
-    assert curl.returncode == 0, out.get("stderr")
-    assert len(out["stdout"]) == o["size"] and hashlib.sha256(out["stdout"]).hexdigest() == o["sha256"]
+        dl.join()
+    body = dl.done()
+    assert len(body) == o["size"] and hashlib.sha256(body).hexdigest() == o["sha256"]
     after = lb.switch_stats()["counters"]["to_client"]
     assert before < mid < after, (before, mid, after)   # the fast path carried bytes before and after
     print(f"switch control API away {away:.2f} s during the download")
@@ -77,29 +74,18 @@ def test_agent_restart_during_offloaded_100mb_download(lb):
     """The agent of the back-end serving a download restarts (as its unit does: kept attached,
     adopted): every segment of the download still gets its sequence translation."""
     o = _object(lb, 100 << 20)
-    curl = subprocess.Popen(["ip", "netns", "exec", lb.ns("c1"), "curl", "-s", "--max-time", "60", "--limit-rate",
-                             "10M", f"http://{lb.cfg.vip.address}/download/100m"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    out: dict = {}
-    reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), curl.communicate())))
-    reader.start()
+    dl = PacedDownload(lb, f"http://{lb.cfg.vip.address}/download/100m", "10M")
     try:
-        deadline = time.monotonic() + 10
-        serving = []
-        while not serving:
-            assert time.monotonic() < deadline, "no agent holds the download's flow"
-            serving = [b.name for b in lb.cfg.hosts.backends if lb.agent_stats(b.name)["flows"] > 0]
-            time.sleep(0.1)
-        name = serving[0]
+        name = serving_agent(lb)
         before = lb.agent_stats(name)["translations"]
-        assert curl.poll() is None, "the download ended before the restart: nothing was tested"
+        dl.assert_running()
         lb.restart(f"agent-{name}", lb.miresga_argv("agent", name), "agent running")
         log = (lb.run_dir / f"agent-{name}.log").read_text()
         assert "running agent adopted" in log, log[-500:]
     finally:
-        reader.join(70)
-    assert curl.returncode == 0, out.get("stderr")
-    assert len(out["stdout"]) == o["size"] and hashlib.sha256(out["stdout"]).hexdigest() == o["sha256"]
+        dl.join()
+    body = dl.done()
+    assert len(body) == o["size"] and hashlib.sha256(body).hexdigest() == o["sha256"]
     assert lb.agent_stats(name)["translations"] > before   # the counters live on with the maps
 
 
