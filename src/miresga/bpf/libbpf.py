@@ -423,13 +423,18 @@ class XdpAttachment:
             raise _err(f"xdp attach {prog.name} (native) ifindex {ifindex}", rc)
 
     def detach(self) -> None:
-        """Remove the program only if it is still ours (XDP_FLAGS_REPLACE with our fd)."""
-        opts = _XdpAttachOpts(sz=ctypes.sizeof(_XdpAttachOpts), old_prog_fd=self.prog.fd)
+        """Remove the program only if it is still ours."""
         try:
-            with in_netns(self.netns):
-                _lib.bpf_xdp_detach(self.ifindex, XDP_FLAGS_DRV_MODE | XDP_FLAGS_REPLACE, ctypes.byref(opts))
+            _xdp_detach_fd(self.netns, self.ifindex, self.prog.fd)
         except OSError:
             pass  # namespace or interface already gone: nothing left to detach
+
+
+def _xdp_detach_fd(netns: str | None, ifindex: int, fd: int) -> bool:
+    """Detach the native XDP program only if it is still the one behind `fd` (XDP_FLAGS_REPLACE)."""
+    opts = _XdpAttachOpts(sz=ctypes.sizeof(_XdpAttachOpts), old_prog_fd=fd)
+    with in_netns(netns):
+        return _lib.bpf_xdp_detach(ifindex, XDP_FLAGS_DRV_MODE | XDP_FLAGS_REPLACE, ctypes.byref(opts)) == 0
 
 
 def xdp_prog_id(netns: str | None, ifindex: int) -> int | None:
@@ -447,10 +452,7 @@ def xdp_detach_if(netns: str | None, ifindex: int, prog: int) -> bool:
     if fd < 0:
         return False
     try:
-        opts = _XdpAttachOpts(sz=ctypes.sizeof(_XdpAttachOpts), old_prog_fd=fd)
-        with in_netns(netns):
-            rc = _lib.bpf_xdp_detach(ifindex, XDP_FLAGS_DRV_MODE | XDP_FLAGS_REPLACE, ctypes.byref(opts))
-        return rc == 0
+        return _xdp_detach_fd(netns, ifindex, fd)
     finally:
         os.close(fd)
 
