@@ -621,7 +621,7 @@ static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, st
 	if (p->payload_len) {
 		__sync_fetch_and_add(&e->to_client_bytes, p->payload_len);
 		if (e->watch_segs && seq == e->watch_next) {
-			if ((f & F_FIN) && (cfg->flags & FE_CFG_FIN_ENDS) && !(cfg->flags & FE_CFG_LOG))
+			if ((f & F_FIN) && (cfg->flags & FE_CFG_FIN_ENDS))
 				e->watch_segs = 0; /* the response ends here: nothing left to offload (engine alike) */
 			else
 				copy_response(skb, p, key, e, seq);

@@ -78,7 +78,8 @@ struct fe_config {
 #define FE_CFG_ROUTE 1    /* route next requests of kernel-held connections */
 #define FE_CFG_FIRST 2    /* take first requests (new connections): below the connection limit */
 #define FE_CFG_LOG 4      /* the access log is on: copy each routed request and its response header up */
-#define FE_CFG_FIN_ENDS 8 /* a watched response segment with the back-end's FIN is not copied (rules.fin_ends_watch) */
+#define FE_CFG_FIN_ENDS 8 /* a watched response segment with the back-end's FIN is not copied
+			   * (rules.fin_ends_watch, and the access log off) */
 
 /* One step of the compiled rules (miresga.frontend.kernel_rules): each checks one condition of
  * one rule; a rule whose step fails is out. The first rule still in wins. */

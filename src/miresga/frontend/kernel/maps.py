@@ -187,7 +187,7 @@ class KernelMaps:
         at the connection limit, so that the engine refuses them as it does today), and whether
         it copies routed requests and their response headers up for the access log."""
         usable = self._kr is not None and self._kr.usable
-        fin_ends = self._rules is not None and self._rules.fin_ends_watch
+        fin_ends = self._rules is not None and self._rules.fin_ends_watch and not log   # as the engine
         flags = ((CFG_ROUTE if route and usable else 0) | (CFG_FIRST if first and usable else 0)
                  | (CFG_LOG if log else 0) | (CFG_FIN_ENDS if fin_ends else 0))
         if flags != self.config.flags:
