@@ -88,6 +88,22 @@ class PacedDownload:
         return self.out["stdout"]
 
 
+def download_byte_exact(tb, size: int) -> None:
+    """One catalog object through the VIP with curl (a new connection), checked byte for byte."""
+    o = objects(tb)[size]
+    p = curl(tb, f"http://{vip(tb)[0]}/download/{name_of(size)}")
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout) == size and sha(p.stdout) == o["sha256"]
+
+
+def wait_offloaded(tb, timeout: float = 10) -> None:
+    """Until the switch holds an offload entry (the download in flight took the fast path)."""
+    deadline = time.monotonic() + timeout
+    while tb.switch_stats()["installed"] < 1:
+        assert time.monotonic() < deadline, "the download was never offloaded"
+        time.sleep(0.1)
+
+
 def serving_agent(tb, timeout: float = 10) -> str:
     """The back-end whose agent holds a flow (the download's)."""
     deadline = time.monotonic() + timeout
@@ -133,10 +149,7 @@ def test_status_shows_vip_and_rules(lb):
 
 @pytest.mark.parametrize("size", [1024, 65536, 1 << 20, 8 << 20, 100 << 20])
 def test_object_new_connection_byte_exact(lb, size):
-    o = objects(lb)[size]
-    p = curl(lb, f"http://{vip(lb)[0]}/download/{name_of(size)}")
-    assert p.returncode == 0, p.stderr
-    assert len(p.stdout) == size and sha(p.stdout) == o["sha256"]
+    download_byte_exact(lb, size)
 
 
 def test_objects_keepalive_byte_exact(lb):

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
 from miresga.bpf.attach import prog_name
 
-from test_e2e import PacedDownload, curl, e2e_config, layout_testbed, name_of, objects, serving_agent, sha, vip
+from test_e2e import (PacedDownload, curl, download_byte_exact, e2e_config, layout_testbed, name_of, objects,
+                      serving_agent, sha, vip, wait_offloaded)
 
 pytestmark = pytest.mark.netns
 
@@ -43,10 +43,7 @@ def test_every_port_and_agent_runs_xdp(lb):
 
 @pytest.mark.parametrize("size", [1024, 1 << 20])
 def test_download_byte_exact(lb, size):
-    o = objects(lb)[size]
-    p = curl(lb, f"http://{vip(lb)[0]}/download/{name_of(size)}")
-    assert p.returncode == 0, p.stderr
-    assert len(p.stdout) == size and sha(p.stdout) == o["sha256"]
+    download_byte_exact(lb, size)
 
 
 def test_100mb_offloaded_byte_exact(lb):
@@ -87,10 +84,7 @@ def test_restart_during_offloaded_download_keeps_xdp(lb):
     o = objects(lb)[100 << 20]
     dl = PacedDownload(lb, f"http://{vip(lb)[0]}/download/{name_of(100 << 20)}", "25M")
     try:
-        deadline = time.monotonic() + 10
-        while lb.switch_stats()["installed"] < 1:
-            assert time.monotonic() < deadline, "the download was never offloaded"
-            time.sleep(0.1)
+        wait_offloaded(lb)
         dl.assert_running()
         lb.restart_switch()
         log = (lb.run_dir / "switch.log").read_text()

@@ -15,7 +15,7 @@ import pytest
 
 from miresga.control.config import load_config
 
-from test_e2e import PacedDownload, serving_agent
+from test_e2e import PacedDownload, serving_agent, wait_offloaded
 
 pytestmark = pytest.mark.netns
 
@@ -52,10 +52,7 @@ def test_restart_during_offloaded_100mb_download(lb):
     # 10 MB/s: ten seconds of download, the restart falls in it (asserted: curl still running)
     dl = PacedDownload(lb, f"http://{vip}/download/100m", "10M")
     try:
-        deadline = time.monotonic() + 10
-        while lb.switch_stats()["installed"] < 1:
-            assert time.monotonic() < deadline, "the download was never offloaded"
-            time.sleep(0.1)
+        wait_offloaded(lb)
         mid = lb.switch_stats()["counters"]["to_client"]
         dl.assert_running()
         away = lb.restart_switch()
