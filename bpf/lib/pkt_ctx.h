@@ -29,10 +29,6 @@ typedef struct xdp_md pkt_ctx_t;
 #define CTX_PASS XDP_PASS
 #define CTX_DROP XDP_DROP
 
-static __always_inline void *ctx_data(pkt_ctx_t *ctx) { return (void *)(long)ctx->data; }
-static __always_inline void *ctx_data_end(pkt_ctx_t *ctx) { return (void *)(long)ctx->data_end; }
-static __always_inline __u32 ctx_ingress_ifindex(pkt_ctx_t *ctx) { return ctx->ingress_ifindex; }
-
 static __always_inline long ctx_load_bytes(pkt_ctx_t *ctx, __u32 off, void *to, __u32 len)
 {
 	return bpf_xdp_load_bytes(ctx, off, to, len);
@@ -111,10 +107,6 @@ typedef struct __sk_buff pkt_ctx_t;
 #define CTX_PASS TC_ACT_OK
 #define CTX_DROP TC_ACT_SHOT
 
-static __always_inline void *ctx_data(pkt_ctx_t *ctx) { return (void *)(long)ctx->data; }
-static __always_inline void *ctx_data_end(pkt_ctx_t *ctx) { return (void *)(long)ctx->data_end; }
-static __always_inline __u32 ctx_ingress_ifindex(pkt_ctx_t *ctx) { return ctx->ingress_ifindex; }
-
 static __always_inline long ctx_load_bytes(pkt_ctx_t *ctx, __u32 off, void *to, __u32 len)
 {
 	return bpf_skb_load_bytes(ctx, off, to, len);
@@ -153,5 +145,10 @@ static __always_inline long ctx_set_len(pkt_ctx_t *ctx, __u32 len) { return bpf_
 static __always_inline int ctx_bounce(pkt_ctx_t *ctx) { return bpf_redirect(ctx->ifindex, 0); }
 
 #endif
+
+/* The same fields in both contexts. */
+static __always_inline void *ctx_data(pkt_ctx_t *ctx) { return (void *)(long)ctx->data; }
+static __always_inline void *ctx_data_end(pkt_ctx_t *ctx) { return (void *)(long)ctx->data_end; }
+static __always_inline __u32 ctx_ingress_ifindex(pkt_ctx_t *ctx) { return ctx->ingress_ifindex; }
 
 #endif
