@@ -317,11 +317,27 @@ class Objects(Strict):
         default=[1024, 10240, 65536, 1 << 20, 8 << 20, 10 << 20, 100 << 20], min_length=1)
 
 
+MAX_SERVICES = 16   # VIP:port services, the default one included (bpf/switch.h SW_SERVICES_MAX)
+
+
+class Service(Strict):
+    """One more VIP:port with its own rules (the top-level `vip` and `rules` are the first
+    service, named `default`). Every back-end may serve several services."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    vip: Endpoint
+    rules: list[Rule] = Field(default_factory=list, description="matched against this service's "
+                              "requests only; unmatched requests go to an implicit default over every back-end")
+
+
 class Deployment(Strict):
     vip: Endpoint
     switch: Switch
     hosts: Hosts
     rules: list[Rule] = Field(default_factory=list)
+    services: list[Service] = Field(
+        default_factory=list, max_length=MAX_SERVICES - 1,
+        description="more VIP:port services, each with its own rules, served beside `vip` (the `default` service)")
     frontend: Frontend = Field(default_factory=Frontend)
     agent: Agent = Field(default_factory=Agent)
     objects: Objects = Field(default_factory=Objects)
@@ -329,19 +345,33 @@ class Deployment(Strict):
     @model_validator(mode="after")
     def _refs(self) -> "Deployment":
         names = {b.name for b in self.hosts.backends}
-        for i, r in enumerate(self.rules):
-            unknown = [p for p in r.pool if p not in names]
-            if unknown:
-                raise ValueError(f"rules.{i}.pool: unknown back-ends {unknown}")
-        for h in self.hosts.all():
-            if self.vip.address in h.address.network:
-                raise ValueError(f"vip.address {self.vip.address} lies in host {h.name}'s network")
+        seen: dict[tuple[Any, int], str] = {}
+        for n, svc in enumerate(self.all_services()):
+            where = "" if n == 0 else f"services.{n - 1}."
+            for i, r in enumerate(svc.rules):
+                unknown = [p for p in r.pool if p not in names]
+                if unknown:
+                    raise ValueError(f"{where}rules.{i}.pool: unknown back-ends {unknown}")
+            for h in self.hosts.all():
+                if svc.vip.address in h.address.network:
+                    raise ValueError(f"{where}vip.address {svc.vip.address} lies in host {h.name}'s network")
+            ep = (svc.vip.address, svc.vip.port)
+            if ep in seen:
+                raise ValueError(f"{where}vip: {ep[0]}:{ep[1]} is already service {seen[ep]!r}'s")
+            if svc.name in seen.values():
+                raise ValueError(f"{where}name: {svc.name!r} is used twice (`default` is the top-level vip's)")
+            seen[ep] = svc.name
         ifaces = {h.interface for h in self.hosts.all() if h.interface}
         for name in self.switch.attach_interfaces:
             if name not in ifaces:
                 raise ValueError(f"switch.attach_interfaces.{name}: no host is behind a switch interface of that "
                                  f"name (have {sorted(ifaces)})")
         return self
+
+    def all_services(self) -> list[Service]:
+        """Every VIP:port service; its position is its index in every table (switch, front-end,
+        offload API): the top-level `vip` and `rules` first, as `default`."""
+        return [Service.model_construct(name="default", vip=self.vip, rules=self.rules), *self.services]
 
     def switch_attach(self, ifname: str) -> str:
         """The attach mode (auto, xdp, tc) of the switch program on one of its interfaces."""

@@ -63,6 +63,11 @@ def check_reload(old: Deployment, new: Deployment) -> list[str]:
             changed = {k for k in Backend.model_fields if getattr(a, k) != getattr(b, k)} - RELOADABLE_BACKEND_KEYS
             if changed:
                 why.append(f"hosts.backends.{i} ({a.name}): {', '.join(sorted(changed))} need a restart")
+    ov = [(s.name, s.vip) for s in old.all_services()]
+    nv = [(s.name, s.vip) for s in new.all_services()]
+    if ov[1:] != nv[1:]:
+        why.append("services: their names, VIPs and order need a restart (their positions index the switch's "
+                   "tables); their rules reload")
     for section in ("vip", "switch", "agent", "objects"):
         if getattr(old, section) != getattr(new, section):
             why.append(f"{section}: changes need a restart of the processes that use it")
