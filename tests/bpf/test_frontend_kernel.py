@@ -113,7 +113,7 @@ class System:
 
     def segment(self, seg: Segment, now: float) -> list:
         out: list = []
-        key = (seg.src, seg.sport) if seg.dst == self.eng.vip else (seg.dst, seg.dport)
+        key = (seg.src, seg.sport, 0) if seg.dst == self.eng.vip else (seg.dst, seg.dport, 0)
         if self.maps.conns.lookup(fe_key(key)) is not None:
             self.seen[key] = now
         r = self.prog.test_run(frame(seg))
@@ -747,7 +747,7 @@ def test_engine_connection_keeps_its_bare_acks(bpf):
 
 def test_sweep_removes_entries_nobody_knows(bpf):
     t = live_twin(bpf)
-    t.sys.maps.mark((0x0A000102, 50001))           # a marker the engine never took up
+    t.sys.maps.mark((0x0A000102, 50001, 0))           # a marker the engine never took up
     assert t.sys.maps.sweep(lambda k: False, 0.0) == 1 and not list(t.sys.maps.conns.keys())
 
 
@@ -768,7 +768,7 @@ def test_full_ring_leaves_requests_to_the_engine():
             assert set(verdicts) == {TC_ACT_REDIRECT, TC_ACT_OK}
             out: list = []
             sys_._events(out, LIVE)                                             # Python catches up
-            kernel_keys = {(socket.ntohl(k.addr), socket.ntohs(k.port))
+            kernel_keys = {(socket.ntohl(k.addr), socket.ntohs(k.port), k._pad)
                            for k in map(FeKey.from_buffer_copy, relay_entries(maps))}
             assert len(kernel_keys) == taken and kernel_keys <= set(sys_.eng.conns), "an entry nobody knows"
             for seg, v in zip(segs, verdicts):

@@ -35,32 +35,34 @@ class Client:
 
     def __init__(self, eng: Engine, ip: str = "10.0.1.2", port: int = 40000, c: int = 0xFFFFFF00,
                  now: float = NOW, mss: int = 1460, wscale: int | None = 7, sack: bool = True,
-                 key: cookie.CookieKey | None = None, bucket: int | None = None):
+                 key: cookie.CookieKey | None = None, bucket: int | None = None, svc: int = 0):
         cfg = eng.cfg
         self.eng = eng
         self.ip, self.port = ip_int(ip), port
+        self.svc = svc                      # the service (VIP:port) it connects to
+        self.vip, self.vport = eng.services[svc]
         self.c = c
         k = key or cookie.keys_at(cfg.switch.cookie.secret, now, cfg.switch.cookie.rotate_seconds)[0]
         b = cookie.bucket_of(now, cfg.switch.cookie.bucket_seconds) if bucket is None else bucket
-        self.s = cookie.make_cookie(k, self.ip, port, eng.vip, eng.vport, b, mss, wscale, sack)
+        self.s = cookie.make_cookie(k, self.ip, port, self.vip, self.vport, b, mss, wscale, sack)
         self.sent = 0       # client bytes sent (payload)
         self.acked = 0      # server bytes the client has received
 
     @property
     def key(self):
-        return (self.ip, self.port)
+        return (self.ip, self.port, self.svc)
 
     def seg(self, payload: bytes = b"", off: int | None = None, flags: int = ACK | PSH, ack: int | None = None,
             advance: bool = True) -> Segment:
         o = self.sent if off is None else off
-        seg = Segment(self.ip, self.port, self.eng.vip, self.eng.vport, seq_add(self.c, 1 + o),
+        seg = Segment(self.ip, self.port, self.vip, self.vport, seq_add(self.c, 1 + o),
                       seq_add(self.s, 1 + self.acked) if ack is None else ack, flags, 502, b"", payload)
         if advance and off is None:
             self.sent += len(payload) + (1 if flags & FIN else 0)
         return seg
 
     def handshake_ack(self) -> Segment:
-        return Segment(self.ip, self.port, self.eng.vip, self.eng.vport, seq_add(self.c, 1),
+        return Segment(self.ip, self.port, self.vip, self.vport, seq_add(self.c, 1),
                        seq_add(self.s, 1), ACK, 502)
 
 

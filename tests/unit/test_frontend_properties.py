@@ -72,7 +72,7 @@ def run_stream(script):
         elif kind == "deliver":
             acts = []
             for r in sw.pending:
-                acts += eng.offload_result(r[0], r[1], r[2], r[3], now)
+                acts += eng.offload_result(r[0], r[1], r[2], r[3], now, r[4])
             sw.pending.clear()
         elif kind == "queue":
             sw.install_queued()
@@ -95,7 +95,7 @@ def run_stream(script):
     for _ in range(3):
         sw.install_queued()
         for r in sw.pending[:]:
-            sw.apply(eng.offload_result(r[0], r[1], r[2], r[3], now), "ok")
+            sw.apply(eng.offload_result(r[0], r[1], r[2], r[3], now, r[4]), "ok")
         sw.pending.clear()
         now += 1000
         sw.apply(eng.tick(now), "ok")

@@ -20,7 +20,7 @@ Predicate = Callable[[RequestHead], bool]
 @dataclass(frozen=True)
 class CompiledRule:
     name: str
-    index: int                      # position in cfg.rules; len(cfg.rules) for the implicit default
+    index: int                      # global: the service's first index + position in its rules (+ len: implicit default)
     pool: tuple[int, ...]           # back-end indices (positions in cfg.hosts.backends)
     policy: str
     hash_header: str | None
@@ -71,14 +71,19 @@ def _predicates(rule: Rule) -> tuple[Predicate, ...]:
 
 
 class RuleSet:
-    def __init__(self, cfg: Deployment):
+    """One service's rules. Rule indices are global over all services (`service_rules`): the
+    selectors, the kernel path's rule table and its REQUEST events all index by them."""
+
+    def __init__(self, cfg: Deployment, service: int = 0, first: int = 0):
         index = {b.name: i for i, b in enumerate(cfg.hosts.backends)}
+        rules = cfg.all_services()[service].rules
+        self.service, self.first = service, first
         self.rules: list[CompiledRule] = [
-            CompiledRule(r.name, i, tuple(index[n] for n in r.pool), r.policy, r.hash_header, r.offload,
+            CompiledRule(r.name, first + i, tuple(index[n] for n in r.pool), r.policy, r.hash_header, r.offload,
                          r.offload_threshold, r.offload_after_requests, _predicates(r),
                          offload_wait=r.offload == "always" and r.offload_wait, redispatch=r.redispatch)
-            for i, r in enumerate(cfg.rules)]
-        self.default = CompiledRule("default", len(cfg.rules), tuple(range(len(cfg.hosts.backends))),
+            for i, r in enumerate(rules)]
+        self.default = CompiledRule("default", first + len(rules), tuple(range(len(cfg.hosts.backends))),
                                     "round_robin", None, "auto", 65536,
                                     Rule.model_fields["offload_after_requests"].default, ())
         if self.rules and not self.rules[-1].predicates:
@@ -95,3 +100,13 @@ class RuleSet:
 
     def all(self) -> list[CompiledRule]:
         return self.rules if self.default in self.rules else [*self.rules, self.default]
+
+
+def service_rules(cfg: Deployment) -> list[RuleSet]:
+    """Every service's rules, by service index, with global rule indices (service 0's first)."""
+    out: list[RuleSet] = []
+    first = 0
+    for n in range(len(cfg.all_services())):
+        out.append(RuleSet(cfg, n, first))
+        first += len(out[-1].all())
+    return out

@@ -92,16 +92,16 @@ class FakeSwitch:
     """The controller's offload table: inserts may be refused, queued or found existing."""
 
     def __init__(self):
-        self.table: dict[tuple[int, int], int] = {}
-        self.queued: dict[tuple[int, int], tuple[int, int]] = {}
-        self.pending: list[tuple[int, int, int, str]] = []
+        self.table: dict[tuple[int, int, int], int] = {}
+        self.queued: dict[tuple[int, int, int], tuple[int, int]] = {}
+        self.pending: list[tuple[int, int, int, str, int]] = []
         self.mode = "ok"
 
     def apply(self, actions, mode: str | None = None):
         mode = mode or self.mode
         for a in actions:
             if isinstance(a, OffloadInsert):
-                key = (a.client_ip, a.client_port)
+                key = a.key
                 if mode == "full":
                     st = "table_full"
                 elif key in self.table:
@@ -112,19 +112,19 @@ class FakeSwitch:
                 else:
                     self.table[key] = a.backend
                     st = "ok"
-                self.pending.append((a.client_ip, a.client_port, a.gen, st))
+                self.pending.append((a.client_ip, a.client_port, a.gen, st, a.svc))
             elif isinstance(a, OffloadDelete):
-                key = (a.client_ip, a.client_port)
+                key = a.key
                 self.table.pop(key, None)
                 self.queued.pop(key, None)
             elif isinstance(a, OffloadCheck):
-                key = (a.client_ip, a.client_port)
-                self.pending.append((a.client_ip, a.client_port, a.gen, "installed" if key in self.table else "absent"))
+                key = a.key
+                self.pending.append((a.client_ip, a.client_port, a.gen, "installed" if key in self.table else "absent", a.svc))
 
     def install_queued(self):
         for key, (b, gen) in list(self.queued.items()):
             self.table[key] = b
-            self.pending.append((key[0], key[1], gen, "installed"))
+            self.pending.append((key[0], key[1], gen, "installed", key[2]))
         self.queued.clear()
 
 
@@ -149,7 +149,7 @@ class Client:
 
     @property
     def key(self):
-        return (self.ip, self.port)
+        return (self.ip, self.port, 0)    # one service: the fuzz config's VIP
 
 
 class EngineHarness(Harness):
@@ -297,7 +297,7 @@ class EngineHarness(Harness):
         else:   # a forged or orphan segment from a back-end's address
             b = rng.randrange(len(self.backends))
             cl = rng.choice(self.clients) if self.clients and rng.random() < 0.7 else None
-            key = cl.key if cl else (rng.choice([self.client_ip, rng.getrandbits(32)]), rng.randrange(1, 65536))
+            key = cl.key if cl else (rng.choice([self.client_ip, rng.getrandbits(32)]), rng.randrange(1, 65536), 0)
             s, c = rng.getrandbits(32), rng.getrandbits(32)
         bip, bport = self.backends[b]
         sent_key = (key, b, s)
@@ -359,10 +359,10 @@ class EngineHarness(Harness):
                 return []
             self.segments += 1
             if seg.dst == self.vip and seg.dport == self.vport:
-                key = (seg.src, seg.sport)
+                key = (seg.src, seg.sport, 0)
                 self.seen.add(key)
             else:
-                key = (seg.dst, seg.dport)
+                key = (seg.dst, seg.dport, 0)
                 if (seg.src, seg.sport) in set(self.backends) and (seg.payload or seg.flags & FIN):
                     self.justified.add(key)     # adoption: a back-end's data for a connection we lost
                     self.seen.add(key)
@@ -388,7 +388,7 @@ class EngineHarness(Harness):
             acts, v = [], []
             pend, sw.pending = sw.pending, []
             for r in pend:
-                a = eng.offload_result(r[0], r[1], r[2], r[3], self.now)
+                a = eng.offload_result(r[0], r[1], r[2], r[3], self.now, r[4])
                 v += self._check_actions(a)
                 acts += a
         elif kind == "install":
@@ -433,17 +433,17 @@ class EngineHarness(Harness):
                 seg = a.seg
                 if a.to == "client":
                     for cl in self.clients:
-                        if cl.key == (seg.dst, seg.dport) and not cl.forged:
+                        if cl.key == (seg.dst, seg.dport, 0) and not cl.forged:
                             end = (seg.end - cl.s - 1) & M32
                             if end < 1 << 30 and end > cl.rcv:
                                 cl.rcv = end
                 else:
                     b = self.backends.index((seg.dst, seg.dport))
-                    conn = self.eng.conns.get((seg.src, seg.sport))
+                    conn = self.eng.conns.get((seg.src, seg.sport, 0))
                     if conn is not None:
                         got = (seg.end - conn.c - 1) & M32
                         if got < 1 << 30:
-                            k = ((seg.src, seg.sport), b)
+                            k = ((seg.src, seg.sport, 0), b)
                             self.brcv[k] = max(self.brcv.get(k, 0), got)
 
     def _check_actions(self, acts) -> list[Violation]:
@@ -455,18 +455,18 @@ class EngineHarness(Harness):
                 if a.to == "backend":
                     if (seg.dst, seg.dport) not in backends:
                         v.append(Violation("address", f"to a back-end address the config does not name: {seg!r}"))
-                    if (seg.src, seg.sport) not in self.seen:
+                    if (seg.src, seg.sport, 0) not in self.seen:
                         v.append(Violation("address", f"to a back-end for a client nobody saw: {seg!r}"))
                 elif a.to == "client":
                     if (seg.src, seg.sport) != (self.vip, self.vport):
                         v.append(Violation("address", f"to a client not from VIP:port: {seg!r}"))
-                    if (seg.dst, seg.dport) not in self.seen or seg.dst == self.vip:
+                    if (seg.dst, seg.dport, 0) not in self.seen or seg.dst == self.vip:
                         v.append(Violation("address", f"to a client nobody saw: {seg!r}"))
                 else:
                     v.append(Violation("address", f"send to {a.to!r}"))
                 v += self._check_frame(seg)
             elif isinstance(a, OffloadInsert):
-                conn = self.eng.conns.get((a.client_ip, a.client_port))
+                conn = self.eng.conns.get(a.key)
                 if not 0 <= a.backend < len(backends) or conn is None:
                     v.append(Violation("state", f"offload insert without a connection: {a}"))
         return v
@@ -537,7 +537,7 @@ class EngineHarness(Harness):
                 sw.install_queued()
                 pend, sw.pending = sw.pending, []
                 for r in pend:
-                    sw.apply(eng.offload_result(r[0], r[1], r[2], r[3], self.now), "ok")
+                    sw.apply(eng.offload_result(r[0], r[1], r[2], r[3], self.now, r[4]), "ok")
                 self.now += 1000
                 sw.apply(eng.tick(self.now), "ok")
                 sw.apply(eng.flush(self.now), "ok")

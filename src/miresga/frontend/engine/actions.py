@@ -21,12 +21,22 @@ class OffloadInsert:
     client_port: int
     backend: int
     gen: int  # echo it back in offload_result
+    svc: int = 0  # the service (VIP:port) the client reached
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.client_ip, self.client_port, self.svc)
 
 
 @dataclass(slots=True)
 class OffloadDelete:
     client_ip: int
     client_port: int
+    svc: int = 0
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.client_ip, self.client_port, self.svc)
 
 
 @dataclass(slots=True)
@@ -38,6 +48,11 @@ class OffloadCheck:
     client_ip: int
     client_port: int
     gen: int
+    svc: int = 0
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.client_ip, self.client_port, self.svc)
 
 
 Action = Union[Send, OffloadInsert, OffloadDelete, OffloadCheck, KernelHandover, KernelCheck, KernelMark,

@@ -26,10 +26,15 @@ class Arrival:
             st.drops["after_close"] += 1        # a straggler of a connection we just ended
             return
         if ev is Ev.B_SEG and (seg.payload or seg.flags & FIN):
+            if len(self.services) > 1:
+                # Which VIP did its client reach? A back-end's segment does not say, and a reply
+                # from the wrong one is a stranger to the client: not adopted (docs/deploy.md).
+                st.drops["adopt_ambiguous"] += 1
+                return
             self._adopt(seg, key, now, out)
             return
         if ev is Ev.B_RST:
-            self._to_client(seg, out)           # whoever held the flow is gone; the client must know
+            self._to_client(seg, out, svc=key[2])  # whoever held the flow is gone; the client must know
             st.events["orphan_rst_relayed"] += 1
             return
         if ev is not Ev.C_DATA:
@@ -39,14 +44,14 @@ class Arrival:
             st.drops["no_ack_flag"] += 1
             return
         s = seq_add(seg.ack, -1)
-        opts = cookie.check_cookie(s, self.keys(now), key[0], key[1], self.vip, self.vport,
+        opts = cookie.check_cookie(s, self.keys(now), key[0], key[1], *self.services[key[2]],
                                    cookie.bucket_of(now, self._cookie.bucket_seconds))
         if opts is None:
             st.drops["bad_cookie"] += 1
             return
         if not seg.payload:
             # A FIN before any request: nobody holds state; answer it without creating any.
-            out.append(Send(Segment(self.vip, self.vport, key[0], key[1], seg.ack, seg.end, FIN | ACK, 1024),
+            out.append(Send(Segment(*self.services[key[2]], key[0], key[1], seg.ack, seg.end, FIN | ACK, 1024),
                             "client"))
             st.events["early_fin"] += 1
             return
@@ -54,7 +59,7 @@ class Arrival:
             # Refused, and told so at once (no state taken): a silent drop would leave the client
             # retransmitting its request until it gives up.
             st.drops["conn_limit"] += 1
-            out.append(Send(Segment(self.vip, self.vport, key[0], key[1], seg.ack, seg.end, RST | ACK, 0), "client"))
+            out.append(Send(Segment(*self.services[key[2]], key[0], key[1], seg.ack, seg.end, RST | ACK, 0), "client"))
             if self.kernel:
                 out.append(KernelRemove(key))   # the marker the kernel left when it passed it up
             return

@@ -36,7 +36,7 @@ class BackendSide:
         if seg.payload:
             conn.slow_srv_bytes += len(seg.payload)
             if conn.watch is not None and seg.seq == conn.watch_next:
-                if seg.flags & FIN and self.alog is None and self.rules.fin_ends_watch:
+                if seg.flags & FIN and self.alog is None and self.fin_ends_watch:
                     conn.watch = None   # the response ends here: nothing left to offload
                 else:
                     self._watch_response(conn, seg.seq, len(seg.payload), seg.payload, out)

@@ -69,7 +69,7 @@ class ClientStream:
         if -(1 << 24) < d <= MAX_WINDOW_AHEAD:
             return False
         key = conn.key
-        return cookie.check_cookie(seq_add(seg.ack, -1), self.keys(now), key[0], key[1], self.vip, self.vport,
+        return cookie.check_cookie(seq_add(seg.ack, -1), self.keys(now), key[0], key[1], *self.services[key[2]],
                                    cookie.bucket_of(now, self._cookie.bucket_seconds)) is not None
 
     def _stash(self, conn: Conn, seg: Segment) -> None:

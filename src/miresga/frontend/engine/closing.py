@@ -88,7 +88,7 @@ class Closing:
         else:   # the stream's start was never found: acknowledge nothing of it
             ref = next(iter(conn.ooo), 0)
             ack = min(conn.ooo, key=lambda k: seq_diff(k, ref), default=seq_add(conn.c, 1))
-        conn.resp = Segment(self.vip, self.vport, conn.key[0], conn.key[1], conn.req_ack, ack,
+        conn.resp = Segment(*self.services[conn.key[2]], conn.key[0], conn.key[1], conn.req_ack, ack,
                             ACK | PSH | FIN, 1024, b"", body)
         conn.reset_after = status == 431
         conn.state = State.RESPONDED
@@ -107,12 +107,12 @@ class Closing:
         if seg.flags & ACK and seq_diff(seg.ack, resp.end) >= 0:
             conn.resp_acked = True
             if conn.reset_after:
-                out.append(Send(Segment(self.vip, self.vport, conn.key[0], conn.key[1], resp.end, 0, RST, 0),
+                out.append(Send(Segment(*self.services[conn.key[2]], conn.key[0], conn.key[1], resp.end, 0, RST, 0),
                                 "client"))
                 self._forget(conn, out)
                 return
             if seg.flags & FIN:
-                out.append(Send(Segment(self.vip, self.vport, conn.key[0], conn.key[1], resp.end, seg.end,
+                out.append(Send(Segment(*self.services[conn.key[2]], conn.key[0], conn.key[1], resp.end, seg.end,
                                         ACK, 1024), "client"))
                 self._forget(conn, out)
                 return
@@ -159,7 +159,7 @@ class Closing:
                 # Only the switch can tell an offloaded connection is idle; make sure the entry
                 # is still there, else the slow path (and this timer) is in charge again.
                 conn.deadline = now + fe.idle_timeout_s
-                out.append(OffloadCheck(conn.key[0], conn.key[1], conn.offload_gen))
+                out.append(OffloadCheck(conn.key[0], conn.key[1], conn.offload_gen, conn.key[2]))
             else:
                 st.events["idle_expired"] += 1
                 self._abort_both(conn, out)
@@ -169,7 +169,7 @@ class Closing:
             if conn.resp_acked or conn.tries >= fe.response_retries:
                 resp = conn.resp
                 assert resp is not None
-                out.append(Send(Segment(self.vip, self.vport, conn.key[0], conn.key[1], resp.end, 0, RST, 0),
+                out.append(Send(Segment(*self.services[conn.key[2]], conn.key[0], conn.key[1], resp.end, 0, RST, 0),
                                 "client"))
                 self._forget(conn, out)
             else:

@@ -31,7 +31,7 @@ from miresga.frontend.engine.states import TRANSITIONS, Ev, Offload, State
 from miresga.frontend.engine.wire import Wire
 from miresga.frontend.kernel.handover import KernelCheck, KernelRemove
 from miresga.frontend.pools import Pools
-from miresga.frontend.rules import RuleSet
+from miresga.frontend.rules import service_rules
 from miresga.frontend.segment import ACK, FIN, RST, SYN, Segment
 from miresga.frontend.selection import Positions, Selector
 
@@ -47,8 +47,11 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
         (with the kernel-opened ones heard of): the kernel path's, so that both pick as one."""
         self.cfg = cfg
         self.fe = cfg.frontend
-        self.vip = int(cfg.vip.address)
-        self.vport = cfg.vip.port
+        # By service index (the key's third part): its VIP and port (cfg.all_services()).
+        self.services = [(int(s.vip.address), s.vip.port) for s in cfg.all_services()]
+        self.by_vip = {ep: i for i, ep in enumerate(self.services)}
+        self.vip_addrs = frozenset(ip for ip, _ in self.services)
+        self.vip, self.vport = self.services[0]   # the default service's (tests, tools)
         self.backends = [(int(b.ip), b.port) for b in cfg.hosts.backends]
         self.by_service = {ep: i for i, ep in enumerate(self.backends)}
         self.healthy = [True] * len(self.backends)
@@ -73,9 +76,11 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
         a reload that `pools.check_reload` accepted: the back-end hosts are the same). Connections
         keep their back-end; their next request is routed by the new rules."""
         self.cfg, self.fe = cfg, cfg.frontend
-        self.rules = RuleSet(cfg)
+        self.rulesets = service_rules(cfg)     # by service index
+        self.rules = self.rulesets[0]
         names = [b.name for b in cfg.hosts.backends]
-        self.rule_list = self.rules.all()      # by rule index (the kernel path's REQUEST events)
+        self.rule_list = [r for rs in self.rulesets for r in rs.all()]  # by global rule index (REQUEST events)
+        self.fin_ends_watch = all(rs.fin_ends_watch for rs in self.rulesets)
         self.selectors = {r.index: Selector(r, names, [b.weight for b in cfg.hosts.backends], self.positions)
                           for r in self.rule_list}
         self.pools = Pools(cfg.hosts.backends)
@@ -84,8 +89,9 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
     def segment(self, seg: Segment, now: float) -> list[Action]:
         out: list[Action] = []
         self._now = now
-        if seg.dst == self.vip and seg.dport == self.vport:
-            key = (seg.src, seg.sport)
+        svc = self.by_vip.get((seg.dst, seg.dport))
+        if svc is not None:
+            key = (seg.src, seg.sport, svc)
             f = seg.flags
             if f & RST:
                 ev = Ev.C_RST
@@ -98,10 +104,10 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
             b = None
         else:
             b = self.by_service.get((seg.src, seg.sport))
-            if b is None or seg.dst == self.vip:   # the VIP is nobody's client: never adopt or relay to it
+            if b is None or seg.dst in self.vip_addrs:   # a VIP is nobody's client: never adopt or relay to it
                 self.stats.drops["not_ours"] += 1
                 return out
-            key = (seg.dst, seg.dport)
+            key = self.backend_key(seg.dst, seg.dport, b)
             f = seg.flags
             if f & RST:
                 ev = Ev.B_RST
@@ -134,6 +140,26 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
             conn.deadline = min(conn.deadline, conn.rtx_at)
         self._handover_key(key, out)
         return out
+
+    def backend_key(self, ip: int, port: int, backend: int) -> Key:
+        """The key of a back-end's segment to client ip:port. The segment does not say which
+        VIP the client reached: the service whose connection uses this back-end (at most one
+        does: the back-end cannot hold one 4-tuple twice, see `_port_busy`), else one that has a
+        connection or ended one lately (a stale or straggling segment), else service 0."""
+        if len(self.services) == 1:
+            return (ip, port, 0)
+        conns = self.conns
+        found = None
+        for svc in range(len(self.services)):
+            key = (ip, port, svc)
+            conn = conns.get(key)
+            if conn is not None:
+                if conn.backend == backend:
+                    return key
+                found = found or key
+            elif found is None and key in self._recent:
+                found = key
+        return found or (ip, port, 0)
 
     def flush(self, now: float) -> list[Action]:
         """Release the held ACKs whose time is up (call often: `next_flush()` says when)."""

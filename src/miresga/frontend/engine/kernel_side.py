@@ -24,7 +24,14 @@ class KernelSide:
         (take_back) before giving us the segment."""
         if not self.kernel:
             return None
-        key = (seg.src, seg.sport) if seg.dst == self.vip and seg.dport == self.vport else (seg.dst, seg.dport)
+        svc = self.by_vip.get((seg.dst, seg.dport))
+        if svc is not None:
+            key = (seg.src, seg.sport, svc)
+        else:
+            b = self.by_service.get((seg.src, seg.sport))
+            if b is None:
+                return None
+            key = self.backend_key(seg.dst, seg.dport, b)
         conn = self.conns.get(key)
         return key if conn is not None and conn.kernel else None
 
@@ -131,7 +138,7 @@ class KernelSide:
         if conn.alog is not None:       # the previous response is over
             self.alog.finish(conn, now)  # type: ignore[union-attr]
         # (a request routed by the rules before a reload replaced them: counted under the default)
-        rule = self.rule_list[ev.rule] if ev.rule < len(self.rule_list) else self.rules.default
+        rule = self.rule_list[ev.rule] if ev.rule < len(self.rule_list) else self.rulesets[conn.key[2]].default
         self.stats.requests_rule[rule.name] += 1
         self.stats.requests_backend[ev.backend] += 1
         conn.requests += 1

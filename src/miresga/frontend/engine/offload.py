@@ -18,31 +18,29 @@ class Offloading:
     """Mixed into `Engine`: its state (conns, stats, config) is the engine's."""
 
     def offload_result(self, client_ip: int, client_port: int, gen: int, status: str,
-                       now: float) -> list[Action]:
-        key = (client_ip, client_port)
+                       now: float, svc: int = 0) -> list[Action]:
+        key = (client_ip, client_port, svc)
         conn = self.conns.get(key)
         waiting = (conn is not None and conn.offload_gen == gen and conn.holding and conn.rule is not None
                    and conn.rule.offload_wait and conn.offload in (Offload.REQUESTED, Offload.QUEUED))
-        out = self._offload_result(client_ip, client_port, gen, status, now)
+        out = self._offload_result(key, gen, status, now)
         if waiting and self.conns.get(key) is conn and conn.offload not in (Offload.REQUESTED, Offload.QUEUED):
             # the request held for this entry goes now: on the fast path, or (refused) the slow one
             self._release_held(conn, out, now)  # type: ignore[arg-type]
             self._handover_key(key, out)
         return out
 
-    def _offload_result(self, client_ip: int, client_port: int, gen: int, status: str,
-                        now: float) -> list[Action]:
+    def _offload_result(self, key: Key, gen: int, status: str, now: float) -> list[Action]:
         """Answer of the switch controller to OffloadInsert `gen`: ok|exists|queued|table_full|
         installed|absent|error."""
         out: list[Action] = []
-        key = (client_ip, client_port)
         conn = self.conns.get(key)
         present = status in ("ok", "exists", "installed")
         if conn is None or conn.offload_gen != gen or conn.offload is Offload.NONE:
             # Stale: the connection ended or dropped this request, and a delete went out after the
             # insert. An insert that completed late may have outlived that delete: delete again.
             if present and status == "installed" and (conn is None or conn.offload is Offload.NONE):
-                out.append(OffloadDelete(client_ip, client_port))
+                out.append(OffloadDelete(*key))
             self.stats.offload["stale_result"] += 1
             return out
         if status == "exists" and not conn.reinserted:
@@ -50,7 +48,7 @@ class Offloading:
             # this client ip:port — perhaps to another back-end. Replace it (delete first: the
             # worker keeps the order), once.
             conn.reinserted = True
-            out.append(OffloadDelete(client_ip, client_port))
+            out.append(OffloadDelete(*key))
             conn.offload = Offload.NONE
             self._insert(conn, out)
             self.stats.offload["replaced_stale"] += 1
@@ -95,7 +93,7 @@ class Offloading:
         self._gen += 1
         conn.offload_gen = self._gen
         conn.offload = Offload.REQUESTED
-        out.append(OffloadInsert(conn.key[0], conn.key[1], conn.backend, self._gen))
+        out.append(OffloadInsert(conn.key[0], conn.key[1], conn.backend, self._gen, conn.key[2]))
         self.stats.offload["requested"] += 1
 
     def _drop_offload(self, conn: Conn, out: list[Action]) -> None:

@@ -16,7 +16,7 @@ class Routing:
 
     def _route(self, conn: Conn, head, now: float, out: list[Action]) -> bool:
         """A request header is complete: pick its back-end. False if the connection was closed."""
-        rule = self.rules.match(head)
+        rule = self.rulesets[conn.key[2]].match(head)
         sel = self.selectors[rule.index]
         self.stats.requests_rule[rule.name] += 1
         conn.requests += 1
@@ -36,7 +36,11 @@ class Routing:
         if keep and sel.sticky:
             b: int | None = cur
         else:
-            b = sel.pick(self.pools.eligible(self.healthy, self.active), self.active, conn.key[0], head)
+            ok = self.pools.eligible(self.healthy, self.active)
+            busy = self._port_busy(conn)
+            if busy:
+                ok = [e and i not in busy for i, e in enumerate(ok)]
+            b = sel.pick(ok, self.active, conn.key[0], head)
         if conn.adopted and b != cur:
             # No client options for a new back-end SYN: keep the back-end if the rule allows it.
             if cur is not None and cur in rule.pool:
@@ -78,6 +82,19 @@ class Routing:
         self._syn(conn, out)
         return True
 
+    def _port_busy(self, conn: Conn) -> tuple[int, ...]:
+        """The back-ends that the same client ip:port's connections to other services use. A
+        back-end cannot take a second connection with that ip:port (its 4-tuple would be taken),
+        so none of them may be picked for this one."""
+        if len(self.services) == 1:
+            return ()
+        ip, port, svc = conn.key
+        busy = tuple(o.backend for s in range(len(self.services))
+                     if s != svc and (o := self.conns.get((ip, port, s))) is not None and o.backend is not None)
+        if busy:
+            self.stats.events["port_shared"] += 1
+        return busy
+
     def _redispatch(self, conn: Conn, now: float, out: list[Action]) -> bool:
         """The splice SYN to conn.backend was refused or never answered: send it to another
         eligible back-end of the rule's pool (at most rule.redispatch times per request), with
@@ -85,7 +102,7 @@ class Routing:
         rule = conn.rule
         if rule is None or conn.adopted or len(conn.tried) > rule.redispatch:
             return False
-        b = self.pools.another(rule.pool, conn.tried, self.healthy, self.active)
+        b = self.pools.another(rule.pool, conn.tried + self._port_busy(conn), self.healthy, self.active)
         if b is None:
             return False
         self._set_backend(conn, b)
@@ -104,7 +121,7 @@ class Routing:
         writes its header in pieces (Nagle) or beyond its first flight would wait forever. What
         we acknowledge, we must deliver: see `_release_held`."""
         conn.fe_acked = conn.nxt
-        out.append(Send(Segment(self.vip, self.vport, conn.key[0], conn.key[1], conn.req_ack, conn.nxt,  # type: ignore
+        out.append(Send(Segment(*self.services[conn.key[2]], conn.key[0], conn.key[1], conn.req_ack, conn.nxt,  # type: ignore
                                 ACK, 512), "client"))
         self.stats.events["header_acked"] += 1
 

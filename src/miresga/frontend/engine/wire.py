@@ -27,8 +27,10 @@ class Wire:
         out.append(Send(new, "backend"))
         self.stats.bytes["slow_to_backend"] += len(seg.payload)
 
-    def _to_client(self, seg: Segment, out: list[Action], conn: Conn | None = None, hold: bool = False) -> None:
-        new = Segment(self.vip, self.vport, seg.dst, seg.dport, seg.seq, seg.ack, seg.flags, seg.window,
+    def _to_client(self, seg: Segment, out: list[Action], conn: Conn | None = None, hold: bool = False,
+                   svc: int = 0) -> None:
+        """`svc`: the service whose VIP speaks, when there is no `conn` to say it."""
+        new = Segment(*self.services[conn.key[2] if conn is not None else svc], seg.dst, seg.dport, seg.seq, seg.ack, seg.flags, seg.window,
                       seg.options, seg.payload)
         if conn is not None and conn.ack_held is not None:
             self._supersede(conn, 1, new, out)
@@ -79,7 +81,7 @@ class Wire:
         out.append(Send(Segment(conn.key[0], conn.key[1], ip, port, seq, 0, RST, 0), "backend"))
 
     def _rst_client(self, conn: Conn, out: list[Action]) -> None:
-        out.append(Send(Segment(self.vip, self.vport, conn.key[0], conn.key[1], conn.cli_ack,
+        out.append(Send(Segment(*self.services[conn.key[2]], conn.key[0], conn.key[1], conn.cli_ack,
                                 conn.nxt or 0, RST | ACK, 0), "client"))
 
     def _syn(self, conn: Conn, out: list[Action]) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from miresga.frontend.segment import Segment
 
-Key = tuple[int, int]  # client ip, client port (host order)
+Key = tuple[int, int, int]  # client ip, client port (host order), service index
 
 
 class EvKind(enum.IntEnum):

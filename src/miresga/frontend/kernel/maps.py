@@ -64,7 +64,7 @@ _HELD_CODEC = FrameCodec(b"\0" * 6, b"\0" * 6)   # parses a held frame (MACs unu
 
 
 def fe_key(key: Key) -> L.FeKey:
-    return L.FeKey(socket.htonl(key[0]), socket.htons(key[1]), 0)
+    return L.FeKey(socket.htonl(key[0]), socket.htons(key[1]), key[2])
 
 
 def decode_entry(c: L.FeConn, now_ns: int) -> KernelEntry:
@@ -84,7 +84,7 @@ def decode_event(raw: bytes) -> KernelEvent:
     """One ring-buffer record (struct.unpack: a third of what a ctypes copy costs per event)."""
     kind, addr, port, copy_len, seq, plen, cli_ack, srv_end, cli_nxt, tcb, rule, backend, flags = _EV.unpack_from(raw)
     data = raw[_EV_SIZE:_EV_SIZE + copy_len] if copy_len else b""
-    return KernelEvent(_EV_KINDS[kind], (_ntohl(addr), _ntohs(port)), cli_ack, srv_end, cli_nxt, tcb, seq, plen,
+    return KernelEvent(_EV_KINDS[kind], (_ntohl(addr), _ntohs(port), 0), cli_ack, srv_end, cli_nxt, tcb, seq, plen,
                        data, rule, backend, flags)
 
 
@@ -202,6 +202,7 @@ class KernelMaps:
     def _set_key(self, key: Key) -> None:
         self._key.addr = socket.htonl(key[0])
         self._key.port = socket.htons(key[1])
+        self._key._pad = key[2]
 
     def handover(self, key: Key, entry: KernelEntry) -> bool:
         """Install the entry; False if the table is full (the engine keeps the connection)."""
@@ -258,7 +259,7 @@ class KernelMaps:
         now, gone = time.monotonic_ns(), 0
         for raw_key, raw in list(self.conns.items()):
             k = L.FeKey.from_buffer_copy(raw_key)
-            key = (socket.ntohl(k.addr), socket.ntohs(k.port))
+            key = (socket.ntohl(k.addr), socket.ntohs(k.port), k._pad)
             if known(key) or now - L.FeConn.from_buffer_copy(raw).last_seen_ns < idle_s * 1e9:
                 continue
             self.remove(key)
