@@ -24,6 +24,9 @@ def _check_config(args: argparse.Namespace) -> int:
     cfg = load_config_or_exit(args.file, status=1)
     print(f"{args.file}: ok ({len(cfg.hosts.frontends)} front-ends, {len(cfg.hosts.backends)} back-ends, "
           f"{len(cfg.rules)} rules, profile {cfg.switch.profile})")
+    if cfg.services:
+        for svc in cfg.all_services():
+            print(f"  service {svc.name}: {svc.vip.address}:{svc.vip.port}, {len(svc.rules)} rules")
     return 0
 
 

@@ -59,6 +59,8 @@ def _status(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"testbed {st['instance']}  vip: {st['vip'] or '(no load balancer yet)'}")
+    for svc in st.get("services", [])[1:]:
+        print(f"  service {svc['name']}: {svc['vip']['address']}:{svc['vip']['port']}")
     for h in st["hosts"]:
         c = h["counters"] or {}
         rx, tx = c.get("ingress", {}), c.get("egress", {})

@@ -138,13 +138,14 @@ class RealisticTestbed(Testbed):
             nsx.run(n.netns, "ip", "addr", "add", str(n.address), "dev", n.iface)
             if n.role != "router":
                 nsx.run(n.netns, "ip", "route", "add", "default", "via", str(n.gateway))
-        # The upstream router: the client network on eth1, the VIP routed to the switch.
+        # The upstream router: the client network on eth1, every VIP routed to the switch.
         up = self.topo.by_role("router")[0]
         client = self.topo.by_role("client")[0]
         self._veth(up.netns, "eth1", client.netns, client.iface)
         nsx.run(up.netns, "ip", "addr", "add", str(CLIENT_GW), "dev", "eth1")
         nsx.run(up.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        nsx.run(up.netns, "ip", "route", "add", f"{self.cfg.vip.address}/32", "via", str(up.gateway))
+        for vip in sorted({svc.vip.address for svc in self.cfg.all_services()}):
+            nsx.run(up.netns, "ip", "route", "add", f"{vip}/32", "via", str(up.gateway))
         nsx.run(client.netns, "ip", "addr", "add", str(client.address), "dev", client.iface)
         nsx.run(client.netns, "ip", "route", "add", "default", "via", str(CLIENT_GW.ip))
         # The management network: mgmt0 on every host, one bridge.

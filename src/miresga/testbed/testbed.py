@@ -194,7 +194,8 @@ class Testbed:
         self._wait_frontends(30)
         self.state["vip"] = {"address": str(self.cfg.vip.address), "port": self.cfg.vip.port}
         self._save()
-        self._log(f"Miresga up: VIP {self.cfg.vip.address}:{self.cfg.vip.port}")
+        self._log("Miresga up: " + ", ".join(f"VIP {s.vip.address}:{s.vip.port} ({s.name})"
+                                             for s in self.cfg.all_services()))
 
     def miresga_argv(self, unit: str, name: str | None = None) -> list[str]:
         """The command line (after `miresga`) of the switch, agent `name` or front-end `name`. The
@@ -536,6 +537,9 @@ def describe(cfg: Deployment, topo: Topology, objects: list[CatalogObject], pin_
         "namespaces": roles,
         "vip": vip,
         "rules": ([r.model_dump(mode="json", exclude_defaults=False) for r in cfg.rules] if vip else []),
+        "services": ([{"name": s.name, "vip": {"address": str(s.vip.address), "port": s.vip.port},
+                       "rules": [r.model_dump(mode="json", exclude_defaults=False) for r in s.rules]}
+                      for s in cfg.all_services()] if vip else []),
         "peers": peers,
         "backends": [{"name": b.name, "namespace": topo.node(b.name).netns, "address": str(b.ip),
                       "port": b.port, "direct_port": b.direct_port} for b in cfg.hosts.backends],
