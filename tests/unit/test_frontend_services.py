@@ -46,7 +46,7 @@ def test_services_are_indexed_default_first(eng):
     assert eng.services == [(ip_int("10.0.100.1"), 80), (ip_int("10.0.100.1"), 8080), (ip_int("10.0.100.7"), 80)]
     names = [r.name for r in eng.rule_list]
     assert names[:5] == ["api", "big", "dl", "site2", "default"]      # service 0's, its default last
-    assert names[5:] == ["api-all", "alt-dl", "alt-rest"]   # catch-alls last: no implicit default
+    assert names[5:] == ["api/api-all", "alt/alt-dl", "alt/alt-rest"]   # catch-alls last: no implicit default
     assert [r.index for r in eng.rule_list] == list(range(len(names)))  # global indices
 
 
@@ -67,8 +67,8 @@ def test_one_client_port_two_services(eng):
         assert (out.src, out.sport, out.dst, out.dport) == (cl.vip, cl.vport, cl.ip, cl.port)
         assert out.payload == resp.payload
     # alt's /dl/ rule offloads always: the insert names alt's service
-    assert eng.conns[c2.key].rule.name == "alt-dl" and eng.conns[c0.key].rule.name == "api"
-    assert eng.stats.requests_rule["alt-dl"] == 1 and eng.stats.requests_rule["api"] == 1
+    assert eng.conns[c2.key].rule.name == "alt/alt-dl" and eng.conns[c0.key].rule.name == "api"
+    assert eng.stats.requests_rule["alt/alt-dl"] == 1 and eng.stats.requests_rule["api"] == 1
 
 
 def test_offload_insert_carries_the_service(eng):

@@ -76,14 +76,17 @@ class RuleSet:
 
     def __init__(self, cfg: Deployment, service: int = 0, first: int = 0):
         index = {b.name: i for i, b in enumerate(cfg.hosts.backends)}
-        rules = cfg.all_services()[service].rules
+        svc = cfg.all_services()[service]
+        rules = svc.rules
         self.service, self.first = service, first
+        # Rule names in metrics and the access log: another service's are `service/rule`.
+        prefix = f"{svc.name}/" if service else ""
         self.rules: list[CompiledRule] = [
-            CompiledRule(r.name, first + i, tuple(index[n] for n in r.pool), r.policy, r.hash_header, r.offload,
+            CompiledRule(prefix + r.name, first + i, tuple(index[n] for n in r.pool), r.policy, r.hash_header, r.offload,
                          r.offload_threshold, r.offload_after_requests, _predicates(r),
                          offload_wait=r.offload == "always" and r.offload_wait, redispatch=r.redispatch)
             for i, r in enumerate(rules)]
-        self.default = CompiledRule("default", first + len(rules), tuple(range(len(cfg.hosts.backends))),
+        self.default = CompiledRule(prefix + "default", first + len(rules), tuple(range(len(cfg.hosts.backends))),
                                     "round_robin", None, "auto", 65536,
                                     Rule.model_fields["offload_after_requests"].default, ())
         if self.rules and not self.rules[-1].predicates:
