@@ -52,7 +52,7 @@ class RawClient:
 
     def __init__(self, ns: str):
         with in_netns(ns):
-            self.io = PacketIO("eth0", C_GW_MAC, filter_spec=("0.0.0.0", 1, [(VIP, 80)]), checksum="software")
+            self.io = PacketIO("eth0", C_GW_MAC, filter_spec=([("0.0.0.0", 1)], [(VIP, 80)]), checksum="software")
             # our kernel has no socket for these connections: it must not reset them
             run(None, "nft", "-f", "-", input=f"""table ip rawclient {{
   chain out {{ type filter hook output priority 0; ip daddr {VIP} tcp flags & rst == rst drop
