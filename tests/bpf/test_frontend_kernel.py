@@ -174,9 +174,9 @@ def normal(actions) -> tuple[list, list]:
 class Twin:
     """Reference and system side by side; every step is compared."""
 
-    def __init__(self, prog, maps):
-        self.ref = Engine(CFG)
-        self.sys = System(prog, maps)
+    def __init__(self, prog, maps, cfg=None, now: float = NOW):
+        self.ref = Engine(cfg or CFG)
+        self.sys = System(prog, maps, cfg, now)
 
     def segment(self, seg: Segment, now: float = NOW) -> list:
         want = normal(self.ref.segment(seg, now))
