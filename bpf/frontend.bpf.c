@@ -443,6 +443,15 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 		bpf_map_delete_elem(&fe_held, key);
 		return punt_new(key);
 	}
+	if (cfg->n_services > 1 && port_shared(key, cfg->n_services)) {
+		/* Another service's first request of this client port, on another CPU, got in since
+		 * the check above: neither keeps its own (the other sees this entry), both go up. */
+		bpf_map_delete_elem(&fe_conns, key);
+		bpf_ringbuf_discard(rec, 0);
+		bpf_map_delete_elem(&fe_held, key);
+		fe_count(FE_STAT_PORT_SHARED);
+		return punt_new(key);
+	}
 	route_opened(bi);
 	report_request(rec, room, skb, p, key, &e, &q, seq, FE_REQ_FIRST | ((__u32)opts << 8));
 	if (build_syn(skb, p, &e, opts)) {
