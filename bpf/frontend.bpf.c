@@ -1,7 +1,9 @@
 /* The front-end's kernel path (DESIGN.md §10): TC ingress on the front-end's interface.
  *
  * Relay: every connection with a relay entry in fe_conns, with the engine's own rewrites:
- * back-end -> client as VIP:port (data, ACKs, FIN, RST), client -> back-end (ACKs, FIN, RST).
+ * back-end -> client as its service's VIP:port (data, ACKs, FIN, RST), client -> back-end (ACKs,
+ * FIN, RST). A connection is keyed by client ip:port and service (the VIP:port it reached); a
+ * back-end's segment does not name the service: the entry that has this back-end is its own.
  * Requests: the common request is routed here, with the rules Python compiled into maps
  * (frontend_route.h) — a keep-alive request that stays on its back-end is relayed at once; a new
  * connection's first request (valid cookie) becomes the splice SYN, its frame waits in fe_held
@@ -73,6 +75,7 @@ static __always_inline int relay(struct __sk_buff *skb, struct pkt *p, __u32 ip_
 static __always_inline void fill_event(struct fe_event *ev, __u32 kind, struct fe_key *key, struct fe_conn *e)
 {
 	ev->kind = kind;
+	ev->svc = key->svc;
 	ev->addr = key->addr;
 	ev->port = key->port;
 	ev->copy_len = 0;
@@ -94,11 +97,11 @@ static __always_inline int to_backend(struct __sk_buff *skb, struct pkt *p, stru
 		     p->tcp->dest, e->backend_port, 0);
 }
 
-/* Back-end -> client: the source becomes VIP:port. */
-static __always_inline int to_client(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg)
+/* Back-end -> client: the source becomes the service's VIP:port. */
+static __always_inline int to_client(struct __sk_buff *skb, struct pkt *p, struct fe_service *sv)
 {
-	return relay(skb, p, offsetof(struct iphdr, saddr), p->ip->saddr, cfg->vip, offsetof(struct tcphdr, source),
-		     p->tcp->source, cfg->vport, 1);
+	return relay(skb, p, offsetof(struct iphdr, saddr), p->ip->saddr, sv->vip, offsetof(struct tcphdr, source),
+		     p->tcp->source, sv->vport, 1);
 }
 
 /* Python reads the ring buffer in batches: it polls every few milliseconds (the data never waits
@@ -183,10 +186,10 @@ struct routed {
 	__u32 flags; /* FE_REQ_* */
 };
 
-/* Read the client segment's frame into the per-CPU buffer, parse and match it. 0: routed (the
- * frame in *frame, flen bytes); -1: leave it to Python. */
+/* Read the client segment's frame into the per-CPU buffer, parse and match it against its
+ * service's rules. 0: routed (the frame in *frame, flen bytes); -1: leave it to Python. */
 static __always_inline int read_request(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
-					struct routed *out, struct fe_held **frame)
+					struct fe_service *sv, struct routed *out, struct fe_held **frame)
 {
 	__u32 zero = 0, off = p->l4_off + p->tcp_hlen, flen = off + p->payload_len;
 	struct fe_work *wk = bpf_map_lookup_elem(&fe_work, &zero);
@@ -209,7 +212,7 @@ static __always_inline int read_request(struct __sk_buff *skb, struct pkt *p, st
 		return -1;
 	if (p->payload_len + out->r->fields + 16 > cfg->max_header)
 		return -1; /* near the header limit: the engine's 431 is exact */
-	ri = route_match(h->frame, wk, cfg);
+	ri = route_match(h->frame, wk, cfg, sv);
 	if (ri < 0)
 		return -1;
 	out->rule_index = ri;
@@ -279,7 +282,8 @@ static __always_inline int punt_new(struct fe_key *key)
 }
 
 /* ack - 1 of a client's first data segment: the cookie the switch made (current or previous key
- * generation, this bucket or the one before, as cookie.check_cookie). The option bits, or -1. */
+ * generation, this bucket or the one before, as cookie.check_cookie) for the VIP:port the segment
+ * is addressed to. The option bits, or -1. */
 static __always_inline int cookie_valid(struct fe_config *cfg, struct pkt *p, __u32 isn)
 {
 	__u32 slot, bucket = (__u32)(bpf_ktime_get_tai_ns() / 1000000000ULL / (cfg->bucket_seconds ? cfg->bucket_seconds : 1));
@@ -355,11 +359,32 @@ static __always_inline int build_syn(struct __sk_buff *skb, struct pkt *p, struc
 	return tcp_csum_store_fresh(skb, sizeof(eth) + sizeof(ip), pseudo, t.th.check);
 }
 
+/* Has the client ip:port a connection to another service (an entry or a marker)? Then the
+ * engine picks this one's back-end: it must not be one of theirs (the back-end would see one
+ * 4-tuple twice), and the engine picks among the others (routing._port_busy) — a pick the
+ * kernel would make otherwise. */
+static __always_inline int port_shared(struct fe_key *key, __u32 n_services)
+{
+	struct fe_key k = *key;
+
+#pragma clang loop unroll(disable)
+	for (__u32 s = 0; s < FE_SERVICES_MAX; s++) {
+		if (s >= n_services)
+			break;
+		if (s == key->svc)
+			continue;
+		k.svc = s;
+		if (bpf_map_lookup_elem(&fe_conns, &k))
+			return 1;
+	}
+	return 0;
+}
+
 /* A data segment of a client the kernel holds nothing for: a new connection's first request
- * (DESIGN.md §3 steps 2-3), taken here if the cookie is valid, the whole request is in it and
- * its rule picks a back-end from the wheel. */
+ * (DESIGN.md §3 steps 2-3), taken here if the cookie is valid, the whole request is in it, its
+ * client port has no other service's connection and its rule picks a back-end from the wheel. */
 static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
-					 struct fe_key *key, __u64 replace)
+					 struct fe_service *sv, struct fe_key *key, __u64 replace)
 {
 	struct tcphdr *th = p->tcp;
 	__u8 f = TCP_FLAGS(th);
@@ -381,7 +406,11 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 	opts = cookie_valid(cfg, p, ack - 1);
 	if (opts < 0)
 		return pass(FE_STAT_PASS_NO_ENTRY); /* the engine counts the bad cookie */
-	if (!(cfg->flags & FE_CFG_FIRST) || read_request(skb, p, cfg, &q, &frame))
+	if (cfg->n_services > 1 && port_shared(key, cfg->n_services)) {
+		fe_count(FE_STAT_PORT_SHARED);
+		return punt_new(key);
+	}
+	if (!(cfg->flags & FE_CFG_FIRST) || read_request(skb, p, cfg, sv, &q, &frame))
 		return punt_new(key);
 	if (!(q.rule->flags & (FE_RULE_WHEEL | FE_RULE_LEASTCONN | FE_RULE_HASH)) || q.rule->after_requests == 1)
 		return punt_new(key);
@@ -412,6 +441,15 @@ static __always_inline int first_request(struct __sk_buff *skb, struct pkt *p, s
 	if (bpf_map_update_elem(&fe_conns, key, &e, replace ? BPF_EXIST : BPF_NOEXIST)) {
 		bpf_ringbuf_discard(rec, 0);
 		bpf_map_delete_elem(&fe_held, key);
+		return punt_new(key);
+	}
+	if (cfg->n_services > 1 && port_shared(key, cfg->n_services)) {
+		/* Another service's first request of this client port, on another CPU, got in since
+		 * the check above: neither keeps its own (the other sees this entry), both go up. */
+		bpf_map_delete_elem(&fe_conns, key);
+		bpf_ringbuf_discard(rec, 0);
+		bpf_map_delete_elem(&fe_held, key);
+		fe_count(FE_STAT_PORT_SHARED);
 		return punt_new(key);
 	}
 	route_opened(bi);
@@ -505,7 +543,7 @@ static __always_inline int keeps_backend(struct routed *q, struct fe_config *cfg
 /* A keep-alive connection's next request, in order and whole: relayed at once when its rule
  * keeps the connection's back-end (DESIGN.md §3 step 8); anything else goes to the engine. */
 static __always_inline int next_request(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
-					struct fe_key *key, struct fe_conn *e)
+					struct fe_service *sv, struct fe_key *key, struct fe_conn *e)
 {
 	struct tcphdr *th = p->tcp;
 	__u8 f = TCP_FLAGS(th);
@@ -518,7 +556,7 @@ static __always_inline int next_request(struct __sk_buff *skb, struct pkt *p, st
 	    seq != e->cli_nxt || (e->has_req_ack && ack == e->last_req_ack))
 		return pass(FE_STAT_PASS_DATA); /* not a plain next request (pipelined, reordered, ...) */
 	offloaded = e->route_ok & FE_ROUTE_OFFLOADED;
-	if (read_request(skb, p, cfg, &q, &frame) || !keeps_backend(&q, cfg, e, bpf_ntohl(p->ip->saddr)) ||
+	if (read_request(skb, p, cfg, sv, &q, &frame) || !keeps_backend(&q, cfg, e, bpf_ntohl(p->ip->saddr)) ||
 	    (!offloaded && q.rule->after_requests && e->requests + 1 >= q.rule->after_requests)) {
 		fe_count(FE_STAT_REQ_PUNTED);
 		return pass(FE_STAT_PASS_DATA); /* re-route, offload from now on, or not ours to judge */
@@ -553,9 +591,9 @@ static __always_inline int retransmitted(struct fe_conn *e, __u32 seq, __u32 len
 
 /* ------------------------------------------------------------------ relay */
 
-/* A segment of a client to VIP:port whose connection the kernel holds. */
+/* A segment of a client to its service's VIP:port whose connection the kernel holds. */
 static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
-				       struct fe_key *key, struct fe_conn *e)
+				       struct fe_service *sv, struct fe_key *key, struct fe_conn *e)
 {
 	struct tcphdr *th = p->tcp;
 	__u8 f = TCP_FLAGS(th);
@@ -571,9 +609,9 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, str
 		return rc;
 	}
 	if (p->payload_len && e->closing && !retransmitted(e, seq, p->payload_len + ((f & F_FIN) ? 1 : 0)))
-		return first_request(skb, p, cfg, key, 1); /* the port reused: a new connection (or Python's) */
+		return first_request(skb, p, cfg, sv, key, 1); /* the port reused: a new connection (or Python's) */
 	if (p->payload_len)
-		return next_request(skb, p, cfg, key, e);
+		return next_request(skb, p, cfg, sv, key, e);
 	if (f & F_SYN)
 		return pass(FE_STAT_PASS_OTHER);
 	e->last_seen_ns = bpf_ktime_get_ns();
@@ -596,7 +634,7 @@ static __always_inline int from_client(struct __sk_buff *skb, struct pkt *p, str
 
 /* A segment of the connection's back-end (service ip:port) to its client. */
 static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, struct fe_config *cfg,
-					struct fe_key *key, struct fe_conn *e)
+					struct fe_service *sv, struct fe_key *key, struct fe_conn *e)
 {
 	struct tcphdr *th = p->tcp;
 	__u8 f = TCP_FLAGS(th);
@@ -605,7 +643,7 @@ static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, st
 
 	e->last_seen_ns = bpf_ktime_get_ns();
 	if (f & F_RST) {
-		rc = to_client(skb, p, cfg);
+		rc = to_client(skb, p, sv);
 		fe_count(FE_STAT_BACKEND_RST);
 		report(FE_EV_BACKEND_RST, key, e);
 		bpf_map_delete_elem(&fe_conns, key);
@@ -630,7 +668,38 @@ static __always_inline int from_backend(struct __sk_buff *skb, struct pkt *p, st
 	if (f & F_FIN)
 		e->srv_fin = 1;
 	maybe_closing(key, e);
-	return to_client(skb, p, cfg);
+	return to_client(skb, p, sv);
+}
+
+/* A back-end's segment to client ip:port: the connection of the service whose entry has this
+ * back-end (at most one has: a back-end cannot hold one 4-tuple twice), key->svc set to it. None:
+ * *why says what there was instead (nothing, the engine's marker, another back-end's entry); the
+ * engine judges the segment. */
+static __always_inline struct fe_conn *backend_conn(struct pkt *p, struct fe_config *cfg, struct fe_key *key,
+						    __u32 *why)
+{
+	__u32 n = cfg->n_services;
+	struct fe_conn *e;
+
+	*why = FE_STAT_PASS_NO_ENTRY;
+#pragma clang loop unroll(disable)
+	for (__u32 s = 0; s < FE_SERVICES_MAX; s++) {
+		if (s > 0 && s >= n)
+			break;
+		key->svc = s;
+		e = bpf_map_lookup_elem(&fe_conns, key);
+		if (!e)
+			continue;
+		if (e->phase == FE_PHASE_PYTHON) {
+			*why = FE_STAT_PASS_PYTHON;
+			continue;
+		}
+		if (e->backend_ip == p->ip->saddr && e->backend_port == p->tcp->source)
+			return e;
+		if (*why == FE_STAT_PASS_NO_ENTRY)
+			*why = FE_STAT_PASS_OTHER; /* another back-end, or not spliced */
+	}
+	return 0;
 }
 
 SEC("tc")
@@ -638,39 +707,53 @@ int frontend_ingress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	struct fe_config *cfg;
+	struct fe_service *sv;
 	struct fe_conn *e;
 	struct fe_key key = {};
-	__u32 zero = 0;
+	__u32 zero = 0, svc = 0, why, *found;
 	int rc;
 
 	cfg = bpf_map_lookup_elem(&fe_config, &zero);
-	if (!cfg)
+	sv = bpf_map_lookup_elem(&fe_services, &zero);
+	if (!cfg || !sv)
 		return TC_ACT_OK;
 	rc = parse_tcp_ipv4_skb(skb, &p);
 	if (rc != PARSE_TCP)
 		return pass(FE_STAT_NOT_OURS); /* malformed too: the engine counts it */
-	if (p.ip->daddr == cfg->vip && p.tcp->dest == cfg->vport) {
+	if (!(p.ip->daddr == sv->vip && p.tcp->dest == sv->vport) && cfg->n_services > 1) {
+		struct fe_vip_key vk = { .vip = p.ip->daddr, .port = p.tcp->dest };
+
+		found = bpf_map_lookup_elem(&fe_vips, &vk);
+		if (found && *found < FE_SERVICES_MAX) {
+			svc = *found;
+			sv = bpf_map_lookup_elem(&fe_services, &svc);
+			if (!sv)
+				return TC_ACT_OK;
+		}
+	}
+	if (p.ip->daddr == sv->vip && p.tcp->dest == sv->vport) {
 		key.addr = p.ip->saddr;
 		key.port = p.tcp->source;
+		key.svc = svc;
 		e = bpf_map_lookup_elem(&fe_conns, &key);
 		if (!e)
-			return first_request(skb, &p, cfg, &key, 0);
+			return first_request(skb, &p, cfg, sv, &key, 0);
 		if (e->phase != FE_PHASE_RELAY)
 			return pass(e->phase == FE_PHASE_PYTHON ? FE_STAT_PASS_PYTHON : FE_STAT_PASS_OTHER);
-		return from_client(skb, &p, cfg, &key, e);
+		return from_client(skb, &p, cfg, sv, &key, e);
 	}
 	key.addr = p.ip->daddr;
 	key.port = p.tcp->dest;
-	e = bpf_map_lookup_elem(&fe_conns, &key);
+	e = backend_conn(&p, cfg, &key, &why);
 	if (!e)
-		return pass(FE_STAT_PASS_NO_ENTRY);
-	if (e->phase == FE_PHASE_PYTHON)
-		return pass(FE_STAT_PASS_PYTHON);
-	if (e->backend_ip != p.ip->saddr || e->backend_port != p.tcp->source)
-		return pass(FE_STAT_PASS_OTHER); /* another back-end, or not spliced: the engine judges */
+		return pass(why);
 	if (e->phase == FE_PHASE_SYN_SENT)
 		return release(skb, &p, &key, e);
-	return from_backend(skb, &p, cfg, &key, e);
+	svc = key.svc;
+	sv = bpf_map_lookup_elem(&fe_services, &svc);
+	if (!sv)
+		return pass(FE_STAT_PASS_OTHER);
+	return from_backend(skb, &p, cfg, sv, &key, e);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

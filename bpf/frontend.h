@@ -20,10 +20,33 @@
 #define FE_WHEEL_MAX 4096 /* selection wheel slots, all rules together */
 #define FE_BACKENDS_MAX 64
 #define FE_WATCH_COPIES 2 /* response segments copied for a watched request (engine.WATCH_COPIES) */
+#define FE_SERVICES_MAX 16 /* VIP:port services (config.MAX_SERVICES) */
 
-/* The connection table key: the client's ip:port. */
+/* The connection table key: the client's ip:port and the service (VIP:port) it reached, by its
+ * index (config.all_services()). One client ip:port may reach two services at once (Linux reuses
+ * a source port towards other destinations): two connections. */
 struct fe_key {
 	__u32 addr; /* be */
+	__u16 port; /* be */
+	__u16 svc;
+};
+
+/* fe_services: one per service, by index. Its rules and steps are stretches of fe_rules and
+ * fe_ops (rule indices global: service 0's first, as the engine's rule_list). */
+struct fe_service {
+	__u32 vip;        /* be */
+	__u16 vport;      /* be */
+	__u16 _pad;
+	__u16 first_rule; /* its first rule in fe_rules */
+	__u16 n_rules;    /* its rules, its default (always matching) last */
+	__u16 first_op;   /* its first step in fe_ops */
+	__u16 n_ops;
+};
+
+/* fe_vips: VIP:port -> service index, for the services after the first (service 0 is checked
+ * without a hash lookup). */
+struct fe_vip_key {
+	__u32 vip;  /* be */
 	__u16 port; /* be */
 	__u16 _pad;
 };
@@ -63,12 +86,12 @@ enum fe_phase {
 
 /* Slot 0 of fe_config, written by the loader and on every health or limit change. */
 struct fe_config {
-	__u32 vip;            /* be */
-	__u16 vport;          /* be */
+	__u16 n_services;     /* services in fe_services (0 and 1: service 0 only) */
 	__u16 flags;          /* FE_CFG_* */
+	__u32 _pad;
 	__u64 healthy;        /* bit b: back-end b passes its health check */
-	__u32 n_ops;          /* steps in fe_ops */
-	__u32 n_rules;        /* rules in fe_rules, the default (always matching) last */
+	__u32 n_ops;          /* steps in fe_ops, all services' (0: the kernel routes nothing) */
+	__u32 n_rules;        /* rules in fe_rules, all services' */
 	__u32 max_header;     /* a request of more payload bytes (plus one per field) goes to Python */
 	__u32 bucket_seconds; /* the cookie's time bucket */
 	__u64 hrw_k0;         /* the rendezvous hash's key (selection.py) */
@@ -164,7 +187,8 @@ enum fe_event_kind {
 #define FE_REQ_KEEP 8      /* it said Connection: keep-alive */
 
 struct fe_event {
-	__u32 kind;           /* enum fe_event_kind */
+	__u16 kind;           /* enum fe_event_kind */
+	__u16 svc;            /* the connection's service (fe_key.svc) */
 	__u32 addr;           /* be: client */
 	__u16 port;           /* be: client */
 	__u16 copy_len;       /* FE_EV_COPY: bytes that follow */
@@ -174,7 +198,7 @@ struct fe_event {
 	__u32 srv_end;
 	__u32 cli_nxt;
 	__u64 to_client_bytes;
-	__u16 rule;           /* FE_EV_REQUEST: the rule and back-end */
+	__u16 rule;           /* FE_EV_REQUEST: the rule (global index) and back-end */
 	__u16 backend;
 	__u32 req_flags;      /* FE_EV_REQUEST: FE_REQ_*, the cookie's option bits << 8 */
 };
@@ -202,7 +226,8 @@ enum fe_stat {
 	FE_STAT_RELEASED = 18,        /* held requests released on the back-end's SYN-ACK */
 	FE_STAT_PASS_PYTHON = 19,     /* segments of connections the engine holds (marker entries) */
 	FE_STAT_DROP_NO_ENTRY = 20,   /* a client ACK, RST or SYN of no connection: dropped (the engine ignores them) */
-	FE_STAT_MAX = 21,
+	FE_STAT_PORT_SHARED = 21,     /* a first request punted: the client ip:port has another service's connection */
+	FE_STAT_MAX = 22,
 };
 
 #endif

@@ -14,8 +14,8 @@
 #define FE_EVENTS_BYTES (1 << 24)
 #endif
 
-/* Client ip:port -> relay state of a connection the engine handed over. A plain hash: a full
- * table refuses the hand-over and the connection stays with Python. */
+/* Client ip:port and service -> relay state of a connection the engine handed over. A plain
+ * hash: a full table refuses the hand-over and the connection stays with Python. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, FE_CONNS_MAX);
@@ -23,13 +23,29 @@ struct {
 	__type(value, struct fe_conn);
 } fe_conns SEC(".maps");
 
-/* Slot 0: the VIP. */
+/* Slot 0: limits, health, routing flags. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct fe_config);
 } fe_config SEC(".maps");
+
+/* Service index -> its VIP:port and its stretch of the rules. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FE_SERVICES_MAX);
+	__type(key, __u32);
+	__type(value, struct fe_service);
+} fe_services SEC(".maps");
+
+/* VIP:port -> service index (looked up only when there are several services). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FE_SERVICES_MAX);
+	__type(key, struct fe_vip_key);
+	__type(value, __u32);
+} fe_vips SEC(".maps");
 
 /* The compiled rules (miresga.frontend.kernel_rules), rewritten whole by Python on a change. */
 struct {
@@ -92,7 +108,7 @@ struct {
 #define FE_HELD_ENTRIES 65536
 #endif
 
-/* Client ip:port -> the request frame waiting for the back-end's SYN-ACK. */
+/* Client ip:port and service -> the request frame waiting for the back-end's SYN-ACK. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, FE_HELD_ENTRIES);

@@ -1,8 +1,8 @@
 /* The front-end's rules in the kernel: the program Python compiled from the config
  * (miresga.frontend.kernel_rules) run over a parsed request, and the back-end picked from the
- * rule's wheel. First match wins, as in rules.py: every rule starts in, each step may put its rule
- * out, the lowest rule still in is the match. One bpf_loop over the steps: the verifier sees one
- * step, whatever the rule set. */
+ * rule's wheel. First match wins, as in rules.py: every rule of the request's service starts in,
+ * each of the service's steps may put its rule out, the lowest rule still in is the match. One
+ * bpf_loop over the steps: the verifier sees one step, whatever the rule set. */
 #ifndef MIRESGA_FRONTEND_ROUTE_H
 #define MIRESGA_FRONTEND_ROUTE_H
 
@@ -45,6 +45,7 @@ struct route_walk {
 	__u8 *buf;
 	struct route_state *m;
 	struct http_req *r; /* the parsed request: where its Host and path are */
+	__u32 op0;          /* the service's first step */
 };
 
 static long route_step(__u32 i, void *ctx)
@@ -52,7 +53,8 @@ static long route_step(__u32 i, void *ctx)
 	struct route_walk *w = ctx;
 	struct route_state *m = w->m;
 	struct http_req *r = w->r;
-	struct fe_op *op = bpf_map_lookup_elem(&fe_ops, &i);
+	__u32 at = i + w->op0;
+	struct fe_op *op = bpf_map_lookup_elem(&fe_ops, &at);
 	__u64 bit;
 	int ok;
 
@@ -94,19 +96,20 @@ static long route_step(__u32 i, void *ctx)
 	return 0;
 }
 
-/* The index of the first rule the request matches; -1 if none (a config error: the default
- * rule has no steps). */
-static __always_inline int route_match(__u8 *buf, struct fe_work *wk, struct fe_config *cfg)
+/* The (global) index of the first rule of service sv the request matches; -1 if none (a config
+ * error: the default rule has no steps) or the kernel routes nothing (no rules loaded). */
+static __always_inline int route_match(__u8 *buf, struct fe_work *wk, struct fe_config *cfg, struct fe_service *sv)
 {
 	struct route_state *m = &wk->m;
-	struct route_walk w = { .buf = buf, .m = m, .r = &wk->r };
-	__u32 n = cfg->n_rules;
+	struct route_walk w = { .buf = buf, .m = m, .r = &wk->r, .op0 = sv->first_op };
+	__u32 first = sv->first_rule, n = sv->n_rules, n_ops = sv->n_ops;
 	__u64 in;
 
-	if (n == 0 || n > FE_RULES_MAX)
+	if (n == 0 || n > FE_RULES_MAX || first + n > cfg->n_rules || cfg->n_rules > FE_RULES_MAX ||
+	    w.op0 + n_ops > cfg->n_ops || n_ops > FE_OPS_MAX)
 		return -1;
-	m->in = n == 64 ? ~0ULL : (1ULL << n) - 1;
-	bpf_loop(cfg->n_ops < FE_OPS_MAX ? cfg->n_ops : FE_OPS_MAX, route_step, &w, 0);
+	m->in = (n == 64 ? ~0ULL : (1ULL << n) - 1) << first;
+	bpf_loop(n_ops, route_step, &w, 0);
 	in = m->in;
 #pragma clang loop unroll(disable)
 	for (int k = 0; k < FE_RULES_MAX; k++) {

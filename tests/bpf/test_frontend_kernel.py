@@ -48,10 +48,14 @@ _IN = FrameCodec(mac_bytes(SW_MAC), mac_bytes(FE_MAC), checksum="software")   # 
 _PARSE = FrameCodec(mac_bytes(FE_MAC), mac_bytes(SW_MAC))
 
 
+def services(cfg) -> list[tuple[int, int]]:
+    return [(int(s.vip.address), s.vip.port) for s in cfg.all_services()]
+
+
 @pytest.fixture(scope="module")
 def bpf():
     with BpfObject(object_path("frontend")) as obj:
-        maps = KernelMaps(obj, int(CFG.vip.address), CFG.vip.port)
+        maps = KernelMaps(obj, services(CFG))
         yield obj.program("frontend_ingress"), maps
         maps.close()
 
@@ -73,7 +77,7 @@ class System:
         for i in range(64):
             maps.positions.map.update(ctypes.c_uint32(i), ctypes.c_uint64(0))
         self.eng = Engine(cfg, kernel=True, positions=maps.positions, counts=maps.counts(len(cfg.hosts.backends)))
-        maps.load_rules(cfg, self.eng.rules, self.eng.healthy)
+        maps.load_rules(cfg, self.eng.rulesets, self.eng.healthy)
         maps.set_keys(self.eng.keys(now))
         maps.set_routing(True, True)
         self.verdicts: list[int] = []
@@ -113,8 +117,8 @@ class System:
 
     def segment(self, seg: Segment, now: float) -> list:
         out: list = []
-        key = (seg.src, seg.sport, 0) if seg.dst == self.eng.vip else (seg.dst, seg.dport, 0)
-        if self.maps.conns.lookup(fe_key(key)) is not None:
+        key = self.entry_key(seg)
+        if key is not None:
             self.seen[key] = now
         r = self.prog.test_run(frame(seg))
         self.verdicts.append(r.retval)
@@ -139,6 +143,21 @@ class System:
         self._apply(self.eng.tick(now), out, now)
         return out
 
+    def entry_key(self, seg: Segment):
+        """The key of the kernel entry `seg` belongs to, found as the kernel finds it: by the VIP:port
+        it is addressed to, or (a back-end's) the service whose entry has the sending back-end."""
+        svc = self.eng.by_vip.get((seg.dst, seg.dport))
+        if svc is not None:
+            key = (seg.src, seg.sport, svc)
+            return key if self.maps.conns.lookup(fe_key(key)) is not None else None
+        for svc in range(len(self.eng.services)):
+            raw = self.maps.conns.lookup(fe_key((seg.dst, seg.dport, svc)))
+            if raw is not None:
+                e = decode_entry(FeConn.from_buffer_copy(raw), 0)
+                if (e.backend_ip, e.backend_port) == (seg.src, seg.sport):
+                    return (seg.dst, seg.dport, svc)
+        return None
+
 
 def relay_entries(maps: KernelMaps) -> list[bytes]:
     """Keys of the entries the kernel relays or routes for (not the engine's markers)."""
@@ -155,9 +174,9 @@ def normal(actions) -> tuple[list, list]:
 class Twin:
     """Reference and system side by side; every step is compared."""
 
-    def __init__(self, prog, maps):
-        self.ref = Engine(CFG)
-        self.sys = System(prog, maps)
+    def __init__(self, prog, maps, cfg=None, now: float = NOW):
+        self.ref = Engine(cfg or CFG)
+        self.sys = System(prog, maps, cfg, now)
 
     def segment(self, seg: Segment, now: float = NOW) -> list:
         want = normal(self.ref.segment(seg, now))
@@ -326,7 +345,7 @@ def test_active_connection_not_expired(bpf):
 def test_full_table_keeps_connection_in_python():
     """A kernel table with no room refuses the hand-over (E2BIG); the engine keeps relaying."""
     with BpfObject(object_path("frontend"), max_entries={"fe_conns": 1}) as obj:
-        maps = KernelMaps(obj, int(CFG.vip.address), CFG.vip.port)
+        maps = KernelMaps(obj, services(CFG))
         try:
             s = System(obj.program("frontend_ingress"), maps)
             other = Client(s.eng, port=50000)
@@ -423,9 +442,9 @@ def test_restart_replaces_a_dead_predecessors_program():
         sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         with in_netns(ns):
-            first = KernelPath("eth0", int(CFG.vip.address), CFG.vip.port, 1024)
+            first = KernelPath("eth0", services(CFG), 1024)
             first.ring.close()          # "dies": its filter stays attached
-            second = KernelPath("eth0", int(CFG.vip.address), CFG.vip.port, 1024)
+            second = KernelPath("eth0", services(CFG), 1024)
         assert filters() == 1
         with in_netns(ns):
             second.close()
@@ -756,7 +775,7 @@ def test_full_ring_leaves_requests_to_the_engine():
     of (a lost record would leave an entry nobody times out, and a connection the engine never
     counted); those requests go up the slow path and are served as before."""
     with BpfObject(object_path("frontend"), max_entries={"fe_events": 4096}) as obj:   # one page
-        maps = KernelMaps(obj, int(CFG.vip.address), CFG.vip.port)
+        maps = KernelMaps(obj, services(CFG))
         try:
             sys_ = System(obj.program("frontend_ingress"), maps, now=LIVE)
             lost0 = maps.stats()["events_lost"]
@@ -768,7 +787,7 @@ def test_full_ring_leaves_requests_to_the_engine():
             assert set(verdicts) == {TC_ACT_REDIRECT, TC_ACT_OK}
             out: list = []
             sys_._events(out, LIVE)                                             # Python catches up
-            kernel_keys = {(socket.ntohl(k.addr), socket.ntohs(k.port), k._pad)
+            kernel_keys = {(socket.ntohl(k.addr), socket.ntohs(k.port), k.svc)
                            for k in map(FeKey.from_buffer_copy, relay_entries(maps))}
             assert len(kernel_keys) == taken and kernel_keys <= set(sys_.eng.conns), "an entry nobody knows"
             for seg, v in zip(segs, verdicts):
@@ -784,7 +803,7 @@ def test_full_ring_closing_reported_at_the_next_segment():
     """Both FINs relayed while the ring is full: the closing record is made again at the
     connection's next segment (the last ACK), so the engine ends the connection on time."""
     with BpfObject(object_path("frontend"), max_entries={"fe_events": 4096}) as obj:
-        maps = KernelMaps(obj, int(CFG.vip.address), CFG.vip.port)
+        maps = KernelMaps(obj, services(CFG))
         try:
             sys_ = System(obj.program("frontend_ingress"), maps, now=LIVE)
             cl = Client(sys_.eng, now=LIVE)

@@ -25,7 +25,7 @@ MIRRORS = {   # object -> the mirrors of the structs it shares with user space
     "switch": [layouts.SwConfig, layouts.SwKey, layouts.FlowKey, layouts.OffloadEntry, layouts.Hop,
                layouts.BackendEntry, layouts.RouteKey, layouts.ArpEntry],
     "agent": [layouts.AgentFlowKey, layouts.AgentFlow, layouts.AgentConfig],
-    "frontend": [layouts.FeKey, layouts.FeConn, layouts.FeConfig, layouts.FeEvent, layouts.FeOp, layouts.FeRule,
+    "frontend": [layouts.FeKey, layouts.FeService, layouts.FeVipKey, layouts.FeConn, layouts.FeConfig, layouts.FeEvent, layouts.FeOp, layouts.FeRule,
                  layouts.FeBackend, layouts.FeCookieKey, layouts.FeHeld],
     "counters": [layouts.IfCounters],
 }

@@ -58,7 +58,7 @@ class Relay:
             with in_netns(self.ns):
                 install_kernel_guard("10.99.2.2")
                 try:
-                    with PacketIO("eth0", FE_GW_MAC, filter_spec=(VIP, VPORT, [(BE, 80)]),
+                    with PacketIO("eth0", FE_GW_MAC, filter_spec=([(VIP, VPORT)], [(BE, 80)]),
                                   checksum=self.checksum) as io:
                         self.io = io
                         self.ready.set()

@@ -1,7 +1,8 @@
 """The whole front-end process (packet socket, engine, health checks, metrics) with the real
 back-end agent and nginx, in namespaces. The client side of the switch (the SYN cookie
 handshake) is played by a raw client built on the same packet I/O: it sends its request with a
-valid cookie, as if the switch had answered its SYN, and reads the response from VIP:port."""
+valid cookie, as if the switch had answered its SYN, and reads the response from VIP:port. Two
+services: VIP:80 and VIP:8080 (ALT_PORT), each with its own rules."""
 
 from __future__ import annotations
 
@@ -41,8 +42,15 @@ rules:
   - {{name: who, match: {{path_exact: /whoami}}, pool: [be2], offload: never}}
   - {{name: post, match: {{path_exact: /echo, method: POST}}, pool: [be2], offload: never}}
   - {{name: default, pool: [be1], offload: never}}
+services:
+  - name: alt
+    vip: {{address: {VIP}, port: 8080}}
+    rules:
+      - {{name: alt_who, match: {{path_exact: /whoami}}, pool: [be1], offload: never}}
+      - {{name: alt_default, pool: [be2], offload: never}}
 frontend: {{health_interval_s: 0.2, metrics_port: 9109}}
 """
+ALT_PORT = 8080
 CFG = parse_config(CFG_TEXT)
 
 
@@ -52,7 +60,8 @@ class RawClient:
 
     def __init__(self, ns: str):
         with in_netns(ns):
-            self.io = PacketIO("eth0", C_GW_MAC, filter_spec=("0.0.0.0", 1, [(VIP, 80)]), checksum="software")
+            self.io = PacketIO("eth0", C_GW_MAC, filter_spec=([("0.0.0.0", 1)], [(VIP, 80), (VIP, ALT_PORT)]),
+                               checksum="software")
             # our kernel has no socket for these connections: it must not reset them
             run(None, "nft", "-f", "-", input=f"""table ip rawclient {{
   chain out {{ type filter hook output priority 0; ip daddr {VIP} tcp flags & rst == rst drop
@@ -61,8 +70,8 @@ class RawClient:
 """)
         self.ip, self.vip = ip_int("10.99.1.2"), ip_int(VIP)
 
-    def connect(self, port: int) -> "RawConn":
-        return RawConn(self, port)
+    def connect(self, port: int, vport: int = 80) -> "RawConn":
+        return RawConn(self, port, vport)
 
     def get(self, path: str, port: int, timeout: float = 15.0) -> tuple[bytes, dict]:
         conn = self.connect(port)
@@ -76,14 +85,14 @@ class RawClient:
 
 
 class RawConn:
-    def __init__(self, client: RawClient, port: int):
+    def __init__(self, client: RawClient, port: int, vport: int = 80):
         ck = CFG.switch.cookie
         now = cookie.tai_seconds()
         key = cookie.keys_at(ck.secret, now, ck.rotate_seconds)[0]
-        self.cl, self.port = client, port
-        self.s = cookie.make_cookie(key, client.ip, port, client.vip, 80,
+        self.cl, self.port, self.vport = client, port, vport
+        self.s = cookie.make_cookie(key, client.ip, port, client.vip, vport,
                                     cookie.bucket_of(now, ck.bucket_seconds), 1460, 7, True)
-        self.snd = seq_add(0x10000000 + port, 1)
+        self.snd = seq_add(0x10000000 + port + (vport << 16), 1)
         self.rcv = seq_add(self.s, 1)
         self.buf = bytearray()
         self.fin = False
@@ -91,7 +100,7 @@ class RawConn:
         self.info = {"segments": 0, "max_seg": 0, "fin": False}
 
     def _seg(self, flags: int, payload: bytes = b"") -> Segment:
-        return Segment(self.cl.ip, self.port, self.cl.vip, 80, self.snd, self.rcv, flags, 502, b"", payload)
+        return Segment(self.cl.ip, self.port, self.cl.vip, self.vport, self.snd, self.rcv, flags, 502, b"", payload)
 
     def send(self, data: bytes, mss: int = 1400) -> None:
         self.unacked = []
@@ -105,7 +114,7 @@ class RawConn:
         deadline = time.monotonic() + timeout
         quiet_since = time.monotonic()
         while time.monotonic() < deadline and not done():
-            segs = [x for x in self.cl.io.recv_batch(64) if x.dport == self.port]
+            segs = [x for x in self.cl.io.recv_batch(64) if x.dport == self.port and x.sport == self.vport]
             if not segs:
                 if time.monotonic() - quiet_since > 1.0:
                     for seg in self.unacked:     # nothing heard: retransmit what we sent last
@@ -300,6 +309,32 @@ def test_keepalive_reroutes_between_backends(system):
     assert st.events["reroute"] == 3
     assert agent.counters()["splice_syn"] + agent.counters()["resplice"] == 2
     assert srv.agent2.counters()["splice_syn"] + srv.agent2.counters()["resplice"] == 2
+    settle(srv, agent)
+    assert not srv.engine.conns and not agent.flows() and not srv.agent2.flows()
+
+
+def test_one_client_port_on_two_services(system):
+    """One client ip:port with a connection to VIP:80 and one to VIP:8080 at once (as Linux
+    clients reuse source ports): each routed by its own service's rules (/whoami: be2 on 80, be1
+    on 8080) and answered from its own VIP:port; the second one, its port shared, by the engine."""
+    ns, www, srv, agent, client = system
+    a = client.connect(41030)
+    a.send(b"GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert body_of(a.read_response()) == f"{BE2}\n".encode()
+    b = client.connect(41030, ALT_PORT)
+    b.send(b"GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert body_of(b.read_response()) == f"{BE}\n".encode()
+    for conn, who in ((a, BE2), (b, BE)):        # keep-alive: each on its back-end
+        conn.send(b"GET /whoami HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert body_of(conn.read_until_fin()) == f"{who}\n".encode()
+    st = srv.engine.stats
+    end = time.monotonic() + 5
+    while sum(st.requests_rule.values()) < 4 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert st.requests_rule["who"] == 2 and st.requests_rule["alt_who"] == 2
+    if srv.kpath is not None:
+        k = srv.kpath.stats()
+        assert k["req_first"] == 1 and k["port_shared"] == 1 and k["req_next"] == 2
     settle(srv, agent)
     assert not srv.engine.conns and not agent.flows() and not srv.agent2.flows()
 

@@ -107,10 +107,26 @@ class AgentConfig(ctypes.Structure):
 # --- bpf/frontend.h (the front-end's kernel path) --------------------------------------------
 
 class FeKey(ctypes.Structure):
-    """bpf/frontend.h: struct fe_key (client ip:port, network byte order)."""
+    """bpf/frontend.h: struct fe_key (client ip:port, network byte order; the service's index)."""
 
     _c_name = "fe_key"
-    _fields_ = [("addr", ctypes.c_uint32), ("port", ctypes.c_uint16), ("_pad", ctypes.c_uint16)]
+    _fields_ = [("addr", ctypes.c_uint32), ("port", ctypes.c_uint16), ("svc", ctypes.c_uint16)]
+
+
+class FeService(ctypes.Structure):
+    """bpf/frontend.h: struct fe_service (VIP:port network byte order; its stretch of the rules)."""
+
+    _c_name = "fe_service"
+    _fields_ = [("vip", ctypes.c_uint32), ("vport", ctypes.c_uint16), ("_pad", ctypes.c_uint16),
+                ("first_rule", ctypes.c_uint16), ("n_rules", ctypes.c_uint16), ("first_op", ctypes.c_uint16),
+                ("n_ops", ctypes.c_uint16)]
+
+
+class FeVipKey(ctypes.Structure):
+    """bpf/frontend.h: struct fe_vip_key (network byte order)."""
+
+    _c_name = "fe_vip_key"
+    _fields_ = [("vip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("_pad", ctypes.c_uint16)]
 
 
 class FeConn(ctypes.Structure):
@@ -131,7 +147,7 @@ class FeConfig(ctypes.Structure):
     """bpf/frontend.h: struct fe_config (network byte order)."""
 
     _c_name = "fe_config"
-    _fields_ = [("vip", ctypes.c_uint32), ("vport", ctypes.c_uint16), ("flags", ctypes.c_uint16),
+    _fields_ = [("n_services", ctypes.c_uint16), ("flags", ctypes.c_uint16), ("_pad", ctypes.c_uint32),
                 ("healthy", ctypes.c_uint64), ("n_ops", ctypes.c_uint32), ("n_rules", ctypes.c_uint32),
                 ("max_header", ctypes.c_uint32), ("bucket_seconds", ctypes.c_uint32),
                 ("hrw_k0", ctypes.c_uint64), ("hrw_k1", ctypes.c_uint64)]
@@ -182,7 +198,7 @@ class FeEvent(ctypes.Structure):
     """bpf/frontend.h: struct fe_event (a FE_EV_COPY record carries copy_len bytes after it)."""
 
     _c_name = "fe_event"
-    _fields_ = [("kind", ctypes.c_uint32), ("addr", ctypes.c_uint32), ("port", ctypes.c_uint16),
+    _fields_ = [("kind", ctypes.c_uint16), ("svc", ctypes.c_uint16), ("addr", ctypes.c_uint32), ("port", ctypes.c_uint16),
                 ("copy_len", ctypes.c_uint16), ("seq", ctypes.c_uint32), ("payload_len", ctypes.c_uint32),
                 ("cli_ack", ctypes.c_uint32), ("srv_end", ctypes.c_uint32), ("cli_nxt", ctypes.c_uint32),
                 ("to_client_bytes", ctypes.c_uint64), ("rule", ctypes.c_uint16), ("backend", ctypes.c_uint16),

@@ -76,12 +76,12 @@ def ip_checksum(hdr: bytes) -> int:
     return ~csum_fold(ones_sum(hdr)) & 0xFFFF
 
 
-def compile_filter(vip: str, vport: int, backends: list[tuple[str, int]]) -> bytes:
-    """A classic BPF program (struct sock_fprog payload) for SO_ATTACH_FILTER."""
-    expr = f"tcp and ((dst host {vip} and dst port {vport})"
-    for ip, port in backends:
-        expr += f" or (src host {ip} and src port {port})"
-    expr += ")"
+def compile_filter(vips: list[tuple[str, int]], backends: list[tuple[str, int]]) -> bytes:
+    """A classic BPF program (struct sock_fprog payload) for SO_ATTACH_FILTER: TCP to any
+    service's VIP:port, or from any back-end's service ip:port."""
+    parts = [f"(dst host {ip} and dst port {port})" for ip, port in vips]
+    parts += [f"(src host {ip} and src port {port})" for ip, port in backends]
+    expr = f"tcp and ({' or '.join(parts)})"
     out = subprocess.run(["tcpdump", "-ddd", "-y", "EN10MB", expr], capture_output=True, text=True,
                          check=True).stdout.split("\n")
     n = int(out[0])
@@ -175,8 +175,11 @@ class FrameCodec:
 class PacketIO:
     """One AF_PACKET socket on `ifname` (inside the current network namespace)."""
 
-    def __init__(self, ifname: str, dst_mac: str, *, filter_spec: tuple[str, int, list[tuple[str, int]]] | None = None,
+    def __init__(self, ifname: str, dst_mac: str, *,
+                 filter_spec: tuple[list[tuple[str, int]], list[tuple[str, int]]] | None = None,
                  checksum: str = "offload", bufsize: int = 1 << 18):
+        """`filter_spec`: (every service's VIP:port, every back-end's service ip:port), see
+        `compile_filter`; None: no filter."""
         self.ifname = ifname
         self.checksum = checksum
         self.stats = IoStats()

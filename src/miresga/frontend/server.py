@@ -122,12 +122,12 @@ class FrontendServer:
             if opts.guard:
                 install_kernel_guard(str(host.ip), opts.iface)
             gw_mac = opts.gateway_mac or neighbours.resolve(str(host.gateway), opts.iface)  # the switch port's
-            self.io = PacketIO(opts.iface, gw_mac,
-                               filter_spec=(str(cfg.vip.address), cfg.vip.port, backends),
+            vips = [(str(s.vip.address), s.vip.port) for s in cfg.all_services()]
+            self.io = PacketIO(opts.iface, gw_mac, filter_spec=(vips, backends),
                                checksum=cfg.frontend.checksum)
             if cfg.frontend.kernel_path:
                 from miresga.frontend.kernel.maps import KernelPath
-                self.kpath = KernelPath(opts.iface, int(cfg.vip.address), cfg.vip.port,
+                self.kpath = KernelPath(opts.iface, [(int(s.vip.address), s.vip.port) for s in cfg.all_services()],
                                         cfg.frontend.max_connections)
             kp = self.kpath
             self.engine = Engine(cfg, kernel=kp is not None, positions=kp.positions if kp is not None else None,
@@ -214,7 +214,7 @@ class FrontendServer:
         eng, kp = self.engine, self.kpath
         if kp is None:
             return
-        kr = kp.load_rules(self.cfg, eng.rules, self._kernel_usable())
+        kr = kp.load_rules(self.cfg, eng.rulesets, self._kernel_usable())
         if not kr.usable:
             log.warning("the kernel path relays but routes nothing: %s", kr.why)
         self._kernel_limits(self.clock())

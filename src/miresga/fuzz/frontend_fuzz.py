@@ -3,7 +3,9 @@ BPF_PROG_TEST_RUN.
 
 A pool of connections is handed over to it as the engine would (one `fe_conns` entry each:
 back-end, client's next seq and ack, back-end's end, FIN bits, response copies wanted) and handed
-over again after the kernel drops one (RST). Inputs: client segments to VIP:port of those
+over again after the kernel drops one (RST). There are two services at least (the config's, and
+one more VIP:port if it has only one), and each client ip:port of the pool has a connection to
+each service, with another back-end (as the engine picks them). Inputs: client segments to VIP:port of those
 connections and of strangers (ACKs, FINs in and out of order, retransmitted FINs, RSTs, data,
 SYNs), back-end segments from the entry's back-end, another back-end or its direct port (data,
 FINs, RSTs, retransmitted SYN-ACKs), other traffic; a share mutated. The ring buffer is drained
@@ -14,9 +16,10 @@ Checked on every input:
   segment of no connection: the only drops the kernel path makes); a
   pass to the engine moves a pass counter and leaves the frame untouched; a redirect moves
   `to_client` or `to_backend`;
-- addresses: a redirect goes back out its port with the MACs swapped; to a client only as
-  VIP:port, only for a connection handed over, from that connection's back-end; to a back-end only
-  the entry's back-end service ip:port (a configured one), only from its client to VIP:port;
+- addresses: a redirect goes back out its port with the MACs swapped; to a client only as its
+  connection's service VIP:port, only for a connection handed over, from that connection's
+  back-end; to a back-end only the entry's back-end service ip:port (a configured one), only from
+  its client to that service's VIP:port;
 - bytes and checksums: only that endpoint's address and port and the checksums change (sequence
   numbers never), and the IP and TCP checksum residues are kept;
 - state: the kernel path never creates an entry (every 256 inputs: its table holds only what was
@@ -63,13 +66,22 @@ class FrontendHarness(Harness):
     def __init__(self, cfg: Deployment):
         super().__init__(cfg)
         self.vip, self.vport = ip_int(cfg.vip.address), cfg.vip.port
+        self.services = [(ip_int(s.vip.address), s.vip.port) for s in cfg.all_services()]
+        if len(self.services) == 1:
+            self.services.append((self.vip, self.vport % 65535 + 1))
+        self.by_vip = {ep: i for i, ep in enumerate(self.services)}
         self.backends = [(ip_int(b.ip), b.port, b.direct_port) for b in cfg.hosts.backends]
         self.obj = BpfObject(object_path("frontend"), max_entries={"fe_conns": 64})
         try:
             conf = self.obj.map("fe_config")
-            raw = bytearray(conf.value_size)         # vip, vport first; zero: no kernel rules
-            raw[0:6] = struct.pack("=IH", socket.htonl(self.vip), socket.htons(self.vport))
+            raw = bytearray(conf.value_size)         # n_services first; zero: no kernel rules
+            raw[0:2] = struct.pack("=H", len(self.services))
             conf.update(struct.pack("=I", 0), bytes(raw))
+            svcs, vips = self.obj.map("fe_services"), self.obj.map("fe_vips")
+            for i, (vip, vport) in enumerate(self.services):
+                ep = struct.pack("=IHH", socket.htonl(vip), socket.htons(vport), 0)
+                svcs.update(struct.pack("=I", i), ep + bytes(svcs.value_size - len(ep)))
+                vips.update(ep, struct.pack("=I", i))
             self.conns = self.obj.map("fe_conns")
             self.runner = FastRunner(self.obj.program("frontend_ingress"))
             self.stat_reader = ArrayReader(self.obj.map("fe_stats"), percpu=True)
@@ -78,12 +90,13 @@ class FrontendHarness(Harness):
             self.obj.close()
             raise
         client = ip_int(cfg.hosts.clients[0].ip)
-        self.clients = [(client, 40000 + i) for i in range(POOL)]
-        self.model: dict[tuple[int, int], dict] = {}      # the engine's view at hand-over
+        n = len(self.services)
+        self.clients = [(client, 40000 + i // n, i % n) for i in range(POOL)]   # (ip, port, service)
+        self.model: dict[tuple[int, int, int], dict] = {}  # the engine's view at hand-over
         self.cache: dict[bytes, bytes] = {}                # the table as hand-overs and inputs left it
         self.cmac, self.fmac = bytes.fromhex("02530a000201"), bytes.fromhex("024d0a000202")
-        self.pools = Pools([client, self.vip, *(b[0] for b in self.backends), 0],
-                           [self.vport, *(b[1] for b in self.backends), 8080, 40000, 40001, 0])
+        self.pools = Pools([client, *{v for v, _ in self.services}, *(b[0] for b in self.backends), 0],
+                           [*{p for _, p in self.services}, *(b[1] for b in self.backends), 8080, 40000, 40001, 0])
         self.n = 0
         self._last: dict = {}
         rng = random.Random(1)
@@ -95,11 +108,13 @@ class FrontendHarness(Harness):
         self.obj.close()
 
     @staticmethod
-    def _key(ip: int, port: int) -> bytes:
-        return ip.to_bytes(4, "big") + port.to_bytes(2, "big") + b"\0\0"
+    def _key(ip: int, port: int, svc: int) -> bytes:
+        return ip.to_bytes(4, "big") + port.to_bytes(2, "big") + svc.to_bytes(2, "little")
 
-    def handover(self, key: tuple[int, int], rng: random.Random) -> None:
-        b = rng.randrange(len(self.backends))
+    def handover(self, key: tuple[int, int, int], rng: random.Random) -> None:
+        # never a back-end that another service's connection of this client ip:port has
+        taken = {m["b"] for k, m in self.model.items() if k[:2] == key[:2] and k != key}
+        b = rng.choice([i for i in range(len(self.backends)) if i not in taken] or [0])
         m = {"b": b, "cli_nxt": rng.choice([rng.getrandbits(32), *SEQ_EDGES]), "srv_end": rng.getrandbits(32),
              "cli_ack": rng.getrandbits(32), "cli_fin": rng.random() < 0.2, "srv_fin": rng.random() < 0.2,
              "watch": rng.choice([0, 0, 1, 2])}
@@ -131,7 +146,8 @@ class FrontendHarness(Harness):
             kind, frame = self._backend(rng, key, m)
         else:
             kind = "other"
-            frame = l3_frame(self.cmac, self.fmac, key[0], self.vip, rng.choice([17, 1]), b"\0\x50\0\x50\0\x0c\0\0abcd")
+            frame = l3_frame(self.cmac, self.fmac, key[0], self.services[key[2]][0], rng.choice([17, 1]),
+                             b"\0\x50\0\x50\0\x0c\0\0abcd")
         if rng.random() < 0.5:
             mu = mutate(rng, bytes(frame), self.pools)
             return Input("frontend_ingress", bytes(mu.data), 0, [kind, *mu.names])
@@ -139,7 +155,7 @@ class FrontendHarness(Harness):
 
     def _client(self, rng, key, m):
         if rng.random() < 0.1:
-            key = (key[0], rng.randrange(1024, 65536))       # a connection the kernel does not hold
+            key = (key[0], rng.randrange(1024, 65536), key[2])   # a connection the kernel does not hold
         r = rng.random()
         seq, ack, payload = m["cli_nxt"], (m["srv_end"] + rng.choice([0, 0, -1, 1])) & M32, b""
         if r < 0.45:
@@ -153,7 +169,8 @@ class FrontendHarness(Harness):
             flags, kind, payload = ACK | PSH, "c_data", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
         else:
             flags, kind = rng.choice([SYN, SYN | ACK, 0]), "c_odd"
-        return kind, tcp_frame(self.cmac, self.fmac, key[0], self.vip, key[1], self.vport, seq, ack, flags,
+        vip, vport = self.services[key[2]]
+        return kind, tcp_frame(self.cmac, self.fmac, key[0], vip, key[1], vport, seq, ack, flags,
                                rng.choice([502, 0, 65535]), b"", payload)
 
     def _backend(self, rng, key, m):
@@ -182,32 +199,44 @@ class FrontendHarness(Harness):
 
     # ------------------------------------------------------------------ checks
 
+    def _backend_of(self, entry: bytes) -> tuple[int, int]:
+        return (socket.ntohl(struct.unpack_from("=I", entry, OFF["backend_ip"])[0]),
+                socket.ntohs(struct.unpack_from("=H", entry, OFF["backend_port"])[0]))
+
     def execute(self, inp: Input) -> list[Violation]:
         f = inp.data
         lay = Layout(f)
-        key = None
+        key, keys = None, []
         if lay.tcp_ok:
             l3, l4 = lay.l3, lay.l4
             dst, dport = int.from_bytes(f[l3 + 16:l3 + 20], "big"), int.from_bytes(f[l4 + 2:l4 + 4], "big")
-            if (dst, dport) == (self.vip, self.vport):
-                key = bytes(f[l3 + 12:l3 + 16] + f[l4:l4 + 2]) + b"\0\0"
+            svc = self.by_vip.get((dst, dport))
+            if svc is not None:
+                key = self._key(int.from_bytes(f[l3 + 12:l3 + 16], "big"), int.from_bytes(f[l4:l4 + 2], "big"), svc)
+                keys = [key]
             else:
-                key = bytes(f[l3 + 16:l3 + 20] + f[l4 + 2:l4 + 4]) + b"\0\0"
+                # a back-end's: the connection (of any service) whose entry has the sender
+                src, sport = int.from_bytes(f[l3 + 12:l3 + 16], "big"), int.from_bytes(f[l4:l4 + 2], "big")
+                keys = [self._key(dst, dport, s) for s in range(len(self.services))]
+                key = next((k for k in keys if k in self.cache and self._backend_of(self.cache[k]) == (src, sport)),
+                           keys[0])
         before = self.cache.get(key) if key else None
         self._last = {"key": key.hex() if key else None, "entry": before.hex() if before else None}
         s0 = self.stat_reader.read()
         verdict, out = self.runner.run(f)
         d = deltas(s0, self.stat_reader.read())
         after = None
-        if key is not None:
-            after = self.conns.lookup(key)
-            if after is None:
-                self.cache.pop(key, None)
+        for k in keys:
+            a = self.conns.lookup(k)
+            if a is None:
+                self.cache.pop(k, None)
             else:
-                self.cache[key] = after
-        return self.check(inp, lay, before, after, verdict, out, d)
+                self.cache[k] = a
+            if k == key:
+                after = a
+        return self.check(inp, lay, before, after, verdict, out, d, key)
 
-    def check(self, inp, lay, before, after, verdict, out, d) -> list[Violation]:
+    def check(self, inp, lay, before, after, verdict, out, d, key=None) -> list[Violation]:
         st = self.stats[inp.entry]
         self.inputs[inp.entry] += 1
         for i in d:
@@ -237,19 +266,19 @@ class FrontendHarness(Harness):
             v.append(Violation("address", "not bounced back with the MACs swapped"))
             return v
         l3, l4 = lay.l3, lay.l4
-        ent_ip = socket.ntohl(struct.unpack_from("=I", before, OFF["backend_ip"])[0])
-        ent_port = socket.ntohs(struct.unpack_from("=H", before, OFF["backend_port"])[0])
+        ent_ip, ent_port = self._backend_of(before)
+        vip, vport = self.services[int.from_bytes(key[6:8], "little")]
         src, dst = int.from_bytes(f[l3 + 12:l3 + 16], "big"), int.from_bytes(f[l3 + 16:l3 + 20], "big")
         sport, dport = struct.unpack_from("!HH", f, l4)
         o_src, o_dst = int.from_bytes(out[l3 + 12:l3 + 16], "big"), int.from_bytes(out[l3 + 16:l3 + 20], "big")
         o_sport, o_dport = struct.unpack_from("!HH", out, l4)
         if to_client:
-            if (src, sport) != (ent_ip, ent_port) or (o_src, o_sport) != (self.vip, self.vport) or \
+            if (src, sport) != (ent_ip, ent_port) or (o_src, o_sport) != (vip, vport) or \
                     (o_dst, o_dport) != (dst, dport):
                 v.append(Violation("address", "to a client not from its back-end, or not as VIP:port"))
             allowed = [(l3 + 10, l3 + 16), (l4, l4 + 2)]
         else:
-            if (dst, dport) != (self.vip, self.vport) or (o_dst, o_dport) != (ent_ip, ent_port) or \
+            if (dst, dport) != (vip, vport) or (o_dst, o_dport) != (ent_ip, ent_port) or \
                     (ent_ip, ent_port) not in {(b[0], b[1]) for b in self.backends} or (o_src, o_sport) != (src, sport):
                 v.append(Violation("address", "to a back-end that is not the entry's configured service"))
             allowed = [(l3 + 10, l3 + 12), (l3 + 16, l3 + 20), (l4 + 2, l4 + 4)]

@@ -56,10 +56,12 @@ class FeStat(enum.IntEnum):
     RELEASED = 18
     PASS_PYTHON = 19
     DROP_NO_ENTRY = 20
+    PORT_SHARED = 21
 
 
 CFG_ROUTE, CFG_FIRST, CFG_LOG, CFG_FIN_ENDS = 1, 2, 4, 8   # bpf/frontend.h FE_CFG_*
 ROUTE_OK, ROUTE_OFFLOADED = 1, 2  # FE_ROUTE_*
+SERVICES_MAX = 16   # FE_SERVICES_MAX (config.MAX_SERVICES)
 _HELD_CODEC = FrameCodec(b"\0" * 6, b"\0" * 6)   # parses a held frame (MACs unused)
 
 
@@ -75,16 +77,17 @@ def decode_entry(c: L.FeConn, now_ns: int) -> KernelEntry:
                        c.c, c.s)
 
 
-_EV = struct.Struct("<IIHHIIIIIQHHI")   # struct fe_event (tests/bpf/test_layouts.py checks the size)
+_EV = struct.Struct("<HHIHHIIIIIQHHI")   # struct fe_event (tests/bpf/test_layouts.py checks the size)
 _EV_KINDS = {k.value: k for k in EvKind}
 _ntohl, _ntohs = socket.ntohl, socket.ntohs
 
 
 def decode_event(raw: bytes) -> KernelEvent:
     """One ring-buffer record (struct.unpack: a third of what a ctypes copy costs per event)."""
-    kind, addr, port, copy_len, seq, plen, cli_ack, srv_end, cli_nxt, tcb, rule, backend, flags = _EV.unpack_from(raw)
+    (kind, svc, addr, port, copy_len, seq, plen, cli_ack, srv_end, cli_nxt, tcb, rule, backend,
+     flags) = _EV.unpack_from(raw)
     data = raw[_EV_SIZE:_EV_SIZE + copy_len] if copy_len else b""
-    return KernelEvent(_EV_KINDS[kind], (_ntohl(addr), _ntohs(port), 0), cli_ack, srv_end, cli_nxt, tcb, seq, plen,
+    return KernelEvent(_EV_KINDS[kind], (_ntohl(addr), _ntohs(port), svc), cli_ack, srv_end, cli_nxt, tcb, seq, plen,
                        data, rule, backend, flags)
 
 
@@ -107,25 +110,33 @@ class KernelPositions:
 
 
 class KernelMaps:
-    """The program's maps, for the server (and for tests through BPF_PROG_TEST_RUN)."""
+    """The program's maps, for the server (and for tests through BPF_PROG_TEST_RUN).
+    `services`: (VIP, port) by service index (`Engine.services`, host order)."""
 
-    def __init__(self, obj: BpfObject, vip: int, vport: int):
+    def __init__(self, obj: BpfObject, services: Sequence[tuple[int, int]]):
+        if not 1 <= len(services) <= SERVICES_MAX:
+            raise ValueError(f"{len(services)} services (the kernel path takes 1 to {SERVICES_MAX})")
         self.conns: Map = obj.map("fe_conns")
         self.held: Map = obj.map("fe_held")
         self.stats_map: Map = obj.map("fe_stats")
         self.config_map: Map = obj.map("fe_config")
-        self._maps = {n: obj.map(n) for n in ("fe_ops", "fe_rules", "fe_wheel", "fe_backends", "fe_keys")}
+        self._maps = {n: obj.map(n) for n in ("fe_ops", "fe_rules", "fe_wheel", "fe_backends", "fe_keys",
+                                              "fe_services", "fe_vips")}
         self.positions = KernelPositions(obj.map("fe_rr"))
         # Connections per back-end, shared by memory (no system call per change): the engine's
         # count, kernel-opened connections it heard of, and (the kernel's) those it opened.
         counts = obj.map("fe_counts")
         self._counts_mm = mmap.mmap(counts.fd, counts.value_size * counts.max_entries, mmap.MAP_SHARED,
                                     mmap.PROT_READ | mmap.PROT_WRITE)
-        self.config = L.FeConfig(socket.htonl(vip), socket.htons(vport), 0, hrw_k0=HRW_K0, hrw_k1=HRW_K1)
+        self.services = [L.FeService(socket.htonl(ip), socket.htons(port)) for ip, port in services]
+        for i, sv in enumerate(self.services):
+            self._maps["fe_services"].update(ctypes.c_uint32(i), sv)
+            self._maps["fe_vips"].update(L.FeVipKey(sv.vip, sv.vport), ctypes.c_uint32(i))
+        self.config = L.FeConfig(len(services), 0, hrw_k0=HRW_K0, hrw_k1=HRW_K1)
         self.config_map.update(ctypes.c_uint32(0), self.config)
         self.ring = RingBuffer(obj.map("fe_events"))
         self._kr: KernelRules | None = None
-        self._rules: RuleSet | None = None
+        self._rules: Sequence[RuleSet] = ()
         self._weights: list[int] = []
         self._marker = L.FeConn(phase=Phase.PYTHON)
         # One key and one value buffer, reused: a hand-over and a take-back cost a request two
@@ -142,11 +153,14 @@ class KernelMaps:
         arr = ctypes.c_uint64 * backends
         return arr.from_buffer(self._counts_mm, 0), arr.from_buffer(self._counts_mm, 2 * BACKENDS_MAX * 8)
 
-    def load_rules(self, cfg: Deployment, ruleset: RuleSet, healthy: Sequence[bool]) -> KernelRules:
-        """Compile the rules into the maps and start routing (unless they do not fit: then the
-        kernel only relays, and `KernelRules.why` says why)."""
-        kr = compile_rules(ruleset, cfg)
-        self._kr, self._rules = kr, ruleset
+    def load_rules(self, cfg: Deployment, rulesets: Sequence[RuleSet], healthy: Sequence[bool]) -> KernelRules:
+        """Compile every service's rules (`Engine.rulesets`, by service index) into the maps and
+        start routing (unless they do not fit, all together: then the kernel only relays, and
+        `KernelRules.why` says why)."""
+        if len(rulesets) != len(self.services):
+            raise ValueError(f"rules for {len(rulesets)} services, the kernel path has {len(self.services)}")
+        kr = compile_rules(rulesets, cfg)
+        self._kr, self._rules = kr, rulesets
         self._weights = [b.weight for b in cfg.hosts.backends]
         u32 = ctypes.c_uint32
         for i, b in enumerate(cfg.hosts.backends[:BACKENDS_MAX]):
@@ -155,6 +169,10 @@ class KernelMaps:
         if kr.usable:
             for i, op in enumerate(kr.ops):
                 self._maps["fe_ops"].update(u32(i), L.FeOp(op.kind, op.rule, op.byte, 0, op.arg, 0))
+        for i, sv in enumerate(self.services):
+            r = kr.services[i]
+            sv.first_rule, sv.n_rules, sv.first_op, sv.n_ops = r.first_rule, r.n_rules, r.first_op, r.n_ops
+            self._maps["fe_services"].update(u32(i), sv)
         c = self.config
         c.n_ops, c.n_rules = (len(kr.ops), len(kr.rules)) if kr.usable else (0, 0)
         c.max_header = cfg.frontend.max_header_bytes
@@ -165,11 +183,13 @@ class KernelMaps:
     def set_health(self, healthy: Sequence[bool]) -> None:
         """Health (or a drain) changed: the rules' wheels and the set of back-ends that may take
         connections, rewritten (wheels first)."""
-        kr, ruleset = self._kr, self._rules
-        if kr is None or ruleset is None:
+        kr, rulesets = self._kr, self._rules
+        if kr is None:
             return
         u32 = ctypes.c_uint32
-        for i, ((off, w), k) in enumerate(zip(wheels(ruleset, kr, healthy, self._weights), kr.rules)):
+        for i, ((off, w), k) in enumerate(zip(wheels(rulesets, kr, healthy, self._weights), kr.rules)):
+            if not kr.usable:
+                break       # rules beyond the maps: the kernel reads none of them
             for j, b in enumerate(w):
                 self._maps["fe_wheel"].update(u32(off + j), u32(b))
             self._maps["fe_rules"].update(u32(i), L.FeRule(k.pool, off, len(w), k.flags, 0, k.after_requests))
@@ -187,7 +207,8 @@ class KernelMaps:
         at the connection limit, so that the engine refuses them as it does today), and whether
         it copies routed requests and their response headers up for the access log."""
         usable = self._kr is not None and self._kr.usable
-        fin_ends = self._rules is not None and self._rules.fin_ends_watch and not log   # as the engine
+        # as the engine's (global: all services' rules)
+        fin_ends = bool(self._rules) and all(rs.fin_ends_watch for rs in self._rules) and not log
         flags = ((CFG_ROUTE if route and usable else 0) | (CFG_FIRST if first and usable else 0)
                  | (CFG_LOG if log else 0) | (CFG_FIN_ENDS if fin_ends else 0))
         if flags != self.config.flags:
@@ -202,7 +223,7 @@ class KernelMaps:
     def _set_key(self, key: Key) -> None:
         self._key.addr = socket.htonl(key[0])
         self._key.port = socket.htons(key[1])
-        self._key._pad = key[2]
+        self._key.svc = key[2]
 
     def handover(self, key: Key, entry: KernelEntry) -> bool:
         """Install the entry; False if the table is full (the engine keeps the connection)."""
@@ -259,7 +280,7 @@ class KernelMaps:
         now, gone = time.monotonic_ns(), 0
         for raw_key, raw in list(self.conns.items()):
             k = L.FeKey.from_buffer_copy(raw_key)
-            key = (socket.ntohl(k.addr), socket.ntohs(k.port), k._pad)
+            key = (socket.ntohl(k.addr), socket.ntohs(k.port), k.svc)
             if known(key) or now - L.FeConn.from_buffer_copy(raw).last_seen_ns < idle_s * 1e9:
                 continue
             self.remove(key)
@@ -303,10 +324,10 @@ class KernelPath(KernelMaps):
 
     PRIORITY = 5   # before anything else a host might attach at the default priority
 
-    def __init__(self, ifname: str, vip: int, vport: int, max_connections: int):
+    def __init__(self, ifname: str, services: Sequence[tuple[int, int]], max_connections: int):
         self.obj = BpfObject(object_path("frontend"), max_entries={"fe_conns": max_connections})
         try:
-            super().__init__(self.obj, vip, vport)
+            super().__init__(self.obj, services)
             self.attachment = TcAttachment(None, socket.if_nametoindex(ifname), "ingress",
                                            self.obj.program("frontend_ingress"), priority=self.PRIORITY,
                                            replace=True)   # a killed predecessor's program goes

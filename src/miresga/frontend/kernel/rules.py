@@ -1,6 +1,10 @@
 """The rule compiler for the front-end's kernel path: the config's rules (rules.py) as the steps,
 rule records and selection wheels that `bpf/lib/frontend_route.h` walks.
 
+All services' rules are laid out one after the other, by their global indices (service 0's
+first, as `Engine.rule_list`); each service has its stretch of rules and of steps, and the kernel
+walks only those of the request's service.
+
 Each step checks one condition of one rule (a method mask, a Host or path length, one byte); a
 rule whose step fails is out, and the lowest rule still in is the match, as `RuleSet.match`
 decides. Conditions the kernel cannot check (regex, headers) are not compiled: the rule is marked
@@ -14,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from miresga.control.config import Deployment
+from miresga.control.config import Deployment, Rule
 from miresga.frontend.rules import CompiledRule, RuleSet
 from miresga.frontend.selection import WHEEL_POLICIES, wheel
 
@@ -44,11 +48,22 @@ class KernelRule:
 
 
 @dataclass(frozen=True)
+class ServiceRules:
+    """A service's stretch of the rules and steps (bpf/frontend.h struct fe_service)."""
+
+    first_rule: int
+    n_rules: int
+    first_op: int
+    n_ops: int
+
+
+@dataclass(frozen=True)
 class KernelRules:
     ops: tuple[Op, ...]
-    rules: tuple[KernelRule, ...]   # by rule index (RuleSet.all() order), the default last
+    rules: tuple[KernelRule, ...]   # by global rule index (each service's RuleSet.all() in turn)
     usable: bool                    # False: too big for the maps; the kernel routes nothing
     why: str = ""
+    services: tuple[ServiceRules, ...] = ()   # by service index
 
 
 def _bytes(pattern: str) -> bytes | None:
@@ -58,11 +73,12 @@ def _bytes(pattern: str) -> bytes | None:
         return None
 
 
-def _steps(i: int, rule: CompiledRule, cfg: Deployment) -> tuple[list[Op], bool]:
-    """(the rule's steps, whether they are all of its conditions)."""
-    if i >= len(cfg.rules):
+def _steps(i: int, conf: Rule | None) -> tuple[list[Op], bool]:
+    """(the steps of rule `i` (its global index) as the config wrote it, whether they are all of
+    its conditions)."""
+    if conf is None:
         return [], True             # the implicit default matches everything
-    m = cfg.rules[i].match
+    m = conf.match
     ops: list[Op] = []
     whole = m.path_regex is None and not m.headers
     if m.method is not None:
@@ -117,19 +133,29 @@ def rule_flags(rule: CompiledRule, whole: bool, weights: Sequence[int] = ()) -> 
     return flags
 
 
-def compile_rules(ruleset: RuleSet, cfg: Deployment) -> KernelRules:
-    rules = ruleset.all()
+def compile_rules(rulesets: Sequence[RuleSet], cfg: Deployment) -> KernelRules:
+    """Every service's rules (`service_rules(cfg)`, by service index) as one program."""
     weights = [b.weight for b in cfg.hosts.backends]
+    services = cfg.all_services()
+    rules: list[CompiledRule] = []
     ops: list[Op] = []
     out: list[KernelRule] = []
-    for i, r in enumerate(rules):
-        steps, whole = _steps(i, r, cfg)
-        ops += steps
-        after = r.offload_after_requests if r.offload == "auto" else 0
-        flags = rule_flags(r, whole, weights)
-        if any(cfg.hosts.backends[b].max_connections for b in r.pool):
-            flags &= ~PICKS     # a back-end's connection limit is the engine's to keep
-        out.append(KernelRule(sum(1 << b for b in r.pool), flags, min(after, 0xFFFF)))
+    ranges: list[ServiceRules] = []
+    for rs in rulesets:
+        conf = services[rs.service].rules
+        first_rule, first_op = len(rules), len(ops)
+        for j, r in enumerate(rs.all()):
+            if r.index != len(rules):
+                raise ValueError(f"rule {r.name!r}: index {r.index}, expected {len(rules)} (global indices)")
+            steps, whole = _steps(r.index, conf[j] if j < len(conf) else None)
+            rules.append(r)
+            ops += steps
+            after = r.offload_after_requests if r.offload == "auto" else 0
+            flags = rule_flags(r, whole, weights)
+            if any(cfg.hosts.backends[b].max_connections for b in r.pool):
+                flags &= ~PICKS     # a back-end's connection limit is the engine's to keep
+            out.append(KernelRule(sum(1 << b for b in r.pool), flags, min(after, 0xFFFF)))
+        ranges.append(ServiceRules(first_rule, len(rules) - first_rule, first_op, len(ops) - first_op))
     why = ""
     if len(rules) > RULES_MAX:
         why = f"{len(rules)} rules (the kernel path takes {RULES_MAX})"
@@ -137,16 +163,17 @@ def compile_rules(ruleset: RuleSet, cfg: Deployment) -> KernelRules:
         why = f"{len(ops)} compiled steps (the kernel path takes {OPS_MAX})"
     elif len(cfg.hosts.backends) > BACKENDS_MAX:
         why = f"{len(cfg.hosts.backends)} back-ends (the kernel path takes {BACKENDS_MAX})"
-    return KernelRules(tuple(ops), tuple(out), not why, why)
+    return KernelRules(tuple(ops), tuple(out), not why, why, tuple(ranges))
 
 
-def wheels(ruleset: RuleSet, kr: KernelRules, healthy: Sequence[bool],
+def wheels(rulesets: Sequence[RuleSet], kr: KernelRules, healthy: Sequence[bool],
            weights: Sequence[int]) -> list[tuple[int, list[int]]]:
-    """Per rule index: (offset, wheel) into the shared wheel array; an empty wheel for a rule the
-    kernel does not pick for (or when the array is full: those rules' first requests go up)."""
+    """Per global rule index: (offset, wheel) into the shared wheel array; an empty wheel for a
+    rule the kernel does not pick for (or when the array is full: those rules' first requests go
+    up)."""
     out: list[tuple[int, list[int]]] = []
     off = 0
-    for r, k in zip(ruleset.all(), kr.rules):
+    for r, k in zip((r for rs in rulesets for r in rs.all()), kr.rules):
         w = wheel(r, healthy, weights) if k.flags & PICKS else []
         if off + len(w) > WHEEL_SLOTS:
             w = []
