@@ -64,13 +64,13 @@ def client(t: Twin, svc: int, now: float, port: int = 40000, c: int = 0xFFFFFF00
 def test_config_has_three_services():
     eng = Engine(CFG)
     assert eng.services == [(0x0A006401, 80), (0x0A006402, 80), (0x0A006401, 8080)]
-    assert [r.name for r in eng.rule_list] == ["api", "big", "dl", "site2", "default", "shop_api", "shop_pair",
-                                               "shop_one", "shop_all", "alt_all"]
+    assert [r.name for r in eng.rule_list] == ["api", "big", "dl", "site2", "default", "shop/shop_api",
+                                               "shop/shop_pair", "shop/shop_one", "shop/shop_all", "alt/alt_all"]
 
 
 @pytest.mark.parametrize("svc,path,rule", [
-    (0, "/api/x", "api"), (1, "/api/x", "shop_api"), (2, "/api/x", "alt_all"),
-    (0, "/x", "default"), (1, "/x", "shop_all"), (2, "/one/x", "alt_all"), (1, "/one/x", "shop_one"),
+    (0, "/api/x", "api"), (1, "/api/x", "shop/shop_api"), (2, "/api/x", "alt/alt_all"),
+    (0, "/x", "default"), (1, "/x", "shop/shop_all"), (2, "/one/x", "alt/alt_all"), (1, "/one/x", "shop/shop_one"),
 ])
 def test_each_service_routes_by_its_own_rules_in_the_kernel(bpf, now, svc, path, rule):
     """A first request to each service: the kernel takes it (splice SYN) by its service's rules,
@@ -104,7 +104,7 @@ def test_request_event_carries_service_and_global_rule(bpf, now):
     cl = Client(sys_.eng, svc=2, now=now)
     assert sys_.prog.test_run(frame(cl.seg(get("/")))).retval == TC_ACT_REDIRECT
     (ev,) = sys_.maps.events()
-    assert ev.key == (cl.ip, cl.port, 2) and sys_.eng.rule_list[ev.rule].name == "alt_all"
+    assert ev.key == (cl.ip, cl.port, 2) and sys_.eng.rule_list[ev.rule].name == "alt/alt_all"
     assert [FeKey.from_buffer_copy(k).svc for k in relay_entries(sys_.maps)] == [2]
 
 

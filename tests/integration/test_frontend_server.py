@@ -331,7 +331,7 @@ def test_one_client_port_on_two_services(system):
     end = time.monotonic() + 5
     while sum(st.requests_rule.values()) < 4 and time.monotonic() < end:
         time.sleep(0.05)
-    assert st.requests_rule["who"] == 2 and st.requests_rule["alt_who"] == 2
+    assert st.requests_rule["who"] == 2 and st.requests_rule["alt/alt_who"] == 2
     if srv.kpath is not None:
         k = srv.kpath.stats()
         assert k["req_first"] == 1 and k["port_shared"] == 1 and k["req_next"] == 2
