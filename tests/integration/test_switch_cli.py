@@ -37,11 +37,11 @@ CLIENT_SCRIPT = textwrap.dedent("""
         t0 = time.perf_counter()
         st = []
         for s in range(0, n, 1000):
-            st += c.write([(0x0A000102, 1 + i, i % 3) for i in range(s, min(n, s + 1000))], [])
+            st += c.write([(0x0A000102, 1 + i, 0, i % 3) for i in range(s, min(n, s + 1000))], [])
         out["rate"] = n / (time.perf_counter() - t0)
         out["statuses"] = sorted(set(st))
-        out["read"] = sorted(set(c.read([(0x0A000102, 1), (0x0A000102, n + 5)]).values()))
-        out["deleted"] = c.write([], [(0x0A000102, 1)])
+        out["read"] = sorted(set(c.read([(0x0A000102, 1, 0), (0x0A000102, n + 5, 0)]).values()))
+        out["deleted"] = c.write([], [(0x0A000102, 1, 0)])
     print(json.dumps(out))
 """)
 
@@ -81,7 +81,7 @@ def test_switch_command_and_status_from_a_frontend(tmp_path, record_property):
                 entries = dict(maps.offload_items())
             finally:
                 pinned.close()
-            assert len(entries) == n - 1 and entries[(0x0A000102, 2)].backend == 1
+            assert len(entries) == n - 1 and entries[(0x0A000102, 2, 0)].backend == 1
             st = tb.run(fe.name, sys.executable, "-m", "miresga.control.cli", "status", "--config", str(cfg_file),
                         "--address", addr).stdout
             assert f"offload   {n - 1} / 143360" in st
