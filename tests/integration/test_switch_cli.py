@@ -63,6 +63,7 @@ def test_switch_command_and_status_from_a_frontend(tmp_path, record_property):
         try:
             line = proc.stdout.readline()
             assert "control API on port" in line, proc.stderr.read() if proc.poll() is not None else line
+            assert f"services default {cfg.vip.address}:{cfg.vip.port};" in line, line
             fe = cfg.hosts.frontends[0]
             addr = f"{fe.gateway}:{cfg.switch.control.port}"
             script = tmp_path / "client.py"
@@ -115,7 +116,7 @@ def test_insert_rate_of_the_map_adapter(record_property):
     n = 50000
     with BpfObject(object_path("switch")) as obj:
         tables = MapTables(SwitchMaps(obj), {})
-        ops = [Op("insert", (0x0A000000 + (i >> 16), 1 + (i & 0xFFFF) % 65535), i % 3) for i in range(n)]
+        ops = [Op("insert", (0x0A000000 + (i >> 16), 1 + (i & 0xFFFF) % 65535, 0), i % 3) for i in range(n)]
         t0 = time.perf_counter()
         assert tables.apply(Actions(ops=ops)) == []
         rate = n / (time.perf_counter() - t0)

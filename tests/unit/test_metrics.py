@@ -84,6 +84,9 @@ def test_switch_metrics_follow_the_control_plane():
     states = {(dict(k)["frontend"], dict(k)["state"]): v for k, v in m["miresga_switch_frontend_state"].items()}
     assert states[("fe1", "alive")] == 1 and states[("fe2", "static")] == 1 and sum(states.values()) == 2
     assert by("miresga_switch_control_refused_total", "reason") == {"tls": 0, "token": 1, "identity": 3}
+    vip = cp.cfg.vip
+    assert [dict(k) for k in m["miresga_switch_service"]] == [
+        {"index": "0", "service": "default", "vip": f"{vip.address}:{vip.port}"}]
 
     clock.t += 10  # fe1 silent: dead, its buckets move
     cp.tick()
