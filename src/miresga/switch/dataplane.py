@@ -334,6 +334,12 @@ class _Recorder:
     def update(self, key, value, flags: int = 0) -> None:
         self.writes[bytes(key)] = bytes(value)
 
+    def keys(self) -> list[bytes]:
+        return list(self.writes)
+
+    def delete(self, key) -> bool:
+        return self.writes.pop(bytes(key), None) is not None
+
 
 class _RecordingObject:
     def __init__(self, real: BpfObject):

@@ -149,11 +149,15 @@ class SwitchMaps:
     def set_config(self, *, services: Sequence[tuple[str | ipaddress.IPv4Address, int]], key: tuple[int, int],
                    mss: int, wscale: int, sack: bool, bucket_seconds: int, syn_window: int = 65535,
                    flags: int = 0) -> None:
-        """`services`: (VIP, port) by service index (Deployment.all_services() order). Writes every
-        slot of sw_services (unused ones zero) and adds the VIPs; what an earlier config had and
-        this one dropped stays in sw_vips (dataplane.reconcile removes it)."""
+        """`services`: (VIP, port) by service index (Deployment.all_services() order). Replaces
+        the VIP tables: every slot of sw_services (unused ones zero), sw_vips and sw_vip_addrs."""
         if not 1 <= len(services) <= SW_SERVICES_MAX:
             raise ValueError(f"{len(services)} services: the switch serves 1 to {SW_SERVICES_MAX}")
+        want = [(self.vips, {bytes(flow_key(vip, vport)) for vip, vport in services}),
+                (self.vip_addrs, {struct.pack("=I", _ip_be(vip)) for vip, _ in services})]
+        for m, keys in want:
+            for k in [k for k in m.keys() if k not in keys]:
+                m.delete(k)
         for svc in range(SW_SERVICES_MAX):
             vip, vport = services[svc] if svc < len(services) else ("0.0.0.0", 0)
             self.services.update(struct.pack("=I", svc), SwService(vip=_ip_be(vip), vport=_port_be(vport)))
