@@ -1,12 +1,16 @@
 /* The switch of DESIGN.md §4 as one ingress program on every port of the switch host: TC
  * (build/bpf/switch.bpf.o) or XDP (switch_xdp.bpf.o, -DMIRESGA_XDP; lib/pkt_ctx.h hides which).
- * Per packet: ARP for listed targets -> reply; SYN to VIP:port -> SYN-ACK (stateless, cookie);
- * the handshake's final ACK (pure, ack-1 a valid cookie, no entry) -> absorbed;
- * FIN/RST/payload to the VIP or no offload entry -> bucket's front-end; client ACK with an entry ->
- * back-end; back-end segment with an entry -> client as VIP:port; without -> front-end; anything
+ * Per packet: ARP for listed targets -> reply; SYN to a service's VIP:port -> SYN-ACK (stateless,
+ * cookie); the handshake's final ACK (pure, ack-1 a valid cookie, no entry) -> absorbed;
+ * FIN/RST/payload to a VIP or no offload entry -> bucket's front-end; client ACK with an entry ->
+ * back-end; back-end segment with an entry naming that back-end -> client as the entry's service's
+ * VIP:port; without -> front-end; anything
  * else -> routed by destination (LPM); the switch's own addresses and non-IPv4 -> the kernel, except
  * that a guarded port of theirs (the control API) answers only a front-end on its own port.
- * Only addresses, ports and MACs are rewritten, never sequence numbers. */
+ * Only addresses, ports and MACs are rewritten, never sequence numbers.
+ * Several services (VIP:port, index svc): offload entries are keyed by client ip:port *and* svc,
+ * since one client port may talk to two VIPs at once; the front-end bucket stays hash8(client
+ * ip:port), so all of one client port's connections meet on one front-end. */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
@@ -104,11 +108,11 @@ static __always_inline int guard_local(pkt_ctx_t *ctx, const struct pkt *p)
 	return DROP_GUARDED_PORT;
 }
 
-/* TCP to VIP:port from a client. */
-static __always_inline int from_client(pkt_ctx_t *ctx, struct pkt *p, const struct sw_config *cfg)
+/* TCP to service svc's VIP:port from a client. */
+static __always_inline int from_client(pkt_ctx_t *ctx, struct pkt *p, const struct sw_config *cfg, __u32 svc)
 {
 	struct tcphdr *th = p->tcp;
-	struct flow_key k = { .ip = p->ip->saddr, .port = th->source };
+	struct flow_key k = { .ip = p->ip->saddr, .port = th->source, .svc = svc };
 	struct offload_entry *e;
 	struct backend_entry *be;
 	__u32 l3 = p->l3_off, l4 = p->l4_off, old_daddr = p->ip->daddr;
@@ -143,33 +147,60 @@ static __always_inline int from_client(pkt_ctx_t *ctx, struct pkt *p, const stru
 	return forward(ctx, cfg, &be->hop, SW_CNT_TO_BACKEND);
 }
 
-/* TCP from a back-end's service ip:port to a client (dst outside the fabric). */
+/* TCP from a back-end's service ip:port to a client (dst outside the fabric). The segment does not
+ * say which VIP the client reached: the client ip:port's entry (of any service) that names this
+ * back-end is the connection's. At most one can: a back-end cannot hold two connections with one
+ * 4-tuple, so the front-ends never give two services' connections of one client port to one
+ * back-end. */
 static __always_inline int from_backend(pkt_ctx_t *ctx, struct pkt *p, const struct sw_config *cfg,
 					__u32 backend, struct hop *rt)
 {
 	struct tcphdr *th = p->tcp;
 	struct flow_key k = { .ip = p->ip->daddr, .port = th->dest };
-	struct offload_entry *e;
-	__u32 l3 = p->l3_off, l4 = p->l4_off, old_saddr = p->ip->saddr;
+	struct offload_entry *e, *hit = NULL;
+	struct sw_service *s;
+	__u32 l3 = p->l3_off, l4 = p->l4_off, old_saddr = p->ip->saddr, svc, hit_svc = 0;
 	__u16 old_sport = th->source;
+	int seen = 0;
 
 	if (th->syn || th->fin || th->rst)
 		return to_frontend(ctx, cfg, k.ip, k.port);
-	e = bpf_map_lookup_elem(&sw_offload, &k);
-	if (!e)
-		return to_frontend(ctx, cfg, k.ip, k.port);
-	if (e->backend != backend) {
+	for (svc = 0; svc < SW_SERVICES_MAX; svc++) {
+		if (svc >= cfg->n_services)
+			break;
+		k.svc = svc;
+		e = bpf_map_lookup_elem(&sw_offload, &k);
+		if (!e)
+			continue;
+		seen = 1;
+		if (e->backend == backend) {
+			hit = e;
+			hit_svc = svc;
+			break;
+		}
+	}
+	if (!hit) {
 		/* Only the back-end the front-end chose may reach the client directly. */
-		sw_count(SW_CNT_OFFLOAD_MISMATCH);
+		if (seen)
+			sw_count(SW_CNT_OFFLOAD_MISMATCH);
 		return to_frontend(ctx, cfg, k.ip, k.port);
 	}
 	if (!rt)
 		return drop(DROP_NO_ROUTE);
-	touch(e);
-	if (ip_store_addr(ctx, l3, l4, offsetof(struct iphdr, saddr), old_saddr, cfg->vip) ||
-	    tcp_store2(ctx, l4, offsetof(struct tcphdr, source), old_sport, cfg->vport))
+	s = bpf_map_lookup_elem(&sw_services, &hit_svc);
+	if (!s)
+		return drop(DROP_REWRITE_FAILED);
+	touch(hit);
+	if (ip_store_addr(ctx, l3, l4, offsetof(struct iphdr, saddr), old_saddr, s->vip) ||
+	    tcp_store2(ctx, l4, offsetof(struct tcphdr, source), old_sport, s->vport))
 		return drop(DROP_REWRITE_FAILED);
 	return forward(ctx, cfg, rt, SW_CNT_TO_CLIENT);
+}
+
+/* A service's address (the drop of non-service traffic to it needs every VIP, not one). */
+static __always_inline int is_vip_addr(__u32 daddr)
+{
+	return bpf_map_lookup_elem(&sw_vip_addrs, &daddr) != NULL;
 }
 
 CTX_SEC
@@ -196,12 +227,15 @@ int switch_ingress(pkt_ctx_t *ctx)
 		return to_kernel();
 	}
 	if (rc == PARSE_OTHER_L4) {
-		if (p.ip->daddr == cfg->vip)
+		if (is_vip_addr(p.ip->daddr))
 			return drop(DROP_NOT_TCP_TO_VIP);
 		return route(ctx, cfg, route_lookup(p.ip->daddr));
 	}
-	if (p.ip->daddr == cfg->vip) {
-		if (p.tcp->dest != cfg->vport) {
+	if (is_vip_addr(p.ip->daddr)) {
+		struct flow_key vk = { .ip = p.ip->daddr, .port = p.tcp->dest };
+		__u32 *svc = bpf_map_lookup_elem(&sw_vips, &vk);
+
+		if (!svc) {	/* a VIP address, but no service on that port */
 			rc = guard_local(ctx, &p);
 			return drop(rc ? rc : DROP_NOT_TCP_TO_VIP);
 		}
@@ -210,7 +244,7 @@ int switch_ingress(pkt_ctx_t *ctx)
 		rt = route_lookup(p.ip->saddr);
 		if (rt && rt->ifindex != ctx_ingress_ifindex(ctx))
 			return drop(DROP_SPOOFED_CLIENT);
-		return from_client(ctx, &p, cfg);
+		return from_client(ctx, &p, cfg, *svc);
 	}
 	rt = route_lookup(p.ip->daddr);
 	if (rt && !(rt->flags & (HOP_LOCAL | HOP_INTERNAL))) {

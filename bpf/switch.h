@@ -14,15 +14,19 @@
 #define HOP_LOCAL 2    /* destination is the switch itself: hand to the kernel */
 #define HOP_INTERNAL 4 /* destination inside the fabric (front-ends, back-ends, peers): never "to client" */
 
+/* VIP:port services (config.MAX_SERVICES); a service's index `svc` is its position in
+ * Deployment.all_services(), 0 = the top-level vip. */
+#define SW_SERVICES_MAX 16
+
 /* The one configuration slot, written by the controller. */
 struct sw_config {
 	__u32 key_slot;       /* which sw_keys slot signs (the controller fills the other, then flips) */
-	__u32 vip;            /* be */
-	__u16 vport;          /* be */
+	__u32 n_services;     /* sw_services slots in use: 0 .. n_services-1 */
 	__u16 mss;            /* MSS announced in the SYN-ACK */
 	__u16 syn_window;     /* window field of the SYN-ACK */
 	__u8 wscale;          /* window scale announced (if the client offered one) */
 	__u8 sack;            /* announce SACK-permitted (if the client offered it) */
+	__u16 _pad;
 	__u32 bucket_seconds; /* cookie time bucket length */
 	__u32 flags;          /* SW_F_* */
 };
@@ -33,11 +37,21 @@ struct sw_key {
 	__u64 k1;
 };
 
-/* Client ip:port (offload table) or back-end service ip:port (backend source table). */
+/* One VIP:port service (sw_services[svc]): what a back-end segment of an offloaded connection of
+ * that service is rewritten to come from. */
+struct sw_service {
+	__u32 vip;   /* be */
+	__u16 vport; /* be */
+	__u16 _pad;
+};
+
+/* Client ip:port and service (offload table: one client ip:port may hold a connection to each
+ * service at once), a VIP:port (sw_vips, svc 0) or a back-end service ip:port (sw_backend_src,
+ * svc 0). */
 struct flow_key {
 	__u32 ip;   /* be */
 	__u16 port; /* be */
-	__u16 _pad;
+	__u16 svc;  /* service index (offload keys); 0 in the other tables */
 };
 
 struct offload_entry {
@@ -80,7 +94,7 @@ enum sw_counter {
 	SW_CNT_TO_CLIENT = 4,   /* back-end segment rewritten to VIP:port (offloaded) */
 	SW_CNT_ROUTED = 5,
 	SW_CNT_TO_KERNEL = 6,   /* for the switch itself, or not IPv4 */
-	SW_CNT_OFFLOAD_MISMATCH = 7, /* back-end segment whose entry names another back-end */
+	SW_CNT_OFFLOAD_MISMATCH = 7, /* back-end segment whose client ip:port has entries, all naming other back-ends */
 	SW_CNT_HANDSHAKE_ACK = 8, /* client's final handshake ACK (valid cookie): absorbed here */
 	SW_CNT_DECISIONS = 9,
 };

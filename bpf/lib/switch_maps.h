@@ -31,7 +31,7 @@
 #define SW_BACKENDS 256
 #define SW_CNT_MAX (SW_CNT_DECISIONS + DROP_REASON_MAX)
 
-/* Slot 0: VIP, cookie key, SYN-ACK options. */
+/* Slot 0: cookie key slot, SYN-ACK options, number of services. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -46,6 +46,30 @@ struct {
 	__type(key, __u32);
 	__type(value, struct sw_key);
 } sw_keys SEC(".maps");
+
+/* VIP:port (flow_key with svc 0) -> service index: marks "to a VIP" (a client of that service). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SW_SERVICES_MAX);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+} sw_vips SEC(".maps");
+
+/* VIP address (be) -> 1: every address some service listens on (other traffic to it is dropped). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SW_SERVICES_MAX);
+	__type(key, __u32);
+	__type(value, __u8);
+} sw_vip_addrs SEC(".maps");
+
+/* Service index -> its VIP:port (the source of offloaded back-end segments). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_SERVICES_MAX);
+	__type(key, __u32);
+	__type(value, struct sw_service);
+} sw_services SEC(".maps");
 
 /* ARP target ip (be) -> MAC to answer with. */
 struct {
@@ -63,7 +87,7 @@ struct {
 	__type(value, __u32);
 } sw_backend_src SEC(".maps");
 
-/* Client ip:port -> back-end index of an offloaded connection. */
+/* Client ip:port, service -> back-end index of an offloaded connection. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SW_OFFLOAD_MAX);

@@ -52,7 +52,7 @@ def test_switch_cookie_agrees_with_python_and_verifies():
             key = cookie.CookieKey(rng.getrandbits(64), rng.getrandbits(64))
             other = cookie.CookieKey(rng.getrandbits(64), rng.getrandbits(64))
             vip, vport = rng.getrandbits(32) | 1, rng.randrange(1, 65536)
-            m.set_config(vip=str(ipaddress.IPv4Address(vip)), vport=vport, key=(key.k0, key.k1), mss=1460,
+            m.set_config(services=[(str(ipaddress.IPv4Address(vip)), vport)], key=(key.k0, key.k1), mss=1460,
                          wscale=7, sack=True, bucket_seconds=BUCKET_SECONDS)
             for _ in range(100):
                 cip, cport = rng.getrandbits(32), rng.randrange(1, 65536)
@@ -86,7 +86,7 @@ def test_rotated_key_takes_effect_and_previous_still_verifies():
         prog = obj.program("switch_ingress")
         vip = int(ipaddress.IPv4Address("10.0.100.1"))
         cur0, _ = cookie.keys_at(secret, 1000 * rotate, rotate)
-        m.set_config(vip="10.0.100.1", vport=80, key=(cur0.k0, cur0.k1), mss=1460, wscale=7, sack=True,
+        m.set_config(services=[("10.0.100.1", 80)], key=(cur0.k0, cur0.k1), mss=1460, wscale=7, sack=True,
                      bucket_seconds=BUCKET_SECONDS)
         b = cookie.bucket_of(cookie.tai_seconds(), BUCKET_SECONDS)
         isn0 = struct.unpack("!I", prog.test_run(_syn(0x0A000102, 40000, vip, 80, b"")).data[38:42])[0]

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 MIRRORS = {   # object -> the mirrors of the structs it shares with user space
     "switch": [layouts.SwConfig, layouts.SwKey, layouts.FlowKey, layouts.OffloadEntry, layouts.Hop,
-               layouts.BackendEntry, layouts.RouteKey, layouts.ArpEntry],
+               layouts.BackendEntry, layouts.RouteKey, layouts.ArpEntry, layouts.SwService],
     "agent": [layouts.AgentFlowKey, layouts.AgentFlow, layouts.AgentConfig],
     "frontend": [layouts.FeKey, layouts.FeService, layouts.FeVipKey, layouts.FeConn, layouts.FeConfig, layouts.FeEvent, layouts.FeOp, layouts.FeRule,
                  layouts.FeBackend, layouts.FeCookieKey, layouts.FeHeld],
@@ -86,6 +86,12 @@ def test_switch_counters_mirror_header():
     c = header_enum("switch.h", "SW_CNT", start="enum sw_counter")
     assert c.pop("DECISIONS") == DECISIONS
     assert c == {k.name: int(k) for k in Counter}
+
+
+def test_switch_services_max_is_the_configs():
+    from miresga.control.config import MAX_SERVICES
+    text = (REPO / "bpf" / "switch.h").read_text()
+    assert int(re.search(r"#define SW_SERVICES_MAX (\d+)", text).group(1)) == layouts.SW_SERVICES_MAX == MAX_SERVICES
 
 
 def test_agent_stats_mirror_header():

@@ -28,6 +28,9 @@ from miresga.switch.maps import HOP_INTERNAL, HOP_LOCAL, HOP_VALID, SW_F_TRACE, 
 
 VIP, VPORT = "10.0.100.1", 80
 VIP_MAC = "02:53:0a:00:64:01"
+# Services by index: the default VIP:port, the same address on another port, a second address.
+API_PORT, VIP2 = 8080, "10.0.100.2"
+SERVICES = [(VIP, VPORT), (VIP, API_PORT), (VIP2, VPORT)]
 CLIENT, CMAC, C_PORT_MAC, C_IF = "10.0.1.2", "02:4d:0a:00:01:02", "02:53:0a:00:01:01", 11
 FE = {  # name -> (ip, host mac, port mac, ifindex)
     "fe1": ("10.0.2.2", "02:4d:0a:00:02:02", "02:53:0a:00:02:01", 12),
@@ -67,7 +70,7 @@ def sw(request):
             stack.enter_context(fake_ports(PORTS))
         obj = stack.enter_context(BpfObject(object_path(name), max_entries={"sw_offload": 64}))
         m = SwitchMaps(obj)
-        m.set_config(vip=VIP, vport=VPORT, key=(KEY.k0, KEY.k1), mss=MSS, wscale=WSCALE, sack=True,
+        m.set_config(services=SERVICES, key=(KEY.k0, KEY.k1), mss=MSS, wscale=WSCALE, sack=True,
                      bucket_seconds=64, flags=SW_F_TRACE)
         m.set_arp(VIP, VIP_MAC)
         for b in range(256):
@@ -107,8 +110,9 @@ def eth_c():
     return Ether(src=CMAC, dst=C_PORT_MAC)
 
 
-def to_vip(sport, flags="A", seq=1000, ack=2000, payload=b"", src=CLIENT):
-    p = eth_c() / IP(src=src, dst=VIP) / TCP(sport=sport, dport=VPORT, flags=flags, seq=seq, ack=ack)
+def to_vip(sport, flags="A", seq=1000, ack=2000, payload=b"", src=CLIENT, svc=0):
+    dst, dport = SERVICES[svc]
+    p = eth_c() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack)
     return p / Raw(payload) if payload else p
 
 
@@ -173,12 +177,13 @@ def _syn_to(dst, dport, src=CLIENT, smac=CMAC, dmac=C_PORT_MAC):
     return Ether(src=smac, dst=dmac) / IP(src=src, dst=dst) / TCP(sport=33001, dport=dport, flags="S")
 
 
-def _synack_case(opts, cport=40123):
-    syn = to_vip(cport, "S", seq=123456789, ack=0)
+def _synack_case(opts, cport=40123, svc=0):
+    syn = to_vip(cport, "S", seq=123456789, ack=0, svc=svc)
     syn[TCP].options = opts
     syn = Ether(bytes(syn))
-    want = (Ether(src=C_PORT_MAC, dst=CMAC) / IP(src=VIP, dst=CLIENT, ttl=64, flags="DF", id=0)
-            / TCP(sport=VPORT, dport=cport, flags="SA", ack=123456790, window=65535))
+    vip, vport = SERVICES[svc]
+    want = (Ether(src=C_PORT_MAC, dst=CMAC) / IP(src=vip, dst=CLIENT, ttl=64, flags="DF", id=0)
+            / TCP(sport=vport, dport=cport, flags="SA", ack=123456790, window=65535))
     return syn, want
 
 
@@ -188,12 +193,14 @@ def _with_opts(pkt, opts):
     return q
 
 
-def _cookie_ack(port, bucket_age=0, key=KEY, cookie_port=None, **kw):
-    """The client's final handshake ACK: ack = cookie + 1 for its 4-tuple (or `cookie_port`'s)."""
+def _cookie_ack(port, bucket_age=0, key=KEY, cookie_port=None, svc=0, cookie_svc=None, **kw):
+    """The client's final handshake ACK: ack = cookie + 1 for its 4-tuple (or `cookie_port`'s, or
+    with the VIP:port of service `cookie_svc`)."""
     b = cookie.bucket_of(cookie.tai_seconds(), 64) - bucket_age
+    vip, vport = SERVICES[svc if cookie_svc is None else cookie_svc]
     s = cookie.make_cookie(key, int(ipaddress.IPv4Address(CLIENT)), cookie_port or port,
-                           int(ipaddress.IPv4Address(VIP)), VPORT, b, 1460, 7, True)
-    return to_vip(port, ack=(s + 1) & 0xFFFFFFFF, **kw)
+                           int(ipaddress.IPv4Address(vip)), vport, b, 1460, 7, True)
+    return to_vip(port, ack=(s + 1) & 0xFFFFFFFF, svc=svc, **kw)
 
 
 # --- the runner -----------------------------------------------------------------------------------
@@ -212,6 +219,7 @@ class SwitchCase:
     trace: int | None = None
     ingress: int = 0                         # 0: the sender's port (arrival_port)
     entry: tuple | None = None               # offload_insert(*entry) before the run
+    entries: tuple = ()                      # more: (client ip, client port, backend, svc) each
     dont_care: tuple[str, ...] = ()
     setup: Callable[[SwitchMaps], Callable[[], None] | None] | None = None   # returns its undo
     check: Callable[[RunResult, SwitchMaps], None] | None = None
@@ -230,6 +238,8 @@ def run_switch_case(sw, case: SwitchCase) -> None:
     m.offload.clear()
     if case.entry is not None:
         m.offload_insert(*case.entry)
+    for ip, port, backend, svc in case.entries:
+        assert m.offload_insert(ip, port, backend, svc=svc) == 0
     undo = case.setup(m) if case.setup else None
     try:
         r = check_case(obj.program("switch_ingress"), PacketCase(
@@ -303,10 +313,11 @@ LOCAL_CASES = [
 
 # --- SYN -> SYN-ACK with a cookie ----------------------------------------------------------------------
 
-def _cookie_synack(desc, opts, want_opts, want_client):
+def _cookie_synack(desc, opts, want_opts, want_client, svc=0):
     """The SYN-ACK carries exactly `want_opts`, and its ISN is a cookie of this time bucket (or of
-    the previous one, if the bucket turned during the run) that decodes to `want_client`."""
-    syn, want = _synack_case(opts)
+    the previous one, if the bucket turned during the run) that decodes to `want_client`; it comes
+    from service `svc`'s VIP:port and its cookie is over that VIP:port."""
+    syn, want = _synack_case(opts, svc=svc)
     before = []
 
     def setup(m):
@@ -317,7 +328,8 @@ def _cookie_synack(desc, opts, want_opts, want_client):
         assert len(r.raw) == 66
         assert r.packet[TCP].options == want_opts
         isn = r.packet[TCP].seq
-        args = (isn, (KEY,), int(ipaddress.IPv4Address(CLIENT)), 40123, int(ipaddress.IPv4Address(VIP)), VPORT)
+        vip, vport = SERVICES[svc]
+        args = (isn, (KEY,), int(ipaddress.IPv4Address(CLIENT)), 40123, int(ipaddress.IPv4Address(vip)), vport)
         assert cookie.check_cookie(*args, after) == want_client
         assert before[-1] == after or cookie.check_cookie(*args, before[-1])
 
@@ -500,7 +512,86 @@ BACKEND_CASES = [
     _routed("udp to a front-end", eth_c() / IP(src=CLIENT, dst=FE["fe2"][0]) / UDP(sport=1, dport=53), 13),
 ]
 
-CASES = MALFORMED_CASES + LOCAL_CASES + SYN_CASES + CLIENT_CASES + BACKEND_CASES
+# --- several services: one client ip:port with a connection to each ----------------------------------
+
+_LINUX_SYN = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
+_LINUX_SYNACK = [("MSS", MSS), ("NOP", None), ("WScale", WSCALE), ("NOP", None), ("NOP", None), ("SAckOK", b"")]
+P_SVC = 48000   # the client port every service case shares
+
+
+def _ack_to_backend(svc, backend, entries, desc):
+    """The client's ACK to service `svc` reaches the back-end of that service's entry."""
+    ip, port, hmac, pmac, ifx = BE[backend]
+    return SwitchCase(desc, to_vip(P_SVC, "A", seq=111, ack=222, svc=svc), TC_ACT_REDIRECT,
+                      Ether(src=pmac, dst=hmac) / IP(src=CLIENT, dst=ip)
+                      / TCP(sport=P_SVC, dport=port, flags="A", seq=111, ack=222),
+                      counts={"to_backend": 1}, trace=ifx, entries=entries)
+
+
+def _be_to_client(backend, svc, entries, desc):
+    """Back-end `backend`'s segment leaves as service `svc`'s VIP:port."""
+    vip, vport = SERVICES[svc]
+    return SwitchCase(desc, from_be(backend, P_SVC, "PA", payload=_BODY), TC_ACT_REDIRECT,
+                      Ether(src=C_PORT_MAC, dst=CMAC) / IP(src=vip, dst=CLIENT)
+                      / TCP(sport=vport, dport=P_SVC, flags="PA", seq=5000, ack=6000) / Raw(_BODY),
+                      counts={"to_client": 1}, trace=C_IF, entries=entries)
+
+
+# client port P_SVC holds a connection to service 1 on be1 and one to service 2 on be0 (at once)
+TWO = ((CLIENT, P_SVC, 1, 1), (CLIENT, P_SVC, 0, 2))
+
+SERVICE_CASES = [
+    _cookie_synack("syn to a second port of the vip address", _LINUX_SYN, _LINUX_SYNACK,
+                   cookie.ClientOptions(1460, 7, True), svc=1),
+    _cookie_synack("syn to a second vip address", _LINUX_SYN, _LINUX_SYNACK, cookie.ClientOptions(1460, 7, True),
+                   svc=2),
+    SwitchCase("handshake ack of a second service absorbed", lambda: _cookie_ack(40510, svc=2), TC_ACT_SHOT,
+               counts={"handshake_ack": 1}),
+    _lookalike("lookalike: cookie of another service's vip", lambda: _cookie_ack(40511, svc=1, cookie_svc=0)),
+    SwitchCase("udp to a second vip address", eth_c() / IP(src=CLIENT, dst=VIP2) / UDP(sport=5, dport=80),
+               TC_ACT_SHOT, counts={"drop_not_tcp_to_vip": 1}, trace=0),
+    SwitchCase("tcp to a second vip address, a port without service", eth_c() / IP(src=CLIENT, dst=VIP2)
+               / TCP(dport=API_PORT), TC_ACT_SHOT, counts={"drop_not_tcp_to_vip": 1}, trace=0),
+    SwitchCase("client source from a back-end's port to a second vip dropped", to_vip(42301, "A", svc=2),
+               TC_ACT_SHOT, counts={"drop_spoofed_client": 1}, ingress=BE[0][4]),
+    _ack_to_backend(1, 1, TWO, "one client port, two services: ack to service 1 reaches its back-end"),
+    _ack_to_backend(2, 0, TWO, "one client port, two services: ack to service 2 reaches its back-end"),
+    _ack_to_backend(0, 1, ((CLIENT, P_SVC, 1, 0), (CLIENT, P_SVC, 0, 2)),
+                    "one client port, two services: ack to the default service reaches its back-end"),
+    # the key includes the service: another service's entry of the same client port is not this one's
+    SwitchCase("ack to a service without entry goes to the front-end, not to another service's back-end",
+               to_vip(P_SVC, "A", svc=0), TC_ACT_REDIRECT, to_frontend(fe_for(CLIENT, P_SVC)),
+               counts={"to_frontend": 1}, trace=fe_macs(fe_for(CLIENT, P_SVC))[2], entries=TWO),
+    _be_to_client(1, 1, TWO, "one client port, two services: be1's segment leaves as service 1's vip:port"),
+    _be_to_client(0, 2, TWO, "one client port, two services: be0's segment leaves as service 2's vip:port"),
+    _be_to_client(1, 0, ((CLIENT, P_SVC, 0, 1), (CLIENT, P_SVC, 1, 0)),
+                  "one client port, two services: be1's segment leaves as the default vip:port"),
+    # every entry of the client port names another back-end: slow path, counted once
+    SwitchCase("back-end segment whose client port's entries all name other back-ends: front-end",
+               from_be(1, P_SVC, "A"), TC_ACT_REDIRECT, to_frontend(fe_for(CLIENT, P_SVC)),
+               counts={"to_frontend": 1, "offload_mismatch": 1}, trace=fe_macs(fe_for(CLIENT, P_SVC))[2],
+               entries=((CLIENT, P_SVC, 0, 1), (CLIENT, P_SVC, 0, 2))),
+]
+
+
+def _one_service(m):
+    """n_services 1: an entry of a service beyond the configured ones is never looked at."""
+    c = m.get_config()
+    c.n_services = 1
+    m.config.update(struct.pack("=I", 0), c)
+
+    def undo():
+        c.n_services = len(SERVICES)
+        m.config.update(struct.pack("=I", 0), c)
+    return undo
+
+
+SERVICE_CASES.append(
+    SwitchCase("back-end entries are tried only for configured services", from_be(0, P_SVC, "A"), TC_ACT_REDIRECT,
+               to_frontend(fe_for(CLIENT, P_SVC)), counts={"to_frontend": 1},
+               trace=fe_macs(fe_for(CLIENT, P_SVC))[2], entries=((CLIENT, P_SVC, 0, 2),), setup=_one_service))
+
+CASES = MALFORMED_CASES + LOCAL_CASES + SYN_CASES + CLIENT_CASES + BACKEND_CASES + SERVICE_CASES
 
 
 def test_case_descriptions_are_unique():

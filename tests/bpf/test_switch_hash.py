@@ -28,7 +28,7 @@ def test_hash8_c_and_python_agree():
     rng = random.Random(8)
     with BpfObject(object_path("switch"), max_entries={"sw_offload": 16}) as obj:
         m = SwitchMaps(obj)
-        m.set_config(vip=VIP, vport=80, key=(1, 2), mss=1460, wscale=7, sack=True, bucket_seconds=64,
+        m.set_config(services=[(VIP, 80)], key=(1, 2), mss=1460, wscale=7, sack=True, bucket_seconds=64,
                      flags=SW_F_TRACE)
         for b in range(256):
             m.set_bucket(b, hop(1000 + b, "02:00:00:00:00:01", "02:00:00:00:00:02"))

@@ -114,7 +114,7 @@ ATTEMPTS = textwrap.dedent("""
                        lambda c: c.heartbeat("fe1")),
         "another front-end": (SwitchClient.from_config(cfg, addr, "fe1"), lambda c: c.register("fe2", "10.0.3.2")),
         "wrong token": (SwitchClient(addr, "wrong-" + token, 3, ClientTls.from_dir(mine.path, "fe1", sw)),
-                        lambda c: c.write([(0x0A000102, 1, 0)], [])),
+                        lambda c: c.write([(0x0A000102, 1, 0, 0)], [])),
     }
     out = {}
     for what, (c, call) in tries.items():

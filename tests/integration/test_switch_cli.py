@@ -37,11 +37,11 @@ CLIENT_SCRIPT = textwrap.dedent("""
         t0 = time.perf_counter()
         st = []
         for s in range(0, n, 1000):
-            st += c.write([(0x0A000102, 1 + i, i % 3) for i in range(s, min(n, s + 1000))], [])
+            st += c.write([(0x0A000102, 1 + i, 0, i % 3) for i in range(s, min(n, s + 1000))], [])
         out["rate"] = n / (time.perf_counter() - t0)
         out["statuses"] = sorted(set(st))
-        out["read"] = sorted(set(c.read([(0x0A000102, 1), (0x0A000102, n + 5)]).values()))
-        out["deleted"] = c.write([], [(0x0A000102, 1)])
+        out["read"] = sorted(set(c.read([(0x0A000102, 1, 0), (0x0A000102, n + 5, 0)]).values()))
+        out["deleted"] = c.write([], [(0x0A000102, 1, 0)])
     print(json.dumps(out))
 """)
 
@@ -63,6 +63,7 @@ def test_switch_command_and_status_from_a_frontend(tmp_path, record_property):
         try:
             line = proc.stdout.readline()
             assert "control API on port" in line, proc.stderr.read() if proc.poll() is not None else line
+            assert f"services default {cfg.vip.address}:{cfg.vip.port};" in line, line
             fe = cfg.hosts.frontends[0]
             addr = f"{fe.gateway}:{cfg.switch.control.port}"
             script = tmp_path / "client.py"
@@ -81,7 +82,7 @@ def test_switch_command_and_status_from_a_frontend(tmp_path, record_property):
                 entries = dict(maps.offload_items())
             finally:
                 pinned.close()
-            assert len(entries) == n - 1 and entries[(0x0A000102, 2)].backend == 1
+            assert len(entries) == n - 1 and entries[(0x0A000102, 2, 0)].backend == 1
             st = tb.run(fe.name, sys.executable, "-m", "miresga.control.cli", "status", "--config", str(cfg_file),
                         "--address", addr).stdout
             assert f"offload   {n - 1} / 143360" in st
@@ -115,7 +116,7 @@ def test_insert_rate_of_the_map_adapter(record_property):
     n = 50000
     with BpfObject(object_path("switch")) as obj:
         tables = MapTables(SwitchMaps(obj), {})
-        ops = [Op("insert", (0x0A000000 + (i >> 16), 1 + (i & 0xFFFF) % 65535), i % 3) for i in range(n)]
+        ops = [Op("insert", (0x0A000000 + (i >> 16), 1 + (i & 0xFFFF) % 65535, 0), i % 3) for i in range(n)]
         t0 = time.perf_counter()
         assert tables.apply(Actions(ops=ops)) == []
         rate = n / (time.perf_counter() - t0)

@@ -1,6 +1,9 @@
 """The eBPF switch on a testbed's switch host, with real TCP stacks around it: the client's
 connect() completes against the switch's SYN-ACK, its data reaches the bucket's front-end, an
-offload entry carries a back-end segment to the client as VIP:port, other traffic is routed."""
+offload entry carries a back-end segment to the client as VIP:port, other traffic is routed.
+The config has three services (the default VIP:port, the same address on port 8080, a second
+address): one client port connects to all three at once, and holds offload entries of two of them
+on two back-ends at once."""
 
 from __future__ import annotations
 
@@ -28,12 +31,21 @@ ETH_P_ALL = 0x0003
 SOL_PACKET, PACKET_AUXDATA, TP_STATUS_CSUMNOTREADY = 263, 8, 1 << 3
 
 
+def services_config(cfg):
+    """Services 1 and 2: the VIP address on port 8080, and the next address on the VIP's port."""
+    from miresga.control.config import Endpoint, Service
+    vip = cfg.vip
+    return cfg.model_copy(update={"services": [
+        Service(name="api", vip=Endpoint(address=vip.address, port=8080)),
+        Service(name="alt", vip=Endpoint(address=vip.address + 1, port=vip.port))]})
+
+
 @pytest.fixture(scope="module", params=["tc", "xdp"])
 def net(request):
     """The switch attached with TC, or with native XDP on every port (veth supports it)."""
     from miresga.control.config import load_config
     from miresga.testbed import Testbed
-    cfg = load_config()
+    cfg = services_config(load_config())
     cfg = cfg.model_copy(update={"switch": cfg.switch.model_copy(update={"attach": request.param})})
     with Testbed(cfg) as tb:
         cfg = tb.cfg
@@ -91,14 +103,15 @@ def tcp_checksum_ok(p: Ether, status: int) -> bool:
     return checksums_ok(q)
 
 
-def connect_vip(tb, port=0, timeout=3.0) -> socket.socket:
-    cfg = tb.cfg
+def connect_vip(tb, port=0, timeout=3.0, svc=0) -> socket.socket:
+    vip = tb.cfg.all_services()[svc].vip
     with in_netns(tb.ns("c1")):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # one local port, several services
         s.bind(("0.0.0.0", port))
         s.settimeout(timeout)
-        s.connect((str(cfg.vip.address), cfg.vip.port))
+        s.connect((str(vip.address), vip.port))
     return s
 
 
@@ -272,3 +285,106 @@ def test_arp_for_gateway_answered_with_the_ports_own_mac_and_vip_not_at_all(net)
             cap.close()
     assert got[str(c.gateway)] and got[str(c.gateway)][0][0][ARP].hwsrc == port_mac
     assert not got[str(cfg.vip.address)]
+
+
+def test_one_client_port_completes_a_handshake_with_every_service(net):
+    """Three connect()s from one client ip:port, one per service, all open at once: each is
+    answered by the switch as its own VIP:port (the client's kernel accepts nothing else), with a
+    cookie over that VIP:port, and each handshake's last ACK is absorbed."""
+    tb, dp = net
+    cfg = tb.cfg
+    cip = int(ipaddress.IPv4Address(cfg.hosts.clients[0].ip))
+    keys = cookie.keys_at(cfg.switch.cookie.secret, cookie.tai_seconds(), cfg.switch.cookie.rotate_seconds)
+    cap = Capture(tb.ns("c1"))
+    before = dp.maps.read_counters()
+    socks = []
+    try:
+        for svc in range(3):
+            socks.append(connect_vip(tb, 47100, svc=svc))
+        assert [s.getsockname()[1] for s in socks] == [47100] * 3
+        got = cap.packets(lambda p: TCP in p and p[TCP].flags == "SA" and p[TCP].dport == 47100, want=3)
+    finally:
+        cap.close()
+        for s in socks:
+            s.close()
+    want = {(str(svc.vip.address), svc.vip.port) for svc in cfg.all_services()}
+    assert len(want) == 3 and {(p[IP].src, p[TCP].sport) for p, _ in got} == want
+    b = cookie.bucket_of(cookie.tai_seconds(), cfg.switch.cookie.bucket_seconds)
+    for p, _ in got:
+        assert cookie.check_cookie(p[TCP].seq, keys, cip, 47100, int(ipaddress.IPv4Address(p[IP].src)),
+                                   p[TCP].sport, b) is not None
+    after = dp.maps.read_counters()
+    assert after["synack"] - before["synack"] == 3
+    assert after["handshake_ack"] - before["handshake_ack"] == 3
+    assert after["drop_not_tcp_to_vip"] == before["drop_not_tcp_to_vip"]
+
+
+def _mac(kind: int, ip) -> str:
+    return ":".join(f"{b:02x}" for b in (2, kind, *ip.packed))   # testbed MACs: 0x4D host, 0x53 switch port
+
+
+def _backend_segment(be, client, cport, payload):
+    return (Ether(src=_mac(0x4D, be.ip), dst=_mac(0x53, be.gateway)) / IP(src=str(be.ip), dst=str(client.ip))
+            / TCP(sport=be.port, dport=cport, flags="PA", seq=777, ack=888) / Raw(payload))
+
+
+def _client_ack(client, cport, vip):
+    return (Ether(src=_mac(0x4D, client.ip), dst=_mac(0x53, client.gateway))
+            / IP(src=str(client.ip), dst=str(vip.address)) / TCP(sport=cport, dport=vip.port, flags="A", seq=5, ack=6))
+
+
+def test_one_client_port_offloaded_to_two_services_on_two_backends(net):
+    """Client port P holds an entry of service 1 (VIP:8080) on be2 and one of service 2 (the
+    second address) on be1, at once: each back-end's segments reach the client as its own
+    service's VIP:port, the client's ACKs to each VIP:port reach that service's back-end, and be3
+    (no entry of P names it) goes to the front-end, counted as a mismatch."""
+    tb, dp = net
+    cfg = tb.cfg
+    client = cfg.hosts.clients[0]
+    be1, be2, be3 = cfg.hosts.backends[:3]
+    api, alt = cfg.all_services()[1].vip, cfg.all_services()[2].vip
+    cport = 47200
+    assert dp.maps.offload_insert(str(client.ip), cport, 1, svc=1) == 0    # service api on be2
+    assert dp.maps.offload_insert(str(client.ip), cport, 0, svc=2) == 0    # service alt on be1
+    before = dp.maps.read_counters()
+    try:
+        to_client = {}
+        for be in (be1, be2):
+            body = be.name.encode() * 300
+            cap = Capture(tb.ns("c1"))
+            try:
+                _send_from(tb.ns(be.name), bytes(_backend_segment(be, client, cport, body)))
+                got = cap.packets(lambda p: TCP in p and p[TCP].dport == cport and Raw in p)
+            finally:
+                cap.close()
+            assert got, f"{be.name}'s segment did not reach the client"
+            p, _ = got[0]
+            assert bytes(p[Raw].load) == body and (p[TCP].seq, p[TCP].ack) == (777, 888) and checksums_ok(p)
+            to_client[be.name] = (p[IP].src, p[TCP].sport)
+        assert to_client == {"be1": (str(alt.address), alt.port), "be2": (str(api.address), api.port)}
+        for vip, be in ((api, be2), (alt, be1)):
+            caps = {b.name: Capture(tb.ns(b.name)) for b in (be1, be2)}
+            try:
+                _send_from(tb.ns("c1"), bytes(_client_ack(client, cport, vip)))
+                got = {n: c.packets(lambda p: TCP in p and p[TCP].sport == cport, timeout=1.0)
+                       for n, c in caps.items()}
+            finally:
+                for c in caps.values():
+                    c.close()
+            assert [n for n, g in got.items() if g] == [be.name], (vip, got)
+            p, _ = got[be.name][0]
+            assert (p[IP].dst, p[TCP].dport) == (str(be.ip), be.port) and checksums_ok(p)
+        fe = frontend_of(cfg, client.ip, cport)
+        cap = Capture(tb.ns(fe))
+        try:
+            _send_from(tb.ns(be3.name), bytes(_backend_segment(be3, client, cport, b"not offloaded here")))
+            got = cap.packets(lambda p: TCP in p and p[TCP].dport == cport)
+        finally:
+            cap.close()
+        assert got and (got[0][0][IP].src, got[0][0][TCP].sport) == (str(be3.ip), be3.port)  # untouched
+    finally:
+        dp.maps.offload_delete(str(client.ip), cport, 1)
+        dp.maps.offload_delete(str(client.ip), cport, 2)
+    after = dp.maps.read_counters()
+    assert after["to_client"] - before["to_client"] == 2 and after["to_backend"] - before["to_backend"] == 2
+    assert after["offload_mismatch"] - before["offload_mismatch"] == 1

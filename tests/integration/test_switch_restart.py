@@ -176,3 +176,48 @@ def test_adoption_applies_config_changes_and_keeps_the_rest(tmp_path):
             filters = subprocess.run(["ip", "netns", "exec", sw, "tc", "filter", "show", "dev", h.interface, "ingress"],
                                      capture_output=True, text=True).stdout
             assert "switch_ingress" not in filters, (h.interface, filters)
+
+
+def test_adoption_drops_only_the_entries_of_a_service_that_changed_and_refuses_an_old_layout():
+    """Three services; offloaded connections of one client port on each. Adopted under a config
+    where service 1 moved to another port: its entries go (they would come back from the wrong
+    VIP:port), the others stay, the VIP tables follow. Then a pinned data plane of another map
+    layout (one from before services has no sw_vips) is refused with what to do."""
+    import shutil
+
+    from miresga.control.config import Endpoint
+    from miresga.switch.dataplane import AdoptError, SwitchDataplane, default_pin_dir, detach_switch, ports_for
+    from miresga.testbed import Testbed
+    from test_switch_netns import services_config
+    with Testbed(services_config(load_config())) as tb:
+        cfg, sw = tb.cfg, tb.ns_switch
+        pins = default_pin_dir(sw)
+        try:
+            dp = SwitchDataplane(cfg, sw, ports_for(cfg, sw))
+            try:
+                for svc in range(3):
+                    assert dp.maps.offload_insert("10.0.1.2", 40000, svc, svc=svc) == 0
+            finally:
+                dp.close(keep=True)
+            api = cfg.services[0].model_copy(update={"vip": Endpoint(address=cfg.vip.address, port=8081)})
+            new = cfg.model_copy(update={"services": [api, cfg.services[1]]})
+            dp = SwitchDataplane(new, sw, ports_for(new, sw), adopt=True)
+            try:
+                assert dp.adopted
+                assert {k: e.backend for k, e in dp.maps.offload_items()} == {
+                    (0x0A000102, 40000, 0): 0, (0x0A000102, 40000, 2): 2}
+                assert dp.reconciled["sw_offload (service changed)"] == 1
+                assert dp.reconciled["sw_services"] == 1 and dp.reconciled["sw_vips"] == 2
+                assert dp.reconciled["sw_vip_addrs"] == 0 and dp.reconciled["sw_offload (back-end changed)"] == 0
+                assert [(str(a), p) for a, p in dp.maps.get_services()] == [
+                    (str(s.vip.address), s.vip.port) for s in new.all_services()]
+            finally:
+                dp.close(keep=True)
+            (pins / "sw_vips").unlink()
+            with pytest.raises(AdoptError) as e:
+                SwitchDataplane(new, sw, ports_for(new, sw), adopt=True)
+            assert "no sw_vips" in str(e.value) and "miresga switch --unload" in str(e.value)
+        finally:
+            for h in cfg.hosts.all():
+                detach_switch(sw, h.interface)
+            shutil.rmtree(pins, ignore_errors=True)

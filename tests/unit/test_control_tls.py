@@ -54,13 +54,13 @@ def test_frontends_with_their_certificates_work(served):
     fe1, fe2 = client("fe1"), client("fe2")
     assert len(fe1.register("fe1", "10.0.2.2")["buckets"]) == 128
     assert len(fe2.register("fe2", "10.0.3.2")["buckets"]) == 128
-    assert fe1.write([(0x0A000102, 40000, 1)], []) == ["ok"]
+    assert fe1.write([(0x0A000102, 40000, 0, 1)], []) == ["ok"]
     assert fe2.heartbeat("fe2")["buckets"]
-    assert fe2.read([(0x0A000102, 40000)]) == {(0x0A000102, 40000): "installed"}
+    assert fe2.read([(0x0A000102, 40000, 0)]) == {(0x0A000102, 40000, 0): "installed"}
     s = client(ADMIN).stats()  # the operator identity reads
     assert {m["name"]: m["state"] for m in s["members"]} == {"fe1": "alive", "fe2": "alive"}
     assert s["refused"] == {"tls": 0, "token": 0, "identity": 0}
-    assert set(tables.offload) == {(0x0A000102, 40000)}
+    assert set(tables.offload) == {(0x0A000102, 40000, 0)}
 
 
 def _refused(call) -> grpc.RpcError:
@@ -73,8 +73,8 @@ def test_refused_and_counted(served, pki):
     _, other = pki
     cp, tables, client, cfg = served
     # TLS refuses these in the handshake: the server never sees a call
-    assert _refused(lambda: client(None).write([(1, 2, 0)], [])).code() == grpc.StatusCode.UNAVAILABLE
-    assert _refused(lambda: client("fe1", tls_dir=other).write([(1, 2, 0)], [])).code() == grpc.StatusCode.UNAVAILABLE
+    assert _refused(lambda: client(None).write([(1, 2, 0, 0)], [])).code() == grpc.StatusCode.UNAVAILABLE
+    assert _refused(lambda: client("fe1", tls_dir=other).write([(1, 2, 0, 0)], [])).code() == grpc.StatusCode.UNAVAILABLE
     # a client that trusts another CA does not accept the switch either
     assert _refused(lambda: client("fe1", tls_dir=other, ca=other).stats()).code() == grpc.StatusCode.UNAVAILABLE
     # a good certificate, another front-end's name
@@ -84,7 +84,7 @@ def test_refused_and_counted(served, pki):
         e = _refused(call)
         assert e.code() == grpc.StatusCode.PERMISSION_DENIED and words in e.details(), e.details()
     # the operator identity only reads
-    e = _refused(lambda: client(ADMIN).write([(0x0A000102, 1, 0)], []))
+    e = _refused(lambda: client(ADMIN).write([(0x0A000102, 1, 0, 0)], []))
     assert e.code() == grpc.StatusCode.PERMISSION_DENIED and "read-only" in e.details()
     # a good certificate, a wrong token: the second factor
     e = _refused(lambda: client("fe2", token="wrong-token-wrong-token").register("fe2", "10.0.3.2"))

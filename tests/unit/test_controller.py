@@ -20,7 +20,7 @@ def tofino(rate=1000.0, latency=0.001, capacity=TOFINO_OFFLOAD_CAPACITY):
 
 
 def ins(n, start=0, backend=0):
-    return [(0x0A000102, 1024 + start + i, backend) for i in range(n)]
+    return [(0x0A000102, 1024 + start + i, 0, backend) for i in range(n)]
 
 
 def test_profiles_from_config():
@@ -35,18 +35,18 @@ def test_software_profile_installs_at_once():
     assert t.write(ins(3), [], now=0) == [Status.OK] * 3
     done = t.tick(0)
     assert [op.key[1] for op in done] == [1024, 1025, 1026]
-    assert t.read([(0x0A000102, 1024), (0x0A000102, 9)]) == {(0x0A000102, 1024): EntryState.INSTALLED,
-                                                            (0x0A000102, 9): EntryState.ABSENT}
+    assert t.read([(0x0A000102, 1024, 0), (0x0A000102, 9, 0)]) == {(0x0A000102, 1024, 0): EntryState.INSTALLED,
+                                                            (0x0A000102, 9, 0): EntryState.ABSENT}
 
 
 def test_statuses_exists_not_found():
     t = OffloadTable(SOFT, 3, now=0)
     t.write(ins(1), [], 0)
     t.tick(0)
-    assert t.write(ins(1), [(0x0A000102, 1024), (0x0A000102, 5000)], 0) == [
+    assert t.write(ins(1), [(0x0A000102, 1024, 0), (0x0A000102, 5000, 0)], 0) == [
         Status.EXISTS, Status.OK, Status.NOT_FOUND]
     assert [op.kind for op in t.tick(0)] == ["delete"]
-    assert t.read([(0x0A000102, 1024)])[(0x0A000102, 1024)] == EntryState.ABSENT
+    assert t.read([(0x0A000102, 1024, 0)])[(0x0A000102, 1024, 0)] == EntryState.ABSENT
 
 
 def test_capacity_enforced_and_visible():
@@ -55,7 +55,7 @@ def test_capacity_enforced_and_visible():
     assert st == [Status.OK] * 10 + [Status.TABLE_FULL] * 2
     t.tick(0)
     assert len(t.installed) == 10 and t.stats["table_full"] == 2
-    t.write([], [(0x0A000102, 1024)], 0)       # a delete frees one slot
+    t.write([], [(0x0A000102, 1024, 0)], 0)       # a delete frees one slot
     assert t.write(ins(1, start=50), [], 0) == [Status.OK]
 
 
@@ -80,24 +80,24 @@ def test_rate_is_shared_by_deletes_and_keeps_order():
     t = OffloadTable(tofino(rate=100, latency=0.0), 3, now=0)
     t.write(ins(1), [], 0)
     t.tick(0)
-    assert t.write([], [(0x0A000102, 1024)], 0) == [Status.QUEUED]
+    assert t.write([], [(0x0A000102, 1024, 0)], 0) == [Status.QUEUED]
     assert t.write(ins(1, backend=2), [], 0) == [Status.QUEUED]   # re-insert after the delete
-    assert t.read([(0x0A000102, 1024)])[(0x0A000102, 1024)] == EntryState.INSTALLED  # still, until applied
+    assert t.read([(0x0A000102, 1024, 0)])[(0x0A000102, 1024, 0)] == EntryState.INSTALLED  # still, until applied
     now, seen = 0.0, []
     while len(seen) < 2:
         now += 0.01
         seen += [(op.kind, op.backend) for op in t.tick(now)]
     assert seen == [("delete", 0), ("insert", 2)]
-    assert t.installed == {(0x0A000102, 1024): 2}
+    assert t.installed == {(0x0A000102, 1024, 0): 2}
 
 
 def test_delete_of_queued_insert_cancels_it():
     t = OffloadTable(tofino(rate=1, latency=0.0), 3, now=0)
     t.write(ins(2), [], 0)
     ops = t.tick(0)  # the burst (one op) goes at once; the second waits for a token
-    assert t.read([(0x0A000102, 1025)])[(0x0A000102, 1025)] == EntryState.QUEUED
-    assert t.write([], [(0x0A000102, 1025)], 0) == [Status.OK]
-    assert t.read([(0x0A000102, 1025)])[(0x0A000102, 1025)] == EntryState.ABSENT
+    assert t.read([(0x0A000102, 1025, 0)])[(0x0A000102, 1025, 0)] == EntryState.QUEUED
+    assert t.write([], [(0x0A000102, 1025, 0)], 0) == [Status.OK]
+    assert t.read([(0x0A000102, 1025, 0)])[(0x0A000102, 1025, 0)] == EntryState.ABSENT
     for s in range(1, 5):
         ops += t.tick(float(s))
     assert [(o.kind, o.key[1]) for o in ops] == [("insert", 1024)]
@@ -112,10 +112,12 @@ def test_next_due_tells_the_adapter_when_to_wake():
 
 
 @pytest.mark.parametrize("inserts,deletes,code,words", [
-    ([(1, 80, 7)], [], "INVALID_ARGUMENT", "backend index 7"),
-    ([(1, 0, 0)], [], "INVALID_ARGUMENT", "port 0"),
-    ([(1 << 33, 80, 0)], [], "INVALID_ARGUMENT", "not an IPv4"),
-    ([], [(1, 70000)], "INVALID_ARGUMENT", "entry 0"),
+    ([(1, 80, 0, 7)], [], "INVALID_ARGUMENT", "backend index 7"),
+    ([(1, 0, 0, 0)], [], "INVALID_ARGUMENT", "port 0"),
+    ([(1 << 33, 80, 0, 0)], [], "INVALID_ARGUMENT", "not an IPv4"),
+    ([], [(1, 70000, 0)], "INVALID_ARGUMENT", "entry 0"),
+    ([(1, 80, 1, 0)], [], "INVALID_ARGUMENT", "service 1 unknown (have 1)"),   # one service configured
+    ([], [(1, 80, 0), (1, 80, -1)], "INVALID_ARGUMENT", "entry 1: service -1"),
     (ins(40000) + ins(30000, start=40000), [], "INVALID_ARGUMENT", "limit"),
 ])
 def test_bad_writes_refused_whole_with_code(inserts, deletes, code, words):
@@ -124,6 +126,24 @@ def test_bad_writes_refused_whole_with_code(inserts, deletes, code, words):
         t.write(inserts, deletes, 0)
     assert e.value.code == code and words in e.value.message
     assert not t.intended  # nothing of a refused batch is applied
+
+
+def test_one_client_port_holds_an_entry_per_service():
+    """Keys are (client ip, client port, svc): the same client port offloaded towards two services
+    is two entries, each deleted on its own; a service beyond the configured ones is refused."""
+    t = OffloadTable(SOFT, 3, now=0, n_services=3)
+    ip = 0x0A000102
+    assert t.write([(ip, 40000, 0, 0), (ip, 40000, 2, 1), (ip, 40000, 2, 2)], [], 0) == [
+        Status.OK, Status.OK, Status.EXISTS]
+    t.tick(0)
+    assert t.installed == {(ip, 40000, 0): 0, (ip, 40000, 2): 1}
+    assert t.write([], [(ip, 40000, 2), (ip, 40000, 1)], 0) == [Status.OK, Status.NOT_FOUND]
+    t.tick(0)
+    assert t.read([(ip, 40000, 0), (ip, 40000, 2)]) == {(ip, 40000, 0): EntryState.INSTALLED,
+                                                       (ip, 40000, 2): EntryState.ABSENT}
+    with pytest.raises(ApiError) as e:
+        t.write([(ip, 40001, 3, 0)], [], 0)
+    assert "service 3 unknown (have 3)" in e.value.message
 
 
 def test_idle_entries():

@@ -38,13 +38,13 @@ def served():
 
 def test_write_read_stats_roundtrip(served):
     cp, tables, c, _ = served()
-    ins = [(0x0A000102, 40000 + i, i % 3) for i in range(5)]
+    ins = [(0x0A000102, 40000 + i, 0, i % 3) for i in range(5)]
     assert c.write(ins, []) == ["ok"] * 5
-    assert c.write(ins[:1], [(0x0A000102, 1), (0x0A000102, 40001)]) == ["exists", "not_found", "ok"]
-    assert c.read([(0x0A000102, 40000), (0x0A000102, 40001)]) == {
-        (0x0A000102, 40000): "installed", (0x0A000102, 40001): "absent"}
-    assert set(tables.offload) == {(0x0A000102, 40000 + i) for i in (0, 2, 3, 4)}
-    assert tables.offload[(0x0A000102, 40003)][0] == 0
+    assert c.write(ins[:1], [(0x0A000102, 1, 0), (0x0A000102, 40001, 0)]) == ["exists", "not_found", "ok"]
+    assert c.read([(0x0A000102, 40000, 0), (0x0A000102, 40001, 0)]) == {
+        (0x0A000102, 40000, 0): "installed", (0x0A000102, 40001, 0): "absent"}
+    assert set(tables.offload) == {(0x0A000102, 40000 + i, 0) for i in (0, 2, 3, 4)}
+    assert tables.offload[(0x0A000102, 40003, 0)][0] == 0
     s = c.stats()
     assert (s["profile"], s["installed"], s["queue"]) == ("software", 4, 0)
     assert {m["name"] for m in s["members"]} == {"fe1", "fe2"}
@@ -56,7 +56,7 @@ def test_unauthenticated_refused_and_counted(served):
     for token in ("wrong-token-wrong-token", ""):
         bad = SwitchClient(f"127.0.0.1:{srv.port}", token)
         with pytest.raises(grpc.RpcError) as e:
-            bad.write([(1, 2, 0)], [])
+            bad.write([(1, 2, 0, 0)], [])
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
         bad.close()
     assert tables.offload == {}
@@ -64,8 +64,8 @@ def test_unauthenticated_refused_and_counted(served):
 
 
 @pytest.mark.parametrize("call,code,words", [
-    (lambda c: c.write([(1, 80, 9)], []), grpc.StatusCode.INVALID_ARGUMENT, "backend index 9"),
-    (lambda c: c.write([], [(1, 0)]), grpc.StatusCode.INVALID_ARGUMENT, "port 0"),
+    (lambda c: c.write([(1, 80, 0, 9)], []), grpc.StatusCode.INVALID_ARGUMENT, "backend index 9"),
+    (lambda c: c.write([], [(1, 0, 0)]), grpc.StatusCode.INVALID_ARGUMENT, "port 0"),
     (lambda c: c.register("fe7", "10.0.2.2"), grpc.StatusCode.NOT_FOUND, "fe7"),
     (lambda c: c.heartbeat("nobody"), grpc.StatusCode.NOT_FOUND, "nobody"),
     (lambda c: c.register("fe1", "bogus"), grpc.StatusCode.INVALID_ARGUMENT, "bogus"),
@@ -80,7 +80,7 @@ def test_api_errors_carry_code_and_message(served, call, code, words):
 def test_tofino_profile_queues_beyond_rate_and_installs_later(served):
     cfg = _cfg(profile="tofino", insert_rate=1000, batch_latency_ms=2.0, offload_capacity=150)
     _, tables, c, _ = served(cfg)
-    ins = [(0x0A000102, 1000 + i, 0) for i in range(200)]
+    ins = [(0x0A000102, 1000 + i, 0, 0) for i in range(200)]
     st = c.write(ins, [])
     ok = st.count("ok")
     # the burst (10 ms at 1000/s) plus what the rate allows while the call waits one batch
@@ -88,7 +88,7 @@ def test_tofino_profile_queues_beyond_rate_and_installs_later(served):
     assert 10 <= ok <= 20 and st[:ok] == ["ok"] * ok
     assert st[ok:150] == ["queued"] * (150 - ok)
     assert st[150:] == ["table_full"] * 50           # beyond capacity: stays slow path
-    keys = [(ip, port) for ip, port, _ in ins[:150]]
+    keys = [(ip, port, svc) for ip, port, svc, _ in ins[:150]]
     assert c.stats()["queue"] > 0
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline and set(c.read(keys).values()) != {"installed"}:
@@ -117,7 +117,7 @@ def test_insert_rate_software_profile_through_grpc(served, record_property):
     n, batch = 20000, 1000
     t0 = time.perf_counter()
     for s in range(0, n, batch):
-        st = c.write([(0x0A000000 + (i >> 16), 1 + (i & 0xFFFF) % 65535, 0) for i in range(s, s + batch)], [])
+        st = c.write([(0x0A000000 + (i >> 16), 1 + (i & 0xFFFF) % 65535, 0, 0) for i in range(s, s + batch)], [])
         assert st == ["ok"] * batch
     rate = n / (time.perf_counter() - t0)
     record_property("grpc_inserts_per_s", int(rate))
@@ -152,6 +152,7 @@ def test_frontend_offload_worker_against_the_real_service(served):
                 continue
             if r[0] == "offload":
                 final[r[2]] = r[4]
+                assert r[5] == 0
                 seen.add(r[4])
         assert sorted(final) == list(range(2000, 2030))
         assert set(final.values()) <= {"ok", "installed"}
@@ -159,9 +160,9 @@ def test_frontend_offload_worker_against_the_real_service(served):
         assert len(tables.offload) == 30
         w.submit(OffloadDelete(0x0A000102, 2000))
         deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and (0x0A000102, 2000) in tables.offload:
+        while time.monotonic() < deadline and (0x0A000102, 2000, 0) in tables.offload:
             time.sleep(0.02)
-        assert (0x0A000102, 2000) not in tables.offload
+        assert (0x0A000102, 2000, 0) not in tables.offload
         assert c.stats()["members"][0]["state"] == "alive"  # the worker registered and heartbeats
     finally:
         w.stop.set()
@@ -171,21 +172,52 @@ def test_frontend_offload_worker_against_the_real_service(served):
 def test_idle_report(served):
     cfg = _cfg(idle_timeout_s=0.2)
     cp, tables, c, _ = served(cfg)
-    assert c.write([(0x0A000102, 3000, 0), (0x0A000102, 3001, 1)], []) == ["ok", "ok"]
+    assert c.write([(0x0A000102, 3000, 0, 0), (0x0A000102, 3001, 0, 1)], []) == ["ok", "ok"]
     assert c.idle() == []
     time.sleep(0.3)
-    tables.offload[(0x0A000102, 3001)] = (1, time.clock_gettime_ns(time.CLOCK_MONOTONIC))  # a hit
+    tables.offload[(0x0A000102, 3001, 0)] = (1, time.clock_gettime_ns(time.CLOCK_MONOTONIC))  # a hit
     cp.scan_idle()
-    assert c.idle() == [(0x0A000102, 3000)]
-    c.write([], [(0x0A000102, 3000)])
+    assert c.idle() == [(0x0A000102, 3000, 0)]
+    c.write([], [(0x0A000102, 3000, 0)])
     assert c.idle() == []  # deleted since the scan: not reported again
 
 
 def test_restarted_controller_adopts_installed_entries(served):
     tables = MemoryTables()
-    tables.offload[(0x0A000102, 4000)] = (2, 0)
+    tables.offload[(0x0A000102, 4000, 0)] = (2, 0)
     cp, _, c, _ = served(tables=tables)
-    assert c.read([(0x0A000102, 4000)]) == {(0x0A000102, 4000): "installed"}
-    assert c.write([(0x0A000102, 4000, 1)], []) == ["exists"]
+    assert c.read([(0x0A000102, 4000, 0)]) == {(0x0A000102, 4000, 0): "installed"}
+    assert c.write([(0x0A000102, 4000, 0, 1)], []) == ["exists"]
     assert c.stats()["installed"] == 1
-    assert c.write([], [(0x0A000102, 4000)]) == ["ok"] and tables.offload == {}
+    assert c.write([], [(0x0A000102, 4000, 0)]) == ["ok"] and tables.offload == {}
+
+
+def _services_cfg(**switch):
+    from miresga.control.config import Endpoint, Service
+    cfg = _cfg(**switch)
+    api = Service(name="api", vip=Endpoint(address=cfg.vip.address, port=8080))
+    return cfg.model_copy(update={"services": [api]})
+
+
+def test_service_field_round_trips_and_defaults_to_the_default_service(served):
+    """One client ip:port with an entry per service (two back-ends); Read, Idle and Write's
+    deletes carry the service; a caller that never sets the field (an older client) means
+    service 0; a service the config does not have is refused."""
+    from miresga._proto import control_pb2 as pb
+    cp, tables, c, srv = served(_services_cfg(idle_timeout_s=0.2))
+    ip = 0x0A000102
+    assert c.write([(ip, 5000, 0, 0), (ip, 5000, 1, 2)], []) == ["ok", "ok"]
+    assert {k: v[0] for k, v in tables.offload.items()} == {(ip, 5000, 0): 0, (ip, 5000, 1): 2}
+    assert c.read([(ip, 5000, 1), (ip, 5001, 1)]) == {(ip, 5000, 1): "installed", (ip, 5001, 1): "absent"}
+    time.sleep(0.3)
+    cp.scan_idle()
+    assert sorted(c.idle()) == [(ip, 5000, 0), (ip, 5000, 1)]
+    # the raw messages without `service`, as a client built before the field existed sends them
+    md = (("authorization", f"Bearer {cp.cfg.switch.control.token}"),)
+    r = c._stub.Write(pb.WriteRequest(inserts=[pb.InsertEntry(client_ip=ip, client_port=5002, backend=1)],
+                                      deletes=[pb.FlowKey(client_ip=ip, client_port=5000)]), metadata=md)
+    assert list(r.statuses) == [pb.WRITE_OK, pb.WRITE_OK]
+    assert set(tables.offload) == {(ip, 5000, 1), (ip, 5002, 0)}
+    with pytest.raises(grpc.RpcError) as e:
+        c.write([(ip, 5003, 2, 0)], [])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "service 2 unknown (have 2)" in e.value.details()

@@ -1,14 +1,18 @@
 """The switch-controller adapter of the front-end, against a fake client with the SwitchClient
-methods: order of inserts and deletes, queued inserts polled to the end, failures."""
+methods: order of inserts and deletes, queued inserts polled to the end, failures, keys of
+several services (client ip, client port, svc)."""
 
 from __future__ import annotations
 
 import queue
 import time
 
+import pytest
+
 from frontend_helpers import NOW, Backend, Client, deletes, get, inserts, make_cfg, sends
 from miresga.frontend.engine import Engine, OffloadCheck, OffloadDelete, OffloadInsert
-from miresga.frontend.switch_link import FetchIdle, Heartbeat, OffloadBatcher, OffloadWorker, Read, Register, Write
+from miresga.frontend.switch_link import (_ENGINE_SVC, FetchIdle, Heartbeat, OffloadBatcher, OffloadWorker, Read,
+                                          Register, Write)
 from miresga.frontend.engine.states import Offload
 
 
@@ -16,8 +20,9 @@ class FakeSwitchClient:
     """Same semantics as switch.controller.OffloadTable for what we use: inserts before deletes
     within one write; queue mode answers "queued" and installs on the next read."""
 
-    def __init__(self, queue_mode=False, fail_writes=0):
+    def __init__(self, queue_mode=False, fail_writes=0, idle=()):
         self.table, self.queued, self.calls = {}, {}, []
+        self.idle_keys = list(idle)
         self.queue_mode, self.fail_writes = queue_mode, fail_writes
 
     def register(self, name, address):
@@ -27,7 +32,7 @@ class FakeSwitchClient:
         pass
 
     def idle(self):
-        return []
+        return list(self.idle_keys)
 
     def write(self, ins, dels):
         self.calls.append(("write", list(ins), list(dels)))
@@ -35,8 +40,8 @@ class FakeSwitchClient:
             self.fail_writes -= 1
             raise ConnectionError("controller unreachable")
         out = []
-        for ip, port, b in ins:
-            k = (ip, port)
+        for ip, port, svc, b in ins:
+            k = (ip, port, svc)
             if k in self.table or k in self.queued:
                 out.append("exists")
             elif self.queue_mode:
@@ -77,42 +82,42 @@ def test_insert_then_delete_of_one_key_keep_their_order():
     fake = FakeSwitchClient()
     res = run_worker(fake, [OffloadInsert(1, 2, 0, 7), OffloadDelete(1, 2), OffloadInsert(3, 4, 1, 8)])
     writes = [c for c in fake.calls if c[0] == "write"]
-    assert writes[0][1:] == ([(1, 2, 0), (3, 4, 1)], [])   # split: the delete must come after
-    assert writes[1][1:] == ([], [(1, 2)])
-    assert fake.table == {(3, 4): 1}
-    assert ("offload", 1, 2, 7, "ok") in res and ("offload", 3, 4, 8, "ok") in res
+    assert writes[0][1:] == ([(1, 2, 0, 0), (3, 4, 0, 1)], [])   # split: the delete must come after
+    assert writes[1][1:] == ([], [(1, 2, 0)])
+    assert fake.table == {(3, 4, 0): 1}
+    assert ("offload", 1, 2, 7, "ok", 0) in res and ("offload", 3, 4, 8, "ok", 0) in res
 
 
 def test_delete_then_insert_of_many_keys_takes_two_writes():
     fake = FakeSwitchClient()
-    fake.table.update({(1, p): 0 for p in range(10)})
+    fake.table.update({(1, p, 0): 0 for p in range(10)})
     acts = [a for p in range(10) for a in (OffloadDelete(1, p), OffloadInsert(1, p, 1, 100 + p))]
     res = run_worker(fake, acts)
     writes = [c for c in fake.calls if c[0] == "write"]
     assert len(writes) == 2 and writes[0][1] == [] and len(writes[0][2]) == 10 and len(writes[1][1]) == 10
-    assert fake.table == {(1, p): 1 for p in range(10)}
+    assert fake.table == {(1, p, 0): 1 for p in range(10)}
     assert sorted(r[3] for r in res if r[0] == "offload" and r[4] == "ok") == list(range(100, 110))
 
 
 def test_queued_insert_polled_until_installed():
     fake = FakeSwitchClient(queue_mode=True)
     res = run_worker(fake, [OffloadInsert(1, 2, 0, 7)])
-    assert [r for r in res if r[0] == "offload"] == [("offload", 1, 2, 7, "queued"),
-                                                      ("offload", 1, 2, 7, "installed")]
+    assert [r for r in res if r[0] == "offload"] == [("offload", 1, 2, 7, "queued", 0),
+                                                      ("offload", 1, 2, 7, "installed", 0)]
 
 
 def test_failed_write_reports_error_and_retries_deletes():
     fake = FakeSwitchClient(fail_writes=1)
-    fake.table[(9, 9)] = 0
+    fake.table[(9, 9, 0)] = 0
     res = run_worker(fake, [OffloadInsert(1, 2, 0, 7), OffloadDelete(9, 9)], wait=1.0)
-    assert ("offload", 1, 2, 7, "error") in res
+    assert ("offload", 1, 2, 7, "error", 0) in res
     assert fake.table == {}, "the delete was retried after the failure"
 
 
 def test_check_reports_absent_entry():
     fake = FakeSwitchClient()
     res = run_worker(fake, [OffloadCheck(5, 6, 3)])
-    assert ("offload", 5, 6, 3, "absent") in res
+    assert ("offload", 5, 6, 3, "absent", 0) in res
 
 
 def test_engine_verifies_installed_entry_on_idle_timer():
@@ -179,15 +184,15 @@ def test_delete_of_reused_key_is_retried_when_reconnect_fails():
     """A delete of key k answered in one cycle must not count as answered in a later cycle: a
     new connection from the same client ip:port offloaded and closed while the controller is
     down must have its delete retried."""
-    fake, link, k = DownFake(), OffloadBatcher("fe1", "10.0.2.2"), (1, 2)
-    cycle(link, fake, [OffloadInsert(*k, 0, 7)], NOW)
+    fake, link, k = DownFake(), OffloadBatcher("fe1", "10.0.2.2"), (1, 2, 0)
+    cycle(link, fake, [OffloadInsert(1, 2, 0, 7)], NOW)
     # k's first connection ends and the same ip:port comes back at once, offloaded again
-    cycle(link, fake, [OffloadDelete(*k), OffloadInsert(*k, 0, 8)], NOW + 0.1)
+    cycle(link, fake, [OffloadDelete(1, 2), OffloadInsert(1, 2, 0, 8)], NOW + 0.1)
     assert fake.table == {k: 0}
     fake.down = True
     cycle(link, fake, [], NOW + 2)                              # the heartbeat fails: link lost
     assert not link.registered
-    cycle(link, fake, [OffloadDelete(*k)], NOW + 2.1)           # reconnect fails: delete unanswered
+    cycle(link, fake, [OffloadDelete(1, 2)], NOW + 2.1)         # reconnect fails: delete unanswered
     assert link.retry_deletes == [k]
     fake.down = False
     cycle(link, fake, [], NOW + 3)
@@ -195,11 +200,11 @@ def test_delete_of_reused_key_is_retried_when_reconnect_fails():
 
 
 def test_retried_delete_is_kept_when_its_write_fails():
-    fake, link, k = FakeSwitchClient(), OffloadBatcher("fe1", "10.0.2.2"), (9, 9)
+    fake, link, k = FakeSwitchClient(), OffloadBatcher("fe1", "10.0.2.2"), (9, 9, 0)
     fake.table[k] = 0
     fake.fail_writes = 2
-    res = cycle(link, fake, [OffloadInsert(1, 2, 0, 7), OffloadDelete(*k)], NOW)
-    assert res == [("offload", 1, 2, 7, "error")] and link.retry_deletes == [(1, 2), k]
+    res = cycle(link, fake, [OffloadInsert(1, 2, 0, 7), OffloadDelete(9, 9)], NOW)
+    assert res == [("offload", 1, 2, 7, "error", 0)] and link.retry_deletes == [(1, 2, 0), k]
     cycle(link, fake, [], NOW + 0.5)                            # the retry's Write fails too
     cycle(link, fake, [], NOW + 1)
     assert fake.table == {}, "the retried deletes outlived their failed Write"
@@ -208,7 +213,7 @@ def test_retried_delete_is_kept_when_its_write_fails():
 def test_second_delete_of_a_key_in_one_batch_is_retried_when_its_write_fails():
     """delete k, insert k, delete k in one batch take three Writes; when only the last fails, the
     first delete's answer must not stand for the second."""
-    fake, link, k = FakeSwitchClient(), OffloadBatcher("fe1", "10.0.2.2"), (1, 2)
+    fake, link, k = FakeSwitchClient(), OffloadBatcher("fe1", "10.0.2.2"), (1, 2, 0)
     fake.table[k] = 0
     writes = []
     real_write = fake.write
@@ -219,8 +224,39 @@ def test_second_delete_of_a_key_in_one_batch_is_retried_when_its_write_fails():
             raise ConnectionError("controller unreachable")
         return real_write(ins, dels)
     fake.write = write
-    cycle(link, fake, [OffloadDelete(*k), OffloadInsert(*k, 0, 8), OffloadDelete(*k)], NOW)
+    cycle(link, fake, [OffloadDelete(1, 2), OffloadInsert(1, 2, 0, 8), OffloadDelete(1, 2)], NOW)
     assert len(writes) == 3 and fake.table == {k: 0}
     assert link.retry_deletes == [k]
     cycle(link, fake, [], NOW + 0.5)
     assert fake.table == {}
+
+
+# ---------------------------------------------------------------------- several services
+
+needs_svc = pytest.mark.skipif(not _ENGINE_SVC, reason="the engine's actions carry no service yet (lead's main)")
+
+
+@needs_svc
+def test_one_client_port_two_services_are_two_keys():
+    """The same client ip:port offloaded towards two services (two back-ends): one Write, two
+    entries; deleting one service's leaves the other's; answers carry the service."""
+    fake, link = FakeSwitchClient(), OffloadBatcher("fe1", "10.0.2.2")
+    res = cycle(link, fake, [OffloadInsert(1, 2, 0, 7, 0), OffloadInsert(1, 2, 1, 8, 2)], NOW)
+    writes = [c for c in fake.calls if c[0] == "write"]
+    assert writes == [("write", [(1, 2, 0, 0), (1, 2, 2, 1)], [])]   # not split: the keys differ
+    assert fake.table == {(1, 2, 0): 0, (1, 2, 2): 1}
+    assert ("offload", 1, 2, 7, "ok", 0) in res and ("offload", 1, 2, 8, "ok", 2) in res
+    cycle(link, fake, [OffloadDelete(1, 2, 2), OffloadCheck(1, 2, 7, 0), OffloadCheck(1, 2, 8, 2)], NOW + 0.1)
+    assert fake.table == {(1, 2, 0): 0}
+    res = cycle(link, fake, [OffloadCheck(1, 2, 7, 0), OffloadCheck(1, 2, 8, 2)], NOW + 0.2)
+    assert ("offload", 1, 2, 7, "installed", 0) in res and ("offload", 1, 2, 8, "absent", 2) in res
+
+
+@needs_svc
+def test_queued_insert_of_a_service_polled_by_its_key_and_idle_keys_keep_the_service():
+    fake = FakeSwitchClient(queue_mode=True, idle=[(5, 6, 3)])
+    res = run_worker(fake, [OffloadInsert(1, 2, 0, 7, 1)])
+    assert [r for r in res if r[0] == "offload"] == [("offload", 1, 2, 7, "queued", 1),
+                                                      ("offload", 1, 2, 7, "installed", 1)]
+    assert fake.table == {(1, 2, 1): 0}
+    assert ("idle", [(5, 6, 3)]) in res

@@ -53,9 +53,9 @@ def test_switch_metrics_follow_the_control_plane():
     cp = ControlPlane(load_config(), tables, clock=clock, dead_after_s=3.0)
     cp.start_tables()
     ip = 0x0A000102
-    assert [s.value for s in cp.write([(ip, 40000, 0), (ip, 40001, 1), (ip, 40000, 0)], [(ip, 1)])] == \
+    assert [s.value for s in cp.write([(ip, 40000, 0, 0), (ip, 40001, 0, 1), (ip, 40000, 0, 0)], [(ip, 1, 0)])] == \
         ["ok", "ok", "exists", "not_found"]
-    cp.write([], [(ip, 40001)])
+    cp.write([], [(ip, 40001, 0)])
     cp.register("fe1", "10.0.1.2")
     cp.identity_refused = 3
     cp.ctl.unauthenticated = 1
@@ -84,6 +84,9 @@ def test_switch_metrics_follow_the_control_plane():
     states = {(dict(k)["frontend"], dict(k)["state"]): v for k, v in m["miresga_switch_frontend_state"].items()}
     assert states[("fe1", "alive")] == 1 and states[("fe2", "static")] == 1 and sum(states.values()) == 2
     assert by("miresga_switch_control_refused_total", "reason") == {"tls": 0, "token": 1, "identity": 3}
+    vip = cp.cfg.vip
+    assert [dict(k) for k in m["miresga_switch_service"]] == [
+        {"index": "0", "service": "default", "vip": f"{vip.address}:{vip.port}"}]
 
     clock.t += 10  # fe1 silent: dead, its buckets move
     cp.tick()
@@ -100,7 +103,7 @@ def test_switch_insert_queue_under_a_rate_limited_profile():
     clock = Clock()
     cp = ControlPlane(cfg, MemoryTables(), clock=clock)
     cp.start_tables()
-    cp.ctl.write([(0x0A000102, 40000 + i, 0) for i in range(50)], [], clock())
+    cp.ctl.write([(0x0A000102, 40000 + i, 0, 0) for i in range(50)], [], clock())
     m = served(SwitchMetrics(cp))
     assert next(iter(m["miresga_switch_insert_queue"].values())) == 50
     assert next(iter(m["miresga_switch_insert_rate_limit"].values())) == 100

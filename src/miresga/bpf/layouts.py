@@ -22,10 +22,20 @@ class SwConfig(ctypes.Structure):
     """bpf/switch.h: struct sw_config (addresses/ports network order, as bytes on the wire)."""
 
     _c_name = "sw_config"
-    _fields_ = [("key_slot", ctypes.c_uint32), ("vip", ctypes.c_uint32),
-                ("vport", ctypes.c_uint16), ("mss", ctypes.c_uint16), ("syn_window", ctypes.c_uint16),
-                ("wscale", ctypes.c_uint8), ("sack", ctypes.c_uint8), ("bucket_seconds", ctypes.c_uint32),
+    _fields_ = [("key_slot", ctypes.c_uint32), ("n_services", ctypes.c_uint32),
+                ("mss", ctypes.c_uint16), ("syn_window", ctypes.c_uint16), ("wscale", ctypes.c_uint8),
+                ("sack", ctypes.c_uint8), ("_pad", ctypes.c_uint16), ("bucket_seconds", ctypes.c_uint32),
                 ("flags", ctypes.c_uint32)]
+
+
+SW_SERVICES_MAX = 16   # bpf/switch.h (= miresga.control.config.MAX_SERVICES)
+
+
+class SwService(ctypes.Structure):
+    """bpf/switch.h: struct sw_service (one VIP:port, network order)."""
+
+    _c_name = "sw_service"
+    _fields_ = [("vip", ctypes.c_uint32), ("vport", ctypes.c_uint16), ("_pad", ctypes.c_uint16)]
 
 
 class SwKey(ctypes.Structure):
@@ -36,10 +46,10 @@ class SwKey(ctypes.Structure):
 
 
 class FlowKey(ctypes.Structure):
-    """bpf/switch.h: struct flow_key (ip, port in network order)."""
+    """bpf/switch.h: struct flow_key (ip, port in network order; svc: service index, host order)."""
 
     _c_name = "flow_key"
-    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("_pad", ctypes.c_uint16)]
+    _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("svc", ctypes.c_uint16)]
 
 
 class OffloadEntry(ctypes.Structure):

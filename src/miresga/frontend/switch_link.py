@@ -3,7 +3,10 @@ Writes, queued inserts polled until installed, idle reports and heartbeats.
 
 `OffloadBatcher` decides (pure: actions and `now` in, controller calls and engine results out);
 `OffloadWorker` is the thread that owns the queue, the clock and the gRPC client. Results go to
-the engine as tuples: ("offload", ip, port, gen, status) and ("idle", [keys]).
+the engine as tuples: ("offload", ip, port, gen, status, svc) — for
+`engine.offload_result(ip, port, gen, status, now, svc)` — and ("idle", [keys]) for
+`engine.switch_idle(keys, now)`. A key is (client ip, client port, svc): one client port may hold a
+connection (and an offload entry) to each service at once.
 """
 
 from __future__ import annotations
@@ -20,7 +23,20 @@ from miresga.frontend.engine import OffloadCheck, OffloadDelete, OffloadInsert
 
 log = logging.getLogger("miresga.frontend")
 
-Key = tuple[int, int]    # client ip, client port
+Key = tuple[int, int, int]    # client ip, client port, service index
+
+# An engine from before services keys connections by (client ip, client port) and its actions
+# have no svc: then every key is service 0's and idle reports go to it without the index.
+_ENGINE_SVC = "svc" in getattr(OffloadInsert, "__dataclass_fields__", {})
+
+
+def _key(a: OffloadInsert | OffloadDelete | OffloadCheck) -> Key:
+    """The connection key of an engine action."""
+    return a.key if _ENGINE_SVC else (a.client_ip, a.client_port, 0)
+
+
+def _engine_keys(keys: list[Key]) -> list[tuple]:
+    return keys if _ENGINE_SVC else [k[:2] for k in keys if k[2] == 0]
 
 
 # ---------------------------------------------------------------------- calls to the controller
@@ -33,7 +49,7 @@ class Register:
 
 @dataclass(frozen=True)
 class Write:
-    inserts: tuple[tuple[int, int, int], ...]   # client ip, client port, backend
+    inserts: tuple[tuple[int, int, int, int], ...]   # client ip, client port, svc, backend
     deletes: tuple[Key, ...]
 
 
@@ -120,7 +136,7 @@ class OffloadBatcher:
         if step == "write":
             return self._writes()
         if step == "check":
-            return [("check", Read(tuple((a.client_ip, a.client_port) for a in self._checks)), None)]
+            return [("check", Read(tuple(_key(a) for a in self._checks)), None)]
         if step == "poll":
             return [("poll", Read(tuple(self.queued)), None)] if self.queued else []
         if step == "idle":
@@ -135,7 +151,7 @@ class OffloadBatcher:
         rounds: list[tuple[list[OffloadInsert], list[Key]]] = [([], list(self._retrying))]
         last = {k: 0 for k in self._retrying}   # key -> round of its latest operation
         for a in self._batch:
-            key = (a.client_ip, a.client_port)
+            key = _key(a)
             r = last[key] + 1 if key in last else 0
             if r == len(rounds):
                 rounds.append(([], []))
@@ -143,7 +159,7 @@ class OffloadBatcher:
             # hears "installed" for a gone connection and deletes it again
             (rounds[r][0].append(a) if isinstance(a, OffloadInsert) else rounds[r][1].append(key))
             last[key] = r
-        return [("write", Write(tuple((a.client_ip, a.client_port, a.backend) for a in ins), tuple(dels)), ins)
+        return [("write", Write(tuple((*_key(a), a.backend) for a in ins), tuple(dels)), ins)
                 for ins, dels in rounds if ins or dels]
 
     def answer(self, reply: Any) -> list[tuple]:
@@ -159,22 +175,22 @@ class OffloadBatcher:
             self.stats["batched_ops"] += len(call.inserts) + len(call.deletes)
             for a, st in zip(ins, map(_status, reply[:len(ins)])):
                 if st == "queued":
-                    self.queued[(a.client_ip, a.client_port)] = a.gen
-                out.append(("offload", a.client_ip, a.client_port, a.gen, st))
+                    self.queued[_key(a)] = a.gen
+                out.append(_result(_key(a), a.gen, st))
                 self._answered.add(a.gen)
             self._deleted.update(call.deletes)
         elif kind == "check":
             for a in self._checks:
-                st = _status(reply.get((a.client_ip, a.client_port), "absent"))
-                out.append(("offload", a.client_ip, a.client_port, a.gen, st))
+                out.append(_result(_key(a), a.gen, _status(reply.get(_key(a), "absent"))))
         elif kind == "poll":
             for key in call.keys:
                 st = _status(reply.get(key, "absent"))
                 if st in ("installed", "absent") and key in self.queued:
-                    out.append(("offload", key[0], key[1], self.queued.pop(key), st))
+                    out.append(_result(key, self.queued.pop(key), st))
         elif kind == "idle":
-            if reply:
-                out.append(("idle", [tuple(k) for k in reply]))
+            keys = _engine_keys([tuple(k) for k in reply or ()])
+            if keys:
+                out.append(("idle", keys))
         return out
 
     def failed(self) -> list[tuple]:
@@ -196,9 +212,9 @@ class OffloadBatcher:
             return True
         self.retry_deletes += [k for k in self._retrying if unanswered(k)]
         for a in self._batch:
-            key = (a.client_ip, a.client_port)
+            key = _key(a)
             if isinstance(a, OffloadInsert) and a.gen not in self._answered:
-                out.append(("offload", a.client_ip, a.client_port, a.gen, "error"))
+                out.append(_result(key, a.gen, "error"))
                 self.retry_deletes.append(key)
             elif isinstance(a, OffloadDelete) and unanswered(key):
                 self.retry_deletes.append(key)
@@ -266,6 +282,12 @@ class OffloadWorker(threading.Thread):
             self.results.put(r)
         if results:
             self.wake()
+
+
+def _result(key: Key, gen: int, status: str) -> tuple:
+    """("offload", client ip, client port, gen, status, svc): the arguments of the engine's
+    offload_result in its order (svc last, after `now`)."""
+    return ("offload", key[0], key[1], gen, status, key[2])
 
 
 def _status(s: Any) -> str:

@@ -1,7 +1,9 @@
 """Fuzz target: the switch data plane (bpf/switch.bpf.c, `switch_ingress`) through BPF_PROG_TEST_RUN.
 
 Tables are filled from the config exactly as the loader does (`fill_static_tables`), on made-up
-port ifindexes, plus a few offload entries. Inputs are valid frames of every kind the switch
+port ifindexes, plus a few offload entries. A config with one service gets two more (`fuzz_services`:
+another port of the VIP address, a second address), so that clients talk to several VIPs and
+some client ports hold entries of two services at once, on two back-ends. Inputs are valid frames of every kind the switch
 meets (client SYN, handshake ACK with a real cookie, requests, ACKs of offloaded connections,
 back-end segments matching, mismatching or without an entry, routed traffic, the control port,
 ARP, other protocols), arriving on their sender's port or a wrong one, then mutated.
@@ -10,9 +12,10 @@ Checked on every input:
 - counted: exactly one decision or drop counter moves (plus `offload_mismatch` before its
   hand-off), and it agrees with the verdict (a drop is SHOT, `to_kernel` is OK, the rest redirect);
 - addresses: a redirect leaves on a configured port with that port's MACs; to a front-end only the
-  bucket's one; to a back-end only the one the offload entry names, at its service ip:port, and
-  only from the client's own port; to a client only from the entry's back-end on its own port,
-  as VIP:port; routed only where the routes say; to the kernel only for the switch's own
+  bucket's one; to a back-end only the one the offload entry of (client ip:port, the VIP:port's
+  service) names, at its service ip:port, and only from the client's own port; to a client only
+  from the back-end of one of the client ip:port's entries, on its own port, as that entry's
+  service's VIP:port; routed only where the routes say; to the kernel only for the switch's own
   addresses (a guarded port only from a front-end on its port) or non-IPv4;
 - bytes: only the fields the decision rewrites change (MACs; the address, port and checksums of
   an offload rewrite); sequence numbers never;
@@ -31,7 +34,7 @@ import struct
 from miresga import cookie
 from miresga.bpf.drop_reasons import DropReason
 from miresga.bpf.libbpf import BpfObject, object_path
-from miresga.control.config import Deployment
+from miresga.control.config import Deployment, Endpoint, Service
 from miresga.fuzz.bpfrun import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, ArrayReader, FastRunner, deltas
 from miresga.fuzz.harness import Harness, Input, Violation
 from miresga.fuzz.mutate import Pools, mutate
@@ -60,10 +63,22 @@ def ip_int(a) -> int:
     return int(ipaddress.IPv4Address(a))
 
 
+def fuzz_services(cfg: Deployment) -> Deployment:
+    """`cfg` with at least three services: if it has only the default one, add the VIP address on
+    port 8443 and the next address on the VIP's port."""
+    if cfg.services:
+        return cfg
+    vip = cfg.vip
+    more = [Service(name="fuzz-port", vip=Endpoint(address=vip.address, port=8443)),
+            Service(name="fuzz-addr", vip=Endpoint(address=vip.address + 1, port=vip.port))]
+    return cfg.model_copy(update={"services": more})
+
+
 class SwitchHarness(Harness):
     name = "switch"
 
     def __init__(self, cfg: Deployment, offload_max: int = 1024):
+        cfg = fuzz_services(cfg)
         super().__init__(cfg)
         hosts = cfg.hosts.all()
         # MACs as the testbed sets them (the harness has no interfaces to read them from)
@@ -86,7 +101,9 @@ class SwitchHarness(Harness):
 
     def _setup_model(self, cfg: Deployment) -> None:
         clients = {h.name for h in cfg.hosts.clients}
-        self.vip, self.vport = ip_int(cfg.vip.address), cfg.vip.port
+        self.services = [(ip_int(s.vip.address), s.vip.port) for s in cfg.all_services()]
+        self.svc_of = {vp: svc for svc, vp in enumerate(self.services)}
+        self.vip_addrs = sorted({ip for ip, _ in self.services})
         routes = []
         for p in self.ports:
             net = p.address.network
@@ -104,17 +121,25 @@ class SwitchHarness(Harness):
         self.client_ips = [ip_int(h.ip) for h in cfg.hosts.clients]
         self.client_ips += [ip_int(ipaddress.IPv4Address(self.client_ips[0]) + 75), EXTERNAL]
         self.fe_ips = [ip_int(f.ip) for f in cfg.hosts.frontends]
-        self.offload: dict[tuple[int, int], int] = {}
-        nb = len(self.backends)
+        # (client ip, client port, svc) -> back-end. Every offloaded port has a default-service
+        # entry; every other one also an entry of another service, on another back-end (never
+        # the same one: a back-end cannot hold one 4-tuple twice, the front-ends see to it).
+        self.offload: dict[tuple[int, int, int], int] = {}
+        nb, ns = len(self.backends), len(self.services)
         for ip in (self.client_ips[0], EXTERNAL):
             for i, port in enumerate(OFFLOADED_PORTS):
-                self.offload[(ip, port)] = i % nb
-                assert self.maps.offload_insert(ip, port, i % nb) == 0
+                entries = [(0, i % nb)]
+                if ns > 1 and nb > 1 and i % 2:
+                    entries.append((1 + i // 2 % (ns - 1), (i + 1) % nb))
+                for svc, b in entries:
+                    self.offload[(ip, port, svc)] = b
+                    assert self.maps.offload_insert(ip, port, b, svc=svc) == 0
         sw = cfg.switch
         self.key = cookie.keys_at(sw.cookie.secret, cookie.tai_seconds(), sw.cookie.rotate_seconds)
         self.bucket_seconds = sw.cookie.bucket_seconds
-        ips = [self.vip, *self.gateways, *self.client_ips, *self.fe_ips, *(b[0] for b in self.backends)]
-        ports = [self.vport, *self.guarded, 8080, 22, *OFFLOADED_PORTS[:3], *PLAIN_PORTS[:3], 0, 65535]
+        ips = [*self.vip_addrs, *self.gateways, *self.client_ips, *self.fe_ips, *(b[0] for b in self.backends)]
+        ports = [*sorted({p for _, p in self.services}), *self.guarded, 8080, 22, *OFFLOADED_PORTS[:3],
+                 *PLAIN_PORTS[:3], 0, 65535]
         macs = [mac_bytes(p.port_mac) for p in self.ports] + [mac_bytes(p.host_mac) for p in self.ports]
         self.pools = Pools(ips, ports, macs)
 
@@ -164,46 +189,54 @@ class SwitchHarness(Harness):
     def _gen_syn(self, rng):
         ip, port = self._client(rng)
         smac, dmac = self._from(ip)
-        return tcp_frame(smac, dmac, ip, self.vip, port, self.vport, rng.getrandbits(32), 0, SYN, 64240,
+        vip, vport = rng.choice(self.services)
+        return tcp_frame(smac, dmac, ip, vip, port, vport, rng.getrandbits(32), 0, SYN, 64240,
                          rng.choice(SYN_OPTIONS)), ip
 
-    def _cookie_ack(self, rng, ip, port) -> int:
+    def _cookie_ack(self, rng, ip, port, vip, vport) -> int:
         b = cookie.bucket_of(cookie.tai_seconds(), self.bucket_seconds)
-        s = cookie.make_cookie(rng.choice(self.key), ip, port, self.vip, self.vport, b - rng.choice([0, 0, 1]),
+        s = cookie.make_cookie(rng.choice(self.key), ip, port, vip, vport, b - rng.choice([0, 0, 1]),
                                rng.choice([536, 1460]), rng.choice([None, 7]), rng.random() < 0.5)
         return (s + 1) & 0xFFFFFFFF
 
     def _gen_hs_ack(self, rng):
         ip, port = self._client(rng)
         smac, dmac = self._from(ip)
-        return tcp_frame(smac, dmac, ip, self.vip, port, self.vport, rng.getrandbits(32),
-                         self._cookie_ack(rng, ip, port), ACK, 502), ip
+        vip, vport = rng.choice(self.services)
+        return tcp_frame(smac, dmac, ip, vip, port, vport, rng.getrandbits(32),
+                         self._cookie_ack(rng, ip, port, vip, vport), ACK, 502), ip
 
     def _gen_c_data(self, rng):
         ip, port = self._client(rng)
         smac, dmac = self._from(ip)
-        ack = self._cookie_ack(rng, ip, port) if rng.random() < 0.5 else rng.getrandbits(32)
-        return tcp_frame(smac, dmac, ip, self.vip, port, self.vport, rng.getrandbits(32), ack, ACK | PSH, 502, b"",
+        vip, vport = rng.choice(self.services)
+        ack = self._cookie_ack(rng, ip, port, vip, vport) if rng.random() < 0.5 else rng.getrandbits(32)
+        return tcp_frame(smac, dmac, ip, vip, port, vport, rng.getrandbits(32), ack, ACK | PSH, 502, b"",
                          b"GET /download/1m HTTP/1.1\r\nHost: a\r\n\r\n"), ip
 
     def _gen_c_ack(self, rng):
         ip, port = self._client(rng)
         smac, dmac = self._from(ip)
+        vip, vport = rng.choice(self.services)
         opts = rng.choice([b"", b"\x01\x01\x05\x0a" + rng.randbytes(8), b"\x01\x01\x08\x0a" + rng.randbytes(8)])
-        return tcp_frame(smac, dmac, ip, self.vip, port, self.vport, rng.getrandbits(32), rng.getrandbits(32),
+        return tcp_frame(smac, dmac, ip, vip, port, vport, rng.getrandbits(32), rng.getrandbits(32),
                          ACK, rng.choice([502, 0, 65535]), opts), ip
 
     def _gen_c_close(self, rng):
         ip, port = self._client(rng)
         smac, dmac = self._from(ip)
-        return tcp_frame(smac, dmac, ip, self.vip, port, self.vport, rng.getrandbits(32), rng.getrandbits(32),
+        vip, vport = rng.choice(self.services)
+        return tcp_frame(smac, dmac, ip, vip, port, vport, rng.getrandbits(32), rng.getrandbits(32),
                          rng.choice([FIN | ACK, RST, RST | ACK, FIN]), 502), ip
+
+    def _entries(self, ip: int, port: int) -> dict[int, int]:
+        """svc -> back-end of the client ip:port's offload entries."""
+        return {svc: b for svc in range(len(self.services)) if (b := self.offload.get((ip, port, svc))) is not None}
 
     def _gen_b_seg(self, rng):
         ip, port = self._client(rng)
-        b = self.offload.get((ip, port))      # mostly the entry's own back-end, else any
-        if b is None or rng.random() < 0.3:
-            b = rng.randrange(len(self.backends))
+        own = list(self._entries(ip, port).values())   # mostly an entry's own back-end, else any
+        b = rng.choice(own) if own and rng.random() >= 0.3 else rng.randrange(len(self.backends))
         bip, bport, _ = self.backends[b]
         smac, dmac = self._from(bip)
         flags = rng.choice([ACK | PSH, ACK | PSH, ACK, FIN | ACK, RST, SYN | ACK])
@@ -227,7 +260,8 @@ class SwitchHarness(Harness):
             fe = rng.choice(self.cfg.hosts.frontends)
             smac, dmac = self.macs_to_switch(self.by_host[fe.name].ifindex)
             ip, port = self._client(rng)
-            return tcp_frame(smac, dmac, self.vip, ip, self.vport, port, rng.getrandbits(32), rng.getrandbits(32),
+            vip, vport = rng.choice(self.services)
+            return tcp_frame(smac, dmac, vip, ip, vport, port, rng.getrandbits(32), rng.getrandbits(32),
                              rng.choice([ACK | PSH, ACK, FIN | ACK, RST]), 502, b"", b"HTTP/1.1 200 OK\r\n"), \
                 ip_int(fe.ip)
         else:             # health checks: a front-end to a back-end's direct port and back
@@ -239,7 +273,7 @@ class SwitchHarness(Harness):
 
     def _gen_ctl(self, rng):
         src = rng.choice([*self.fe_ips, *self.client_ips])
-        dst = rng.choice([*self.gateways, self.vip])
+        dst = rng.choice([*self.gateways, *self.vip_addrs])
         dport = rng.choice([*self.guarded, 22, 50052])
         smac, dmac = self._from(src)
         return tcp_frame(smac, dmac, src, dst, rng.randrange(1024, 65536), dport, rng.getrandbits(32), 0, SYN,
@@ -248,14 +282,14 @@ class SwitchHarness(Harness):
     def _gen_arp(self, rng):
         src = rng.choice(self.client_ips[:2] + self.fe_ips)
         smac, dmac = self._from(src)
-        tpa = rng.choice([self.vip, *self.gateways, src ^ 0x55])
+        tpa = rng.choice([*self.vip_addrs, *self.gateways, src ^ 0x55])
         op = 1 if rng.random() < 0.85 else 2
         return arp_frame(smac, b"\xff" * 6 if op == 1 else dmac, op, smac, src, b"\0" * 6, tpa), src
 
     def _gen_other(self, rng):
         src = rng.choice(self.client_ips + self.fe_ips)
         smac, dmac = self._from(src)
-        dst = rng.choice([self.vip, *self.gateways, self.backends[0][0]])
+        dst = rng.choice([*self.vip_addrs, *self.gateways, self.backends[0][0]])
         r = rng.random()
         if r < 0.4:
             return l3_frame(smac, dmac, src, dst, 17, struct.pack("!HHHH", 5353, 80, 12, 0) + b"abcd"), src
@@ -336,13 +370,14 @@ class SwitchHarness(Harness):
         src, dst = f[lay.l3 + 12:lay.l3 + 16], f[lay.l3 + 16:lay.l3 + 20]
         isport, idport, iseq, _, _, _ = tcp_fields(f, lay.l4)
         sport, dport, seq, ack, flags, _ = tcp_fields(out, o.l4)
-        if (out[o.l3 + 12:o.l3 + 16] != dst or out[o.l3 + 16:o.l3 + 20] != src or int.from_bytes(dst, "big") != self.vip
-                or sport != self.vport or dport != isport or out[0:6] != f[6:12]):
-            v.append(Violation("address", "SYN-ACK not from VIP:port back to the SYN's sender"))
+        vip = int.from_bytes(dst, "big")
+        if (out[o.l3 + 12:o.l3 + 16] != dst or out[o.l3 + 16:o.l3 + 20] != src or (vip, idport) not in self.svc_of
+                or sport != idport or dport != isport or out[0:6] != f[6:12]):
+            v.append(Violation("address", "SYN-ACK not from the SYN's service VIP:port back to its sender"))
         if flags != SYN | ACK or ack != (iseq + 1) & 0xFFFFFFFF:
             v.append(Violation("synack", f"flags {flags:#x} ack {ack} for seq {iseq}"))
         b = cookie.bucket_of(cookie.tai_seconds(), self.bucket_seconds)
-        if cookie.check_cookie(seq, self.key, int.from_bytes(src, "big"), isport, self.vip, self.vport, b) is None:
+        if cookie.check_cookie(seq, self.key, int.from_bytes(src, "big"), isport, vip, idport, b) is None:
             v.append(Violation("synack", "ISN is not a cookie the front-end accepts"))
         return v
 
@@ -370,14 +405,15 @@ class SwitchHarness(Harness):
                 return v + [Violation("address", f"{c.name} of a frame that is not whole TCP")]
             sport, dport = struct.unpack_from("!HH", f, l4)
             if c == Counter.TO_FRONTEND:
-                cli = (src, sport) if dst == self.vip else (dst, dport)
+                cli = (src, sport) if dst in self.vip_addrs else (dst, dport)
                 if ifx != self.buckets[hash8(*cli)]:
                     v.append(Violation("address", f"to front-end port {port.ifname}, not the bucket's"))
             elif c == Counter.TO_BACKEND:
-                b = self.offload.get((src, sport))
+                svc = self.svc_of.get((dst, dport))
+                b = self.offload.get((src, sport, svc)) if svc is not None else None
                 rp = self.route(src)
-                if b is None or dst != self.vip or dport != self.vport:
-                    v.append(Violation("address", "to a back-end without an offload entry"))
+                if b is None:
+                    v.append(Violation("address", "to a back-end without an offload entry of the VIP:port's service"))
                 else:
                     bip, bport, bif = self.backends[b]
                     o_dst = int.from_bytes(out[l3 + 16:l3 + 20], "big")
@@ -392,10 +428,11 @@ class SwitchHarness(Harness):
                 r = self.route(dst)
                 o_src = int.from_bytes(out[l3 + 12:l3 + 16], "big")
                 o_sport = int.from_bytes(out[l4:l4 + 2], "big")
-                if b is None or self.offload.get((dst, dport)) != b or inp.ifindex != self.backends[b][2]:
+                svcs = [svc for svc, eb in self._entries(dst, dport).items() if eb == b]
+                if b is None or len(svcs) != 1 or inp.ifindex != self.backends[b][2]:
                     v.append(Violation("address", "to a client from a source that is not its entry's back-end port"))
-                if (o_src, o_sport) != (self.vip, self.vport):
-                    v.append(Violation("address", "to a client not as VIP:port"))
+                elif (o_src, o_sport) != self.services[svcs[0]]:
+                    v.append(Violation("address", "to a client not as its entry's service's VIP:port"))
                 if r is None or r[0] != ifx or r[1] & (HOP_LOCAL | HOP_INTERNAL):
                     v.append(Violation("address", f"to a client via {port.ifname}, routes say {r}"))
                 allowed = [(l3 + 10, l3 + 12), (l3 + 12, l3 + 16), (l4, l4 + 2), (l4 + 16, l4 + 18)]

@@ -62,7 +62,8 @@ def _switch(args: argparse.Namespace) -> int:
     _enter_netns(args.netns)
     from miresga.metrics import Endpoint
     from miresga.bpf.attach import AttachError
-    from miresga.switch.dataplane import AdoptError, PortError, SwitchDataplane, default_pin_dir, frontend_hops, ports_for
+    from miresga.switch.dataplane import (AdoptError, PortError, SwitchDataplane, default_pin_dir, frontend_hops,
+                                          ports_for, services_line)
     from miresga.switch.metrics import SwitchMetrics
     from miresga.switch.server import ControlPlane, ControlServer, MapTables, internal_addresses
 
@@ -96,7 +97,7 @@ def _switch(args: argparse.Namespace) -> int:
         sw = cfg.switch
         with ControlServer(cp, args.listen or internal_addresses(cfg), tls=tls) as srv, \
                 Endpoint(SwitchMetrics(cp, dp.port_modes), sw.metrics_port, str(sw.metrics_address)):
-            print(f"miresga switch: {how}; control API on port {srv.port} "
+            print(f"miresga switch: {how}; services {services_line(cfg)}; control API on port {srv.port} "
                   f"({'mutual TLS' if tls else 'no TLS, token only'}), profile {cp.profile.name}; "
                   f"metrics on {sw.metrics_address}:{sw.metrics_port}", flush=True)
             stop.wait()

@@ -1,6 +1,7 @@
 """Client of the switch controller's gRPC API, for front-ends and `miresga status`.
 
-Keys are (client ip as int in host order, client port). Statuses and states are plain strings:
+Keys are (client ip as int in host order, client port, service index: the position of the VIP:port
+in the config's all_services(), 0 = the top-level vip). Statuses and states are plain strings:
 write -> "ok" | "exists" | "not_found" | "table_full" | "queued"; read -> "installed" | "queued" |
 "absent". RPC failures raise grpc.RpcError (its .code() and .details() say why).
 
@@ -18,6 +19,14 @@ import grpc
 
 from miresga._proto import control_pb2 as pb
 from miresga._proto import control_pb2_grpc as pb_grpc
+
+Key = tuple[int, int, int]   # client ip, client port, service index
+
+
+def _flow_key(key) -> pb.FlowKey:
+    ip, port, svc = key
+    return pb.FlowKey(client_ip=ip, client_port=port, service=svc)
+
 
 _STATUS = {pb.WRITE_OK: "ok", pb.WRITE_EXISTS: "exists", pb.WRITE_NOT_FOUND: "not_found",
            pb.WRITE_TABLE_FULL: "table_full", pb.WRITE_QUEUED: "queued"}
@@ -66,20 +75,22 @@ class SwitchClient:
     def _call(self, method, request):
         return method(request, metadata=self._md, timeout=self.timeout)
 
-    def write(self, inserts: list[tuple[int, int, int]], deletes: list[tuple[int, int]]) -> list[str]:
-        """One status per insert, then one per delete."""
+    def write(self, inserts: list[tuple[int, int, int, int]], deletes: list[Key]) -> list[str]:
+        """`inserts`: (client ip, client port, svc, backend); `deletes`: keys. One status per
+        insert, then one per delete."""
         req = pb.WriteRequest(
-            inserts=[pb.InsertEntry(client_ip=ip, client_port=port, backend=b) for ip, port, b in inserts],
-            deletes=[pb.FlowKey(client_ip=ip, client_port=port) for ip, port in deletes])
+            inserts=[pb.InsertEntry(client_ip=ip, client_port=port, service=svc, backend=b)
+                     for ip, port, svc, b in inserts],
+            deletes=[_flow_key(k) for k in deletes])
         return [_STATUS[s] for s in self._call(self._stub.Write, req).statuses]
 
-    def read(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    def read(self, keys: list[Key]) -> dict[Key, str]:
         keys = [tuple(k) for k in keys]
-        req = pb.ReadRequest(keys=[pb.FlowKey(client_ip=ip, client_port=port) for ip, port in keys])
+        req = pb.ReadRequest(keys=[_flow_key(k) for k in keys])
         return {k: _STATE[s] for k, s in zip(keys, self._call(self._stub.Read, req).states)}
 
-    def idle(self) -> list[tuple[int, int]]:
-        return [(k.client_ip, k.client_port) for k in self._call(self._stub.Idle, pb.IdleRequest()).keys]
+    def idle(self) -> list[Key]:
+        return [(k.client_ip, k.client_port, k.service) for k in self._call(self._stub.Idle, pb.IdleRequest()).keys]
 
     def register(self, name: str, address: str) -> dict:
         r = self._call(self._stub.Register, pb.RegisterRequest(name=name, address=address))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from miresga.switch.profiles import Profile
 
-Key = tuple[int, int]  # client ip (int, host order), client port
+Key = tuple[int, int, int]  # client ip (int, host order), client port, service index (0: the default service)
 BUCKETS = 256
 MAX_BATCH = 65536
 
@@ -76,19 +76,23 @@ class Member:
     last_seen: float = 0.0
 
 
-def _check_key(i: int, ip: int, port: int) -> Key:
+def _check_key(i: int, ip: int, port: int, svc: int, n_services: int) -> Key:
     if not (0 <= ip <= 0xFFFFFFFF):
         raise ApiError("INVALID_ARGUMENT", f"entry {i}: client ip {ip} is not an IPv4 address")
     if not (1 <= port <= 65535):
         raise ApiError("INVALID_ARGUMENT", f"entry {i}: client port {port} out of range 1..65535")
-    return (ip, port)
+    if not (0 <= svc < n_services):
+        raise ApiError("INVALID_ARGUMENT", f"entry {i}: service {svc} unknown (have {n_services})")
+    return (ip, port, svc)
 
 
 class OffloadTable:
-    """Model of the offload table and its driver queue under a hardware profile."""
+    """Model of the offload table and its driver queue under a hardware profile. Keys are
+    (client ip, client port, service index): one client port may have a connection to each
+    service at once."""
 
-    def __init__(self, profile: Profile, n_backends: int, now: float):
-        self.profile, self.n_backends = profile, n_backends
+    def __init__(self, profile: Profile, n_backends: int, now: float, n_services: int = 1):
+        self.profile, self.n_backends, self.n_services = profile, n_backends, n_services
         self.installed: dict[Key, int] = {}                # what the data plane holds
         self.intended: dict[Key, int] = {}                 # after every queued op
         self.pending: collections.deque[Op] = collections.deque()
@@ -101,17 +105,20 @@ class OffloadTable:
         self.applied: collections.Counter[str] = collections.Counter()              # insert|delete, by the driver
 
     # --- API ------------------------------------------------------------------------------
-    def write(self, inserts: list[tuple[int, int, int]], deletes: list[tuple[int, int]], now: float) -> list[Status]:
+    def write(self, inserts: list[tuple[int, int, int, int]], deletes: list[Key], now: float) -> list[Status]:
+        """`inserts`: (client ip, client port, svc, backend); `deletes`: keys. The whole batch is
+        refused (ApiError) if one entry is bad."""
         if len(inserts) + len(deletes) > MAX_BATCH:
             raise ApiError("INVALID_ARGUMENT", f"batch of {len(inserts) + len(deletes)} entries, limit {MAX_BATCH}")
         checked_i = []
-        for i, (ip, port, backend) in enumerate(inserts):
-            key = _check_key(i, ip, port)
+        for i, (ip, port, svc, backend) in enumerate(inserts):
+            key = _check_key(i, ip, port, svc, self.n_services)
             if not (0 <= backend < self.n_backends):
                 raise ApiError("INVALID_ARGUMENT",
                                f"insert {i}: backend index {backend} unknown (have {self.n_backends})")
             checked_i.append((key, backend))
-        checked_d = [_check_key(len(inserts) + i, ip, port) for i, (ip, port) in enumerate(deletes)]
+        checked_d = [_check_key(len(inserts) + i, ip, port, svc, self.n_services)
+                     for i, (ip, port, svc) in enumerate(deletes)]
         ins = [self._insert(k, b) for k, b in checked_i]
         dels = [self._delete(k) for k in checked_d]
         for kind, sts in (("insert", ins), ("delete", dels)):
@@ -322,8 +329,8 @@ class Controller:
     """Offload table + membership behind one API, each call with `now` (seconds)."""
 
     def __init__(self, frontends: list[str], n_backends: int, profile: Profile, idle_timeout_s: float,
-                 now: float, dead_after_s: float = 3.0):
-        self.table = OffloadTable(profile, n_backends, now)
+                 now: float, dead_after_s: float = 3.0, n_services: int = 1):
+        self.table = OffloadTable(profile, n_backends, now, n_services)
         self.members = Membership(frontends, now, dead_after_s)
         self.idle_timeout_s = idle_timeout_s
         self.unauthenticated = 0

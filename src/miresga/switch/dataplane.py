@@ -11,8 +11,10 @@ The maps are pinned (default: /sys/fs/bpf/miresga/switch/<netns>/) so that the c
 (`miresga switch`) can run in another process; `open_pinned(netns)` gives them back. A data plane
 found pinned is *adopted*: a new program is loaded on the same maps, the configuration tables are
 reconciled with the config (what changed is written, what went is removed, offloaded connections
-stay), and it replaces the old program on every port in one step; `close(keep=True)` leaves the
-data plane running for the next start.
+stay, but those of a back-end slot or a service index whose address changed), and it replaces the
+old program on every port in one step; `close(keep=True)` leaves the data plane running for the next
+start. A data plane pinned with another map layout (missing maps, other sizes) is refused
+(AdoptError): it must be unloaded first.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from miresga import cookie
-from miresga.bpf.layouts import BackendEntry
+from miresga.bpf.layouts import SW_SERVICES_MAX, BackendEntry, SwConfig, SwService
 from miresga.bpf.attach import attach_ingress, detach_mode, prog_name
 from miresga.bpf.libbpf import (BpfError, BpfObject, Map, TcAttachment, XdpAttachment, ensure_bpffs, object_path,
                                 tc_prog_id, xdp_prog_id)
@@ -41,10 +43,11 @@ from miresga.switch.profiles import profile_from_config
 log = logging.getLogger("miresga.switch")
 
 PIN_BASE = Path("/sys/fs/bpf/miresga/switch")
-MAP_NAMES = ("sw_config", "sw_keys", "sw_arp", "sw_backend_src", "sw_offload", "sw_buckets", "sw_backends", "sw_routes",
-             "sw_counters", "sw_trace", "sw_guarded_ports", "sw_ctl_peers")
+MAP_NAMES = ("sw_config", "sw_keys", "sw_vips", "sw_vip_addrs", "sw_services", "sw_arp", "sw_backend_src", "sw_offload",
+             "sw_buckets", "sw_backends", "sw_routes", "sw_counters", "sw_trace", "sw_guarded_ports", "sw_ctl_peers")
 # Tables that are a function of the config alone: on adoption they are made equal to it.
-CONFIG_TABLES = ("sw_arp", "sw_backend_src", "sw_routes", "sw_guarded_ports", "sw_ctl_peers")
+CONFIG_TABLES = ("sw_vips", "sw_vip_addrs", "sw_arp", "sw_backend_src", "sw_routes", "sw_guarded_ports",
+                 "sw_ctl_peers")
 SWITCH_PRIORITY = 10  # after anything at priority 1 that passes packets on (e.g. per-port counters)
 TC_HANDLE = 1         # TcAttachment's handle
 
@@ -114,11 +117,11 @@ def fill_static_tables(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort
     if missing:
         raise ValueError(f"no switch port for hosts {missing}")
     key, _ = cookie.keys_at(sw.cookie.secret, cookie.tai_seconds(), sw.cookie.rotate_seconds)
-    maps.set_config(vip=str(cfg.vip.address), vport=cfg.vip.port, key=(key.k0, key.k1), mss=sw.mss,
+    maps.set_config(services=services_of(cfg), key=(key.k0, key.k1), mss=sw.mss,
                     wscale=sw.window_scale, sack=sw.sack, bucket_seconds=sw.cookie.bucket_seconds,
                     flags=SW_F_TRACE if trace else 0)
-    # The VIP is never ARPed for: it lies outside every attached network (the config checks), so
-    # clients and routers reach it through a gateway or a route to the switch.
+    # No VIP is ever ARPed for: they lie outside every attached network (the config checks), so
+    # clients and routers reach them through a gateway or a route to the switch.
     for route, h in static_routes(cfg, ports):
         maps.set_route(route, h)
     for p in ports:
@@ -135,6 +138,16 @@ def fill_static_tables(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort
     for b, name in enumerate(home_assignment(names)):
         p = by_host[name]
         maps.set_bucket(b, hop(p.ifindex, p.port_mac, p.host_mac))
+
+
+def services_of(cfg: Deployment) -> list[tuple[str, int]]:
+    """(VIP, port) of every service, by service index."""
+    return [(str(s.vip.address), s.vip.port) for s in cfg.all_services()]
+
+
+def services_line(cfg: Deployment) -> str:
+    """The services as `miresga switch` prints them: name VIP:port, by index."""
+    return ", ".join(f"{s.name} {s.vip.address}:{s.vip.port}" for s in cfg.all_services())
 
 
 def static_routes(cfg: Deployment, ports: list[SwitchPort]) -> list[tuple[ipaddress.IPv4Network, object]]:
@@ -198,13 +211,13 @@ class SwitchDataplane:
         if self.pin_dir and self.pin_dir.exists():
             if not adopt:
                 raise FileExistsError(f"{self.pin_dir}: a switch data plane is already loaded for {netns}")
-            old = PinnedMaps(self.pin_dir)
+            old = PinnedMaps(self.pin_dir)   # AdoptError if its maps are not this program's
             pinned_capacity = old.map("sw_offload").max_entries
             if pinned_capacity != capacity:
                 old.close()
                 raise AdoptError(f"the running data plane's offload table holds {pinned_capacity} entries, the "
                                  f"config asks for {capacity}: a table cannot be resized in place; `miresga switch "
-                                 "unload` first (offloaded connections fall back to the slow path)")
+                                 "--unload` first (offloaded connections fall back to the slow path)")
         try:
             try:
                 self.obj = BpfObject(object_path("switch"), max_entries={"sw_offload": capacity},
@@ -213,7 +226,7 @@ class SwitchDataplane:
                 if old is None:
                     raise
                 raise AdoptError(f"cannot load the new program on the running data plane's maps ({e}): their "
-                                 "layout changed; `miresga switch unload` first") from None
+                                 "layout changed; `miresga switch --unload` first") from None
             self.maps = SwitchMaps(self.obj)
             if old is not None:
                 self.adopted = True
@@ -321,6 +334,12 @@ class _Recorder:
     def update(self, key, value, flags: int = 0) -> None:
         self.writes[bytes(key)] = bytes(value)
 
+    def keys(self) -> list[bytes]:
+        return list(self.writes)
+
+    def delete(self, key) -> bool:
+        return self.writes.pop(bytes(key), None) is not None
+
 
 class _RecordingObject:
     def __init__(self, real: BpfObject):
@@ -338,6 +357,18 @@ def reconcile(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort], trace:
     rec = _RecordingObject(maps.obj)
     fill_static_tables(SwitchMaps(rec), cfg, ports, trace)
     changed: dict[str, int] = {}
+    stale_svcs, n = set(), 0   # a service index whose VIP:port changed loses its offloaded connections
+    want = rec.recorders["sw_services"].writes
+    for svc in range(SW_SERVICES_MAX):
+        k = struct.pack("=I", svc)
+        cur, new = maps.services.lookup(k), want[k]
+        if cur == new:
+            continue
+        if cur is not None and SwService.from_buffer_copy(cur).vip:
+            stale_svcs.add(svc)
+        maps.services.update(k, new)
+        n += 1
+    changed["sw_services"] = n
     for name in CONFIG_TABLES:
         real, want = maps.obj.map(name), rec.recorders[name].writes
         n = 0
@@ -366,16 +397,17 @@ def reconcile(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort], trace:
         maps.backends.update(k, new)
         n += 1
     changed["sw_backends"] = n
-    dropped = 0
-    if stale:
-        for (ip, port), e in list(maps.offload_items()):
-            if e.backend in stale:
-                maps.offload_delete(ip, port)
-                dropped += 1
-    changed["sw_offload (back-end changed)"] = dropped
-    # Config slot: VIP, TCP options, trace flag. The cookie keys stay (the controller rotates
-    # them); the slot in use is kept, so a handshake in flight keeps its key.
-    from miresga.bpf.layouts import SwConfig
+    dropped = {"back-end": 0, "service": 0}
+    if stale or stale_svcs:
+        for (ip, port, svc), e in list(maps.offload_items()):
+            why = "back-end" if e.backend in stale else "service" if svc in stale_svcs else None
+            if why:
+                maps.offload_delete(ip, port, svc)
+                dropped[why] += 1
+    changed["sw_offload (back-end changed)"] = dropped["back-end"]
+    changed["sw_offload (service changed)"] = dropped["service"]
+    # Config slot: number of services, TCP options, trace flag. The cookie keys stay (the
+    # controller rotates them); the slot in use is kept, so a handshake in flight keeps its key.
     k0 = struct.pack("=I", 0)
     c = SwConfig.from_buffer_copy(rec.recorders["sw_config"].writes[k0])
     c.key_slot = maps.get_config().key_slot
@@ -390,6 +422,10 @@ class PinnedMaps:
     def __init__(self, pin_dir: Path):
         if not (pin_dir / "sw_config").exists():
             raise FileNotFoundError(f"{pin_dir}: no switch data plane pinned there")
+        missing = [n for n in MAP_NAMES if not (pin_dir / n).exists()]
+        if missing:  # pinned by another version (e.g. before services: no sw_vips)
+            raise AdoptError(f"the data plane pinned at {pin_dir} has another map layout (no {', '.join(missing)}): "
+                             "`miresga switch --unload` first (offloaded connections fall back to the slow path)")
         self._maps = {n: Map.from_pin(pin_dir / n) for n in MAP_NAMES}
 
     def map(self, name: str) -> Map:

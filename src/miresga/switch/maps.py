@@ -2,7 +2,8 @@
 
 Both the dataplane loader and the controller's map adapter use it; packet tests use it to set up
 cases. Addresses and ports are given as Python values (dotted strings or ints in host order) and
-stored in network order, as the data plane reads them from the wire.
+stored in network order, as the data plane reads them from the wire. Offload keys are
+(client ip, client port, service index): one client port may hold a connection to each service.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import socket
 import struct
 import time
 from enum import IntEnum
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from miresga.bpf.drop_reasons import DropReason
-from miresga.bpf.layouts import ArpEntry, BackendEntry, FlowKey, Hop, OffloadEntry, RouteKey, SwConfig, SwKey
+from miresga.bpf.layouts import (SW_SERVICES_MAX, ArpEntry, BackendEntry, FlowKey, Hop, OffloadEntry, RouteKey,
+                                 SwConfig, SwKey, SwService)
 from miresga.bpf.libbpf import _lib as _libbpf
 from miresga.bpf.libbpf import BPF_NOEXIST, BpfObject, Map
 
@@ -107,13 +109,14 @@ def hop(ifindex: int, smac: str | bytes, dmac: str | bytes, flags: int = HOP_VAL
     return h
 
 
-def flow_key(ip: int | str | ipaddress.IPv4Address, port: int) -> FlowKey:
-    return FlowKey(ip=_ip_be(ip), port=_port_be(port))
+def flow_key(ip: int | str | ipaddress.IPv4Address, port: int, svc: int = 0) -> FlowKey:
+    return FlowKey(ip=_ip_be(ip), port=_port_be(port), svc=svc)
 
 
-def flow_of(key: bytes) -> tuple[int, int]:
+def flow_of(key: bytes) -> tuple[int, int, int]:
+    """(ip, port, svc) of a flow_key's bytes (ip an int in host order)."""
     k = FlowKey.from_buffer_copy(key)
-    return int(_ip_from_be(k.ip)), socket.ntohs(k.port)
+    return int(_ip_from_be(k.ip)), socket.ntohs(k.port), k.svc
 
 
 def monotonic_ns() -> int:
@@ -127,6 +130,9 @@ class SwitchMaps:
     def __init__(self, obj: BpfObject):
         self.obj = obj
         self.config = obj.map("sw_config")
+        self.vips = obj.map("sw_vips")
+        self.vip_addrs = obj.map("sw_vip_addrs")
+        self.services = obj.map("sw_services")
         self.keys = obj.map("sw_keys")
         self.arp = obj.map("sw_arp")
         self.backend_src = obj.map("sw_backend_src")
@@ -140,13 +146,37 @@ class SwitchMaps:
         self.ctl_peers = obj.map("sw_ctl_peers")
 
     # --- configuration tables -------------------------------------------------------------
-    def set_config(self, *, vip: str, vport: int, key: tuple[int, int], mss: int, wscale: int, sack: bool,
-                   bucket_seconds: int, syn_window: int = 65535, flags: int = 0) -> None:
+    def set_config(self, *, services: Sequence[tuple[str | ipaddress.IPv4Address, int]], key: tuple[int, int],
+                   mss: int, wscale: int, sack: bool, bucket_seconds: int, syn_window: int = 65535,
+                   flags: int = 0) -> None:
+        """`services`: (VIP, port) by service index (Deployment.all_services() order). Replaces
+        the VIP tables: every slot of sw_services (unused ones zero), sw_vips and sw_vip_addrs."""
+        if not 1 <= len(services) <= SW_SERVICES_MAX:
+            raise ValueError(f"{len(services)} services: the switch serves 1 to {SW_SERVICES_MAX}")
+        want = [(self.vips, {bytes(flow_key(vip, vport)) for vip, vport in services}),
+                (self.vip_addrs, {struct.pack("=I", _ip_be(vip)) for vip, _ in services})]
+        for m, keys in want:
+            for k in [k for k in m.keys() if k not in keys]:
+                m.delete(k)
+        for svc in range(SW_SERVICES_MAX):
+            vip, vport = services[svc] if svc < len(services) else ("0.0.0.0", 0)
+            self.services.update(struct.pack("=I", svc), SwService(vip=_ip_be(vip), vport=_port_be(vport)))
+            if svc < len(services):
+                self.vips.update(flow_key(vip, vport), struct.pack("=I", svc))
+                self.vip_addrs.update(struct.pack("=I", _ip_be(vip)), b"\x01")
         self.keys.update(struct.pack("=I", 0), SwKey(k0=key[0], k1=key[1]))
-        c = SwConfig(key_slot=0, vip=_ip_be(vip), vport=_port_be(vport), mss=mss,
-                     syn_window=syn_window, wscale=wscale, sack=int(sack), bucket_seconds=bucket_seconds,
-                     flags=flags)
+        c = SwConfig(key_slot=0, n_services=len(services), mss=mss, syn_window=syn_window, wscale=wscale,
+                     sack=int(sack), bucket_seconds=bucket_seconds, flags=flags)
         self.config.update(struct.pack("=I", 0), c)
+
+    def get_services(self, n: int | None = None) -> list[tuple[ipaddress.IPv4Address, int]]:
+        """(VIP, port) of the first `n` service slots (default: the config's n_services)."""
+        n = self.get_config().n_services if n is None else n
+        out = []
+        for svc in range(n):
+            s = SwService.from_buffer_copy(self.services.lookup(struct.pack("=I", svc)))
+            out.append((_ip_from_be(s.vip), socket.ntohs(s.vport)))
+        return out
 
     def get_config(self) -> SwConfig:
         return SwConfig.from_buffer_copy(self.config.lookup(struct.pack("=I", 0)))
@@ -189,21 +219,24 @@ class SwitchMaps:
         self.ctl_peers.update(struct.pack("=I", _ip_be(ip)), struct.pack("=I", ifindex))
 
     # --- offload table --------------------------------------------------------------------
-    def offload_insert(self, ip: int | str, port: int, backend: int, now_ns: int | None = None) -> int:
+    # Keys: client ip, client port and service index (svc; 0: the default service).
+    def offload_insert(self, ip: int | str, port: int, backend: int, now_ns: int | None = None,
+                       svc: int = 0) -> int:
         """0, or the errno: EEXIST (already there), E2BIG/ENOMEM (table full)."""
         e = OffloadEntry(backend=backend, last_hit_ns=monotonic_ns() if now_ns is None else now_ns)
-        return self.offload.try_update(flow_key(ip, port), e, BPF_NOEXIST)
+        return self.offload.try_update(flow_key(ip, port, svc), e, BPF_NOEXIST)
 
-    def offload_delete(self, ip: int | str, port: int) -> bool:
-        return self.offload.delete(flow_key(ip, port))
+    def offload_delete(self, ip: int | str, port: int, svc: int = 0) -> bool:
+        return self.offload.delete(flow_key(ip, port, svc))
 
-    def offload_get(self, ip: int | str, port: int) -> OffloadEntry | None:
-        v = self.offload.lookup(flow_key(ip, port))
+    def offload_get(self, ip: int | str, port: int, svc: int = 0) -> OffloadEntry | None:
+        v = self.offload.lookup(flow_key(ip, port, svc))
         return OffloadEntry.from_buffer_copy(v) if v is not None else None
 
-    def offload_items(self) -> Iterator[tuple[tuple[int, int], OffloadEntry]]:
+    def offload_items(self) -> Iterator[tuple[tuple[int, int, int], OffloadEntry]]:
+        """((client ip, client port, svc), entry) of every offload entry."""
         for k, v in dump_batched(self.offload, FlowKey, OffloadEntry):
-            yield (int(_ip_from_be(k.ip)), socket.ntohs(k.port)), v
+            yield (int(_ip_from_be(k.ip)), socket.ntohs(k.port), k.svc), v
 
     # --- counters -------------------------------------------------------------------------
     def counter(self, index: int) -> int:

@@ -30,6 +30,10 @@ class SwitchMetrics:
         s = self.cp.stats()
         decisions, drops = split_counters(s["counters"])
         yield family("g", P + "info", "the switch's hardware profile (value 1)", ["profile"], {s["profile"]: 1})
+        yield family("g", P + "service", "the VIP:port services the data plane serves (value 1); index is the "
+                     "service index of offload entries", ["index", "service", "vip"],
+                     {(str(i), sv.name, f"{sv.vip.address}:{sv.vip.port}"): 1
+                      for i, sv in enumerate(self.cp.cfg.all_services())})
         yield family("g", P + "port_attach", "how the data plane is attached to each interface (value 1): "
                      "native XDP or TC (switch.attach)", ["interface", "mode"],
                      {(i, m): 1 for i, m in self.port_modes.items()})

@@ -93,14 +93,15 @@ class MapTables:
         m = self.maps
         now = monotonic_ns()
         for op in actions.ops:
+            ip, port, svc = op.key
             if op.kind == "insert":
-                err = m.offload_insert(op.key[0], op.key[1], op.backend, now)
+                err = m.offload_insert(ip, port, op.backend, now, svc)
                 if err:
                     if err not in OFFLOAD_FULL_ERRNOS:
                         log.warning("offload insert %s: errno %d", op.key, err)
                     failed.append(op)
             else:
-                m.offload_delete(op.key[0], op.key[1])
+                m.offload_delete(ip, port, svc)
         for b, name in actions.buckets.items():
             m.set_bucket(b, self.hops[name])
         return failed
@@ -126,7 +127,7 @@ class ControlPlane:
         self.cfg, self.tables, self.clock, self.tai = cfg, tables, clock, tai
         self.profile = profile_from_config(cfg.switch)
         self.ctl = Controller([h.name for h in cfg.hosts.frontends], len(cfg.hosts.backends), self.profile,
-                              cfg.switch.idle_timeout_s, clock(), dead_after_s)
+                              cfg.switch.idle_timeout_s, clock(), dead_after_s, len(cfg.all_services()))
         self.lock = threading.Lock()
         self.idle_cache: list[Key] = []
         self.key: cookie.CookieKey | None = None
@@ -187,7 +188,7 @@ class ControlPlane:
         synchronous driver call would, so only operations beyond the rate stay QUEUED."""
         deadline = self.clock() + self.profile.batch_latency_s * 2 + 0.002
         n_ins = len(inserts)
-        keys = [(ip, port) for ip, port, _ in inserts] + list(deletes)
+        keys = [(ip, port, svc) for ip, port, svc, _ in inserts] + list(deletes)
         while True:
             with self.lock:
                 self._apply(self.ctl.tick(self.clock()))
@@ -346,18 +347,19 @@ class Servicer(pb_grpc.SwitchControlServicer):
             context.abort(getattr(grpc.StatusCode, e.code), e.message)
 
     def Write(self, request, context):
-        ins = [(e.client_ip, e.client_port, e.backend) for e in request.inserts]
-        dels = [(k.client_ip, k.client_port) for k in request.deletes]
+        ins = [(e.client_ip, e.client_port, e.service, e.backend) for e in request.inserts]
+        dels = [(k.client_ip, k.client_port, k.service) for k in request.deletes]
         st = self._guard(context, lambda: self.cp.write(ins, dels))
         return pb.WriteReply(statuses=[STATUS_PB[s] for s in st])
 
     def Read(self, request, context):
-        keys = [(k.client_ip, k.client_port) for k in request.keys]
+        keys = [(k.client_ip, k.client_port, k.service) for k in request.keys]
         states = self.cp.read(keys)
         return pb.ReadReply(states=[STATE_PB[states[k]] for k in keys])
 
     def Idle(self, request, context):
-        return pb.IdleReply(keys=[pb.FlowKey(client_ip=ip, client_port=port) for ip, port in self.cp.idle()])
+        return pb.IdleReply(keys=[pb.FlowKey(client_ip=ip, client_port=port, service=svc)
+                                  for ip, port, svc in self.cp.idle()])
 
     def Register(self, request, context):
         b = self._guard(context, lambda: self.cp.register(request.name, request.address))
