@@ -11,7 +11,7 @@ import pytest
 
 from frontend_helpers import NOW, Backend, Client, deletes, get, inserts, make_cfg, sends
 from miresga.frontend.engine import Engine, OffloadCheck, OffloadDelete, OffloadInsert
-from miresga.frontend.switch_link import (_ENGINE_SVC, FetchIdle, Heartbeat, OffloadBatcher, OffloadWorker, Read,
+from miresga.frontend.switch_link import (FetchIdle, Heartbeat, OffloadBatcher, OffloadWorker, Read,
                                           Register, Write)
 from miresga.frontend.engine.states import Offload
 
@@ -233,10 +233,7 @@ def test_second_delete_of_a_key_in_one_batch_is_retried_when_its_write_fails():
 
 # ---------------------------------------------------------------------- several services
 
-needs_svc = pytest.mark.skipif(not _ENGINE_SVC, reason="the engine's actions carry no service yet (lead's main)")
 
-
-@needs_svc
 def test_one_client_port_two_services_are_two_keys():
     """The same client ip:port offloaded towards two services (two back-ends): one Write, two
     entries; deleting one service's leaves the other's; answers carry the service."""
@@ -252,7 +249,6 @@ def test_one_client_port_two_services_are_two_keys():
     assert ("offload", 1, 2, 7, "installed", 0) in res and ("offload", 1, 2, 8, "absent", 2) in res
 
 
-@needs_svc
 def test_queued_insert_of_a_service_polled_by_its_key_and_idle_keys_keep_the_service():
     fake = FakeSwitchClient(queue_mode=True, idle=[(5, 6, 3)])
     res = run_worker(fake, [OffloadInsert(1, 2, 0, 7, 1)])

@@ -268,7 +268,7 @@ class FrontendServer:
                 return
             kind = r[0]
             if kind == "offload":
-                self._do(eng.offload_result(r[1], r[2], r[3], r[4], now))
+                self._do(eng.offload_result(r[1], r[2], r[3], r[4], now, r[5]))
             elif kind == "idle":
                 self._do(eng.switch_idle(r[1], now))
             elif kind == "health":

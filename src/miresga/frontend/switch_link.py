@@ -25,20 +25,6 @@ log = logging.getLogger("miresga.frontend")
 
 Key = tuple[int, int, int]    # client ip, client port, service index
 
-# An engine from before services keys connections by (client ip, client port) and its actions
-# have no svc: then every key is service 0's and idle reports go to it without the index.
-_ENGINE_SVC = "svc" in getattr(OffloadInsert, "__dataclass_fields__", {})
-
-
-def _key(a: OffloadInsert | OffloadDelete | OffloadCheck) -> Key:
-    """The connection key of an engine action."""
-    return a.key if _ENGINE_SVC else (a.client_ip, a.client_port, 0)
-
-
-def _engine_keys(keys: list[Key]) -> list[tuple]:
-    return keys if _ENGINE_SVC else [k[:2] for k in keys if k[2] == 0]
-
-
 # ---------------------------------------------------------------------- calls to the controller
 
 @dataclass(frozen=True)
@@ -136,7 +122,7 @@ class OffloadBatcher:
         if step == "write":
             return self._writes()
         if step == "check":
-            return [("check", Read(tuple(_key(a) for a in self._checks)), None)]
+            return [("check", Read(tuple(a.key for a in self._checks)), None)]
         if step == "poll":
             return [("poll", Read(tuple(self.queued)), None)] if self.queued else []
         if step == "idle":
@@ -151,7 +137,7 @@ class OffloadBatcher:
         rounds: list[tuple[list[OffloadInsert], list[Key]]] = [([], list(self._retrying))]
         last = {k: 0 for k in self._retrying}   # key -> round of its latest operation
         for a in self._batch:
-            key = _key(a)
+            key = a.key
             r = last[key] + 1 if key in last else 0
             if r == len(rounds):
                 rounds.append(([], []))
@@ -159,7 +145,7 @@ class OffloadBatcher:
             # hears "installed" for a gone connection and deletes it again
             (rounds[r][0].append(a) if isinstance(a, OffloadInsert) else rounds[r][1].append(key))
             last[key] = r
-        return [("write", Write(tuple((*_key(a), a.backend) for a in ins), tuple(dels)), ins)
+        return [("write", Write(tuple((*a.key, a.backend) for a in ins), tuple(dels)), ins)
                 for ins, dels in rounds if ins or dels]
 
     def answer(self, reply: Any) -> list[tuple]:
@@ -175,20 +161,20 @@ class OffloadBatcher:
             self.stats["batched_ops"] += len(call.inserts) + len(call.deletes)
             for a, st in zip(ins, map(_status, reply[:len(ins)])):
                 if st == "queued":
-                    self.queued[_key(a)] = a.gen
-                out.append(_result(_key(a), a.gen, st))
+                    self.queued[a.key] = a.gen
+                out.append(_result(a.key, a.gen, st))
                 self._answered.add(a.gen)
             self._deleted.update(call.deletes)
         elif kind == "check":
             for a in self._checks:
-                out.append(_result(_key(a), a.gen, _status(reply.get(_key(a), "absent"))))
+                out.append(_result(a.key, a.gen, _status(reply.get(a.key, "absent"))))
         elif kind == "poll":
             for key in call.keys:
                 st = _status(reply.get(key, "absent"))
                 if st in ("installed", "absent") and key in self.queued:
                     out.append(_result(key, self.queued.pop(key), st))
         elif kind == "idle":
-            keys = _engine_keys([tuple(k) for k in reply or ()])
+            keys = [tuple(k) for k in reply or ()]
             if keys:
                 out.append(("idle", keys))
         return out
@@ -212,7 +198,7 @@ class OffloadBatcher:
             return True
         self.retry_deletes += [k for k in self._retrying if unanswered(k)]
         for a in self._batch:
-            key = _key(a)
+            key = a.key
             if isinstance(a, OffloadInsert) and a.gen not in self._answered:
                 out.append(_result(key, a.gen, "error"))
                 self.retry_deletes.append(key)
