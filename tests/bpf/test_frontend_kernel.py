@@ -52,12 +52,17 @@ def services(cfg) -> list[tuple[int, int]]:
     return [(int(s.vip.address), s.vip.port) for s in cfg.all_services()]
 
 
-@pytest.fixture(scope="module")
-def bpf():
+def loaded(cfg):
+    """The kernel path's program and maps for `cfg`'s services (a module fixture's body)."""
     with BpfObject(object_path("frontend")) as obj:
-        maps = KernelMaps(obj, services(CFG))
+        maps = KernelMaps(obj, services(cfg))
         yield obj.program("frontend_ingress"), maps
         maps.close()
+
+
+@pytest.fixture(scope="module")
+def bpf():
+    yield from loaded(CFG)
 
 
 def frame(seg: Segment) -> bytes:

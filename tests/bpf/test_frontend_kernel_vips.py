@@ -12,14 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from frontend_helpers import ACK, FIN, RST, RULES, Backend, Client, get, make_cfg
-from test_frontend_kernel import SCENARIOS, Conn, System, Twin, _respond, frame, relay_entries, services
+from test_frontend_kernel import SCENARIOS, Conn, System, Twin, _respond, frame, loaded, relay_entries, services
 from miresga.bpf.layouts import FeKey
-from miresga.bpf.libbpf import BpfObject, object_path
 from miresga.bpf.testrun import TC_ACT_OK, TC_ACT_REDIRECT
 from miresga.cookie import tai_seconds
 from miresga.frontend.engine import Engine
 from miresga.frontend.engine.states import State
-from miresga.frontend.kernel.maps import KernelMaps
 from miresga.frontend.kernel.rules import compile_rules
 from miresga.frontend.rules import service_rules
 from miresga.frontend.segment import Segment
@@ -45,10 +43,7 @@ CFG = make_cfg(RULES.replace("syn_retries: 2}", "syn_retries: 2, ack_coalesce_ms
 
 @pytest.fixture(scope="module")
 def bpf():
-    with BpfObject(object_path("frontend")) as obj:
-        maps = KernelMaps(obj, services(CFG))
-        yield obj.program("frontend_ingress"), maps
-        maps.close()
+    yield from loaded(CFG)
 
 
 @pytest.fixture
