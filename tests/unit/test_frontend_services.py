@@ -197,3 +197,31 @@ def test_reload_reroutes_by_the_new_service_rules(eng):
     eng.configure(parse_config(yaml.safe_dump(d)))
     b, _ = first_request(eng, Client(eng, port=46000, svc=1), "/x")
     assert b == 0
+
+
+DISJOINT = """
+rules:
+  - {name: web, pool: [be1], offload: never}
+frontend: {max_header_bytes: 1024, syn_retries: 2}
+services:
+  - name: shop
+    vip: {address: 10.0.100.9, port: 443}
+    rules:
+      - {name: shop-all, pool: [be2, be3], offload: never}
+"""
+
+
+def test_backend_data_adopted_for_the_only_service_that_uses_the_backend():
+    """Each service with its own catch-all over its own back-ends: a back-end's data for a
+    connection nobody holds (its front-end died) belongs to the one service using that back-end,
+    and is answered from that service's VIP:port."""
+    eng = Engine(make_cfg(DISJOINT))
+    assert eng.sole_service == [0, 1, 1]
+    cl = Client(eng, port=44100, svc=1)
+    be = Backend(eng, 2, cl)
+    (out,) = sends(eng.segment(be.seg(b"HTTP/1.1 200 OK\r\n\r\n"), NOW), "client")
+    assert eng.stats.events["adopted"] == 1 and set(eng.conns) == {cl.key}
+    assert (out.src, out.sport, out.dst, out.dport) == (cl.vip, cl.vport, cl.ip, cl.port)
+    web = Client(eng, port=44101, svc=0)
+    eng.segment(Backend(eng, 0, web).seg(b"HTTP/1.1 200 OK\r\n\r\n"), NOW)
+    assert web.key in eng.conns and eng.stats.drops["adopt_ambiguous"] == 0

@@ -26,9 +26,10 @@ class Arrival:
             st.drops["after_close"] += 1        # a straggler of a connection we just ended
             return
         if ev is Ev.B_SEG and (seg.payload or seg.flags & FIN):
-            if len(self.services) > 1:
-                # Which VIP did its client reach? A back-end's segment does not say, and a reply
-                # from the wrong one is a stranger to the client: not adopted (docs/deploy.md).
+            if len(self.services) > 1 and self.sole_service[self.by_service[(seg.src, seg.sport)]] is None:
+                # Which VIP did its client reach? A back-end's segment does not say, and several
+                # services may use this back-end; a reply from the wrong VIP is a stranger to the
+                # client: not adopted (docs/deploy.md). (One service only: `backend_key` chose it.)
                 st.drops["adopt_ambiguous"] += 1
                 return
             self._adopt(seg, key, now, out)

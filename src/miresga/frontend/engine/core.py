@@ -81,6 +81,11 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
         names = [b.name for b in cfg.hosts.backends]
         self.rule_list = [r for rs in self.rulesets for r in rs.all()]  # by global rule index (REQUEST events)
         self.fin_ends_watch = all(rs.fin_ends_watch for rs in self.rulesets)
+        # Per back-end: the one service whose rules can give it connections (None: several, or
+        # none). A back-end's segment of a connection nobody holds is adopted only for that one.
+        serving = [{rs.service for rs in self.rulesets for r in rs.all() if b in r.pool}
+                   for b in range(len(cfg.hosts.backends))]
+        self.sole_service = [next(iter(s)) if len(s) == 1 else None for s in serving]
         self.selectors = {r.index: Selector(r, names, [b.weight for b in cfg.hosts.backends], self.positions)
                           for r in self.rule_list}
         self.pools = Pools(cfg.hosts.backends)
@@ -145,7 +150,8 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
         """The key of a back-end's segment to client ip:port. The segment does not say which
         VIP the client reached: the service whose connection uses this back-end (at most one
         does: the back-end cannot hold one 4-tuple twice, see `_port_busy`), else one that has a
-        connection or ended one lately (a stale or straggling segment), else service 0."""
+        connection or ended one lately (a stale or straggling segment), else the only service
+        that uses this back-end, else service 0."""
         if len(self.services) == 1:
             return (ip, port, 0)
         conns = self.conns
@@ -159,7 +165,7 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
                 found = found or key
             elif found is None and key in self._recent:
                 found = key
-        return found or (ip, port, 0)
+        return found or (ip, port, self.sole_service[backend] or 0)
 
     def flush(self, now: float) -> list[Action]:
         """Release the held ACKs whose time is up (call often: `next_flush()` says when)."""
