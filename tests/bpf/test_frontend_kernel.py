@@ -48,14 +48,10 @@ _IN = FrameCodec(mac_bytes(SW_MAC), mac_bytes(FE_MAC), checksum="software")   # 
 _PARSE = FrameCodec(mac_bytes(FE_MAC), mac_bytes(SW_MAC))
 
 
-def services(cfg) -> list[tuple[int, int]]:
-    return [(int(s.vip.address), s.vip.port) for s in cfg.all_services()]
-
-
 def loaded(cfg):
     """The kernel path's program and maps for `cfg`'s services (a module fixture's body)."""
     with BpfObject(object_path("frontend")) as obj:
-        maps = KernelMaps(obj, services(cfg))
+        maps = KernelMaps(obj, cfg.vip_endpoints())
         yield obj.program("frontend_ingress"), maps
         maps.close()
 
@@ -350,7 +346,7 @@ def test_active_connection_not_expired(bpf):
 def test_full_table_keeps_connection_in_python():
     """A kernel table with no room refuses the hand-over (E2BIG); the engine keeps relaying."""
     with BpfObject(object_path("frontend"), max_entries={"fe_conns": 1}) as obj:
-        maps = KernelMaps(obj, services(CFG))
+        maps = KernelMaps(obj, CFG.vip_endpoints())
         try:
             s = System(obj.program("frontend_ingress"), maps)
             other = Client(s.eng, port=50000)
@@ -447,9 +443,9 @@ def test_restart_replaces_a_dead_predecessors_program():
         sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         with in_netns(ns):
-            first = KernelPath("eth0", services(CFG), 1024)
+            first = KernelPath("eth0", CFG.vip_endpoints(), 1024)
             first.ring.close()          # "dies": its filter stays attached
-            second = KernelPath("eth0", services(CFG), 1024)
+            second = KernelPath("eth0", CFG.vip_endpoints(), 1024)
         assert filters() == 1
         with in_netns(ns):
             second.close()
@@ -780,7 +776,7 @@ def test_full_ring_leaves_requests_to_the_engine():
     of (a lost record would leave an entry nobody times out, and a connection the engine never
     counted); those requests go up the slow path and are served as before."""
     with BpfObject(object_path("frontend"), max_entries={"fe_events": 4096}) as obj:   # one page
-        maps = KernelMaps(obj, services(CFG))
+        maps = KernelMaps(obj, CFG.vip_endpoints())
         try:
             sys_ = System(obj.program("frontend_ingress"), maps, now=LIVE)
             lost0 = maps.stats()["events_lost"]
@@ -808,7 +804,7 @@ def test_full_ring_closing_reported_at_the_next_segment():
     """Both FINs relayed while the ring is full: the closing record is made again at the
     connection's next segment (the last ACK), so the engine ends the connection on time."""
     with BpfObject(object_path("frontend"), max_entries={"fe_events": 4096}) as obj:
-        maps = KernelMaps(obj, services(CFG))
+        maps = KernelMaps(obj, CFG.vip_endpoints())
         try:
             sys_ = System(obj.program("frontend_ingress"), maps, now=LIVE)
             cl = Client(sys_.eng, now=LIVE)

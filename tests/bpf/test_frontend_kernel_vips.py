@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from frontend_helpers import ACK, FIN, RST, RULES, Backend, Client, get, make_cfg
-from test_frontend_kernel import SCENARIOS, Conn, System, Twin, _respond, frame, loaded, relay_entries, services
+from test_frontend_kernel import SCENARIOS, Conn, System, Twin, _respond, frame, loaded, relay_entries
 from miresga.bpf.layouts import FeKey
 from miresga.bpf.testrun import TC_ACT_OK, TC_ACT_REDIRECT
 from miresga.cookie import tai_seconds

@@ -83,6 +83,6 @@ def test_other_rules_unchanged(eng):
 
 def test_offload_wait_only_means_something_with_always():
     cfg = make_cfg("rules:\n  - {name: r, pool: [be1], offload: auto, offload_wait: true}\n")
-    assert Engine(cfg).rules.all()[0].offload_wait is False
+    assert Engine(cfg).rulesets[0].all()[0].offload_wait is False
     with pytest.raises(ConfigError):
         parse_config(make_cfg(RULES).model_dump_json().replace('"offload_wait":true', '"offload_wait":"x"'))

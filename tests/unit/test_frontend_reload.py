@@ -47,7 +47,7 @@ def test_reload_applies_rules_drain_timeouts_and_log(tmp_path):
     edit(f, change)
     assert ops.reload() == []
     eng = srv.engine
-    assert eng.rules.rules[0].pool == (2,) and eng.pools.drain == [False, True, False]
+    assert eng.rulesets[0].rules[0].pool == (2,) and eng.pools.drain == [False, True, False]
     assert eng.fe.idle_timeout_s == 5.0 and srv.health_worker.path == "/ready"
     assert eng.alog is not None and eng.alog.fmt == "combined" and (tmp_path / "a-fe1.log").exists()
     assert eng.stats.events["reload_ok"] == 1
@@ -56,7 +56,7 @@ def test_reload_applies_rules_drain_timeouts_and_log(tmp_path):
 
 def test_refused_reload_changes_nothing(tmp_path):
     srv, f, ops = server(tmp_path, make_cfg(RULES))
-    eng, rules, before = srv.engine, srv.engine.rules, srv.cfg
+    eng, rules, before = srv.engine, srv.engine.rulesets, srv.cfg
     edit(f, lambda d: d["rules"][0].update(pool=["be9"]))
     assert "unknown back-ends ['be9']" in ops.reload()[0]
 
@@ -71,5 +71,5 @@ def test_refused_reload_changes_nothing(tmp_path):
         d["hosts"]["backends"][0]["address"] = "10.0.4.9/24"     # another address in its subnet
     edit(f, host_moved)
     assert "hosts.backends.0 (be1): address need a restart" in ops.reload()
-    assert srv.cfg is before and eng.rules is rules and eng.alog is None and ops.file is None
+    assert srv.cfg is before and eng.rulesets is rules and eng.alog is None and ops.file is None
     assert eng.stats.events["reload_refused"] == 3 and eng.stats.events["reload_ok"] == 0

@@ -373,6 +373,10 @@ class Deployment(Strict):
         offload API): the top-level `vip` and `rules` first, as `default`."""
         return [Service.model_construct(name="default", vip=self.vip, rules=self.rules), *self.services]
 
+    def vip_endpoints(self) -> list[tuple[int, int]]:
+        """(VIP as an int, port) by service index: what the front-end matches segments against."""
+        return [(int(s.vip.address), s.vip.port) for s in self.all_services()]
+
     def switch_attach(self, ifname: str) -> str:
         """The attach mode (auto, xdp, tc) of the switch program on one of its interfaces."""
         return self.switch.attach_interfaces.get(ifname, self.switch.attach)

@@ -127,7 +127,7 @@ class FrontendServer:
                                checksum=cfg.frontend.checksum)
             if cfg.frontend.kernel_path:
                 from miresga.frontend.kernel.maps import KernelPath
-                self.kpath = KernelPath(opts.iface, [(int(s.vip.address), s.vip.port) for s in cfg.all_services()],
+                self.kpath = KernelPath(opts.iface, cfg.vip_endpoints(),
                                         cfg.frontend.max_connections)
             kp = self.kpath
             self.engine = Engine(cfg, kernel=kp is not None, positions=kp.positions if kp is not None else None,

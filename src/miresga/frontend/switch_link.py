@@ -19,11 +19,9 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from miresga.frontend.engine import OffloadCheck, OffloadDelete, OffloadInsert
+from miresga.frontend.engine import Key, OffloadCheck, OffloadDelete, OffloadInsert
 
 log = logging.getLogger("miresga.frontend")
-
-Key = tuple[int, int, int]    # client ip, client port, service index
 
 # ---------------------------------------------------------------------- calls to the controller
 

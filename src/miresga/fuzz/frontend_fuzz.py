@@ -66,7 +66,7 @@ class FrontendHarness(Harness):
     def __init__(self, cfg: Deployment):
         super().__init__(cfg)
         self.vip, self.vport = ip_int(cfg.vip.address), cfg.vip.port
-        self.services = [(ip_int(s.vip.address), s.vip.port) for s in cfg.all_services()]
+        self.services = cfg.vip_endpoints()
         if len(self.services) == 1:
             self.services.append((self.vip, self.vport % 65535 + 1))
         self.by_vip = {ep: i for i, ep in enumerate(self.services)}

@@ -101,7 +101,7 @@ class SwitchHarness(Harness):
 
     def _setup_model(self, cfg: Deployment) -> None:
         clients = {h.name for h in cfg.hosts.clients}
-        self.services = [(ip_int(s.vip.address), s.vip.port) for s in cfg.all_services()]
+        self.services = cfg.vip_endpoints()
         self.svc_of = {vp: svc for svc, vp in enumerate(self.services)}
         self.vip_addrs = sorted({ip for ip, _ in self.services})
         routes = []

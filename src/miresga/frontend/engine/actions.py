@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from miresga.frontend.kernel.handover import KernelCheck, KernelHandover, KernelMark, KernelRemove
+from miresga.frontend.kernel.handover import Key, KernelCheck, KernelHandover, KernelMark, KernelRemove
 from miresga.frontend.segment import Segment
 
 
@@ -15,32 +15,34 @@ class Send:
     to: str  # "client" | "backend" (for metrics and tests; the adapter only needs seg)
 
 
+class _ClientKey:
+    """The connection key of an action that names client ip, port and service."""
+
+    __slots__ = ()
+
+    @property
+    def key(self) -> Key:
+        return (self.client_ip, self.client_port, self.svc)  # type: ignore[attr-defined]
+
+
 @dataclass(slots=True)
-class OffloadInsert:
+class OffloadInsert(_ClientKey):
     client_ip: int
     client_port: int
     backend: int
     gen: int  # echo it back in offload_result
     svc: int = 0  # the service (VIP:port) the client reached
 
-    @property
-    def key(self) -> tuple[int, int, int]:
-        return (self.client_ip, self.client_port, self.svc)
-
 
 @dataclass(slots=True)
-class OffloadDelete:
+class OffloadDelete(_ClientKey):
     client_ip: int
     client_port: int
     svc: int = 0
 
-    @property
-    def key(self) -> tuple[int, int, int]:
-        return (self.client_ip, self.client_port, self.svc)
-
 
 @dataclass(slots=True)
-class OffloadCheck:
+class OffloadCheck(_ClientKey):
     """Ask the switch whether an entry we believe installed is still there (answer through
     offload_result with the same gen: installed|absent). An entry can vanish without us: another
     front-end acting on an idle report, a controller restart."""
@@ -49,10 +51,6 @@ class OffloadCheck:
     client_port: int
     gen: int
     svc: int = 0
-
-    @property
-    def key(self) -> tuple[int, int, int]:
-        return (self.client_ip, self.client_port, self.svc)
 
 
 Action = Union[Send, OffloadInsert, OffloadDelete, OffloadCheck, KernelHandover, KernelCheck, KernelMark,

@@ -7,10 +7,10 @@ import collections
 from miresga import cookie
 from miresga.frontend.engine.states import Offload, State
 from miresga.frontend.http import RequestStream, ResponseWatcher
+from miresga.frontend.kernel.handover import Key
 from miresga.frontend.rules import CompiledRule
 from miresga.frontend.segment import Segment, seq_add
 
-Key = tuple[int, int, int]  # client ip, client port, service index (cfg.all_services(): which VIP:port)
 UNKNOWN_OPTS = cookie.ClientOptions(mss=536, wscale=None, sack=False)
 MAX_WINDOW_AHEAD = 1 << 22  # a client segment further ahead than this is not in any window we gave
 WATCH_COPIES = 2  # response segments the kernel copies for a watcher (a header beyond them is not read)

@@ -47,8 +47,8 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
         (with the kernel-opened ones heard of): the kernel path's, so that both pick as one."""
         self.cfg = cfg
         self.fe = cfg.frontend
-        # By service index (the key's third part): its VIP and port (cfg.all_services()).
-        self.services = [(int(s.vip.address), s.vip.port) for s in cfg.all_services()]
+        # By service index (the key's third part): its VIP and port.
+        self.services = cfg.vip_endpoints()
         self.by_vip = {ep: i for i, ep in enumerate(self.services)}
         self.vip_addrs = frozenset(ip for ip, _ in self.services)
         self.vip, self.vport = self.services[0]   # the default service's (tests, tools)
@@ -77,7 +77,6 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
         keep their back-end; their next request is routed by the new rules."""
         self.cfg, self.fe = cfg, cfg.frontend
         self.rulesets = service_rules(cfg)     # by service index
-        self.rules = self.rulesets[0]
         names = [b.name for b in cfg.hosts.backends]
         self.rule_list = [r for rs in self.rulesets for r in rs.all()]  # by global rule index (REQUEST events)
         self.fin_ends_watch = all(rs.fin_ends_watch for rs in self.rulesets)
@@ -94,10 +93,13 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
     def segment(self, seg: Segment, now: float) -> list[Action]:
         out: list[Action] = []
         self._now = now
-        svc = self.by_vip.get((seg.dst, seg.dport))
-        if svc is not None:
-            key = (seg.src, seg.sport, svc)
-            f = seg.flags
+        mine = self.classify(seg)
+        if mine is None:
+            self.stats.drops["not_ours"] += 1
+            return out
+        key, b = mine
+        f = seg.flags
+        if b is None:
             if f & RST:
                 ev = Ev.C_RST
             elif f & SYN:
@@ -106,14 +108,7 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
                 ev = Ev.C_DATA
             else:
                 ev = Ev.C_ACK
-            b = None
         else:
-            b = self.by_service.get((seg.src, seg.sport))
-            if b is None or seg.dst in self.vip_addrs:   # a VIP is nobody's client: never adopt or relay to it
-                self.stats.drops["not_ours"] += 1
-                return out
-            key = self.backend_key(seg.dst, seg.dport, b)
-            f = seg.flags
             if f & RST:
                 ev = Ev.B_RST
             elif f & SYN:
@@ -145,6 +140,17 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
             conn.deadline = min(conn.deadline, conn.rtx_at)
         self._handover_key(key, out)
         return out
+
+    def classify(self, seg: Segment) -> tuple[Key, int | None] | None:
+        """`seg`'s connection key, with the back-end for a back-end's segment (None for a
+        client's); None: neither to a service's VIP:port nor from a back-end to a client."""
+        svc = self.by_vip.get((seg.dst, seg.dport))
+        if svc is not None:
+            return (seg.src, seg.sport, svc), None
+        b = self.by_service.get((seg.src, seg.sport))
+        if b is None or seg.dst in self.vip_addrs:   # a VIP is nobody's client: never adopt or relay to it
+            return None
+        return self.backend_key(seg.dst, seg.dport, b), b
 
     def backend_key(self, ip: int, port: int, backend: int) -> Key:
         """The key of a back-end's segment to client ip:port. The segment does not say which

@@ -24,16 +24,11 @@ class KernelSide:
         (take_back) before giving us the segment."""
         if not self.kernel:
             return None
-        svc = self.by_vip.get((seg.dst, seg.dport))
-        if svc is not None:
-            key = (seg.src, seg.sport, svc)
-        else:
-            b = self.by_service.get((seg.src, seg.sport))
-            if b is None:
-                return None
-            key = self.backend_key(seg.dst, seg.dport, b)
-        conn = self.conns.get(key)
-        return key if conn is not None and conn.kernel else None
+        mine = self.classify(seg)
+        if mine is None:
+            return None
+        conn = self.conns.get(mine[0])
+        return mine[0] if conn is not None and conn.kernel else None
 
     def take_back(self, key: Key, entry: KernelEntry | None, now: float) -> list[Action]:
         """The adapter removed the connection's kernel entry (`None`: the kernel had removed it

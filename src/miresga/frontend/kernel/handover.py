@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from miresga.frontend.segment import Segment
 
-Key = tuple[int, int, int]  # client ip, client port (host order), service index
+Key = tuple[int, int, int]  # a connection: client ip, client port (host order), service index (which VIP:port)
 
 
 class EvKind(enum.IntEnum):
