@@ -231,20 +231,23 @@ int switch_ingress(pkt_ctx_t *ctx)
 			return drop(DROP_NOT_TCP_TO_VIP);
 		return route(ctx, cfg, route_lookup(p.ip->daddr));
 	}
-	if (is_vip_addr(p.ip->daddr)) {
+	{
+		/* To a service's VIP:port: one lookup on a client's path (the hottest one). */
 		struct flow_key vk = { .ip = p.ip->daddr, .port = p.tcp->dest };
 		__u32 *svc = bpf_map_lookup_elem(&sw_vips, &vk);
 
-		if (!svc) {	/* a VIP address, but no service on that port */
-			rc = guard_local(ctx, &p);
-			return drop(rc ? rc : DROP_NOT_TCP_TO_VIP);
+		if (svc) {
+			/* Reverse-path check: a known client network must come in on its own port, so
+			 * nobody can speak for another client's connection (its offload entry). */
+			rt = route_lookup(p.ip->saddr);
+			if (rt && rt->ifindex != ctx_ingress_ifindex(ctx))
+				return drop(DROP_SPOOFED_CLIENT);
+			return from_client(ctx, &p, cfg, *svc);
 		}
-		/* Reverse-path check: a known client network must come in on its own port, so
-		 * nobody can speak for another client's connection (its offload entry). */
-		rt = route_lookup(p.ip->saddr);
-		if (rt && rt->ifindex != ctx_ingress_ifindex(ctx))
-			return drop(DROP_SPOOFED_CLIENT);
-		return from_client(ctx, &p, cfg, *svc);
+	}
+	if (is_vip_addr(p.ip->daddr)) {	/* a VIP address, but no service on that port */
+		rc = guard_local(ctx, &p);
+		return drop(rc ? rc : DROP_NOT_TCP_TO_VIP);
 	}
 	rt = route_lookup(p.ip->daddr);
 	if (rt && !(rt->flags & (HOP_LOCAL | HOP_INTERNAL))) {
