@@ -225,3 +225,21 @@ def test_backend_data_adopted_for_the_only_service_that_uses_the_backend():
     web = Client(eng, port=44101, svc=0)
     eng.segment(Backend(eng, 0, web).seg(b"HTTP/1.1 200 OK\r\n\r\n"), NOW)
     assert web.key in eng.conns and eng.stats.drops["adopt_ambiguous"] == 0
+
+
+def test_backend_data_adopted_beside_another_services_connection_of_the_port():
+    """The client port already has a connection of another service on another back-end (e.g. one
+    adopted a moment before, after the same front-end's death): a segment from a back-end only
+    one service uses is still that service's to adopt, not a stale segment of the other's."""
+    eng = Engine(make_cfg(DISJOINT))
+    web = Client(eng, port=44102, svc=0)
+    eng.segment(Backend(eng, 0, web).seg(b"HTTP/1.1 200 OK\r\n\r\n"), NOW)   # be1: default's
+    assert set(eng.conns) == {web.key}
+    shop = Client(eng, port=44102, svc=1)
+    (out,) = sends(eng.segment(Backend(eng, 2, shop).seg(b"HTTP/1.1 200 OK\r\n\r\n"), NOW), "client")
+    assert eng.stats.events["adopted"] == 2 and set(eng.conns) == {web.key, shop.key}
+    assert (out.src, out.sport) == (shop.vip, shop.vport) and eng.stats.drops["stale_backend"] == 0
+    # and a segment from a back-end that neither connection uses, but one service could: stale
+    # only if its own service holds the port on another back-end
+    eng.segment(Backend(eng, 1, shop).seg(b"zz"), NOW)                       # be2: shop's, held on be3
+    assert eng.stats.drops["stale_backend"] == 1 and set(eng.conns) == {web.key, shop.key}

@@ -155,9 +155,13 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
     def backend_key(self, ip: int, port: int, backend: int) -> Key:
         """The key of a back-end's segment to client ip:port. The segment does not say which
         VIP the client reached: the service whose connection uses this back-end (at most one
-        does: the back-end cannot hold one 4-tuple twice, see `_port_busy`), else one that has a
-        connection or ended one lately (a stale or straggling segment), else the only service
-        that uses this back-end, else service 0."""
+        does: the back-end cannot hold one 4-tuple twice, see `_port_busy`), else the only
+        service whose rules use this back-end (to adopt, or a stale segment of its own), else one
+        that has a connection of this port or ended one lately (a stale or straggling segment),
+        else service 0. The only service comes before another service's connection on another
+        back-end: that connection is not this segment's, and its presence must not keep the
+        back-end's own service from adopting (one front-end's death orphans all services of a
+        client port at once: they share its bucket)."""
         if len(self.services) == 1:
             return (ip, port, 0)
         conns = self.conns
@@ -171,7 +175,10 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
                 found = found or key
             elif found is None and key in self._recent:
                 found = key
-        return found or (ip, port, self.sole_service[backend] or 0)
+        sole = self.sole_service[backend]
+        if sole is not None:
+            return (ip, port, sole)
+        return found or (ip, port, 0)
 
     def flush(self, now: float) -> list[Action]:
         """Release the held ACKs whose time is up (call often: `next_flush()` says when)."""
