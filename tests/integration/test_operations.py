@@ -90,7 +90,7 @@ def wait_nothing_left(tb, timeout: float) -> None:
         if not held:
             return
         if time.monotonic() > deadline:
-            fes = {f.name: {k: tb.frontend_metrics(f.name).get(k) for k in ("connections", "packets", "drops")}
+            fes = {f.name: {k: tb.frontend_metrics(f.name).get(k) for k in ("connections", "packets", "drops", "kernel_path")}
                    for f in tb.cfg.hosts.frontends}
             raise AssertionError(f"state still held {timeout}s after the load ended: {held}; "
                                  f"front-ends: {fes}; switch: {tb.switch_stats()}")
