@@ -90,8 +90,8 @@ def wait_nothing_left(tb, timeout: float) -> None:
         if not held:
             return
         if time.monotonic() > deadline:
-            fes = {f.name: {k: tb.frontend_metrics(f.name).get(k) for k in ("connections", "packets", "drops", "kernel_path")}
-                   for f in tb.cfg.hosts.frontends}
+            shown = ("connections", "packets", "drops", "kernel_path")
+            fes = {f.name: {k: tb.frontend_metrics(f.name).get(k) for k in shown} for f in tb.cfg.hosts.frontends}
             raise AssertionError(f"state still held {timeout}s after the load ended: {held}; "
                                  f"front-ends: {fes}; switch: {tb.switch_stats()}")
         time.sleep(0.3)
