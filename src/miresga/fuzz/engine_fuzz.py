@@ -8,17 +8,23 @@ retransmitted, pipelined, with FINs and RSTs; back-ends answer the splice SYN (o
 send responses large and small, FINs, RSTs, and forged segments arrive from back-end addresses;
 time jumps, held ACKs are flushed, a fake switch controller answers offload requests (ok, queued,
 table full, exists) and reports idle entries, back-ends fall ill and recover. A share of the
-frames is mutated at the byte level (`mutate.mutate`).
+frames is mutated at the byte level (`mutate.mutate`). Half of the epochs run the config as given,
+half with two more services (`services_config`): one client ip:port then talks to two or three
+VIPs at once, and back-ends are used by one service or by several, so that a back-end's data for
+a connection nobody holds is adopted for its only service or dropped (`adopt_ambiguous`).
 
 Checked after every event:
 - no exception;
 - checksums: every frame the engine sends has a valid IP and TCP checksum (a GSO frame the
   pseudo-header sum the kernel completes), and no frame beyond the MTU leaves as one packet;
 - addresses: to a back-end only at a configured back-end's service ip:port; to a client only
-  from VIP:port, and only to an ip:port that spoke to us (or that a back-end segment names);
+  from a service's VIP:port, and only to an ip:port that spoke to that service (or whose data came
+  from a back-end only that service uses: adoption); a back-end's RST relayed to the ip:port it
+  names;
 - state: connections only for clients with a valid cookie or a back-end's data (adoption), at
   most `max_connections`; held, reordered and out-of-order bytes within their bounds; back-end
-  connection counts equal to the connections on them; held ACKs only of live connections;
+  connection counts equal to the connections on them; never two connections of one client
+  ip:port on one back-end (it would see one 4-tuple twice); held ACKs only of live connections;
 - counted: a segment that makes no action and changes no connection moves a counter;
 - at the end of an epoch (all clients reset, timers and the controller run out): no connection,
   no offload entry, no connection counted on any back-end.
@@ -26,11 +32,12 @@ Checked after every event:
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import traceback
 
 from miresga import cookie
-from miresga.control.config import Deployment
+from miresga.control.config import Deployment, Match
 from miresga.frontend.engine import Engine, OffloadCheck, OffloadDelete, OffloadInsert, Send
 from miresga.frontend.packetio import FrameCodec
 from miresga.fuzz.harness import Harness, Input, Violation
@@ -88,6 +95,46 @@ def http_request(rng: random.Random) -> bytes:
     return req
 
 
+def services_config(cfg: Deployment) -> Deployment:
+    """`cfg` with two more services (kept as it is when it has some): `api` on the VIP's address,
+    port 8080, over be2 and be3 (which the default service's rules use too: their orphans are
+    ambiguous); `alt` on another address over a fourth back-end of its own (its orphans are
+    adopted for it). be1 stays the default service's alone."""
+    if cfg.services:
+        return cfg
+    d = cfg.model_dump(mode="json")
+    names = [b["name"] for b in d["hosts"]["backends"]]
+    hosts = [h for sec in d["hosts"].values() if sec for h in (sec if isinstance(sec, list) else [sec])]
+    taken = {ipaddress.ip_interface(h["address"]).network for h in hosts}
+    vip = cfg.vip.address
+    net = next(n for n in ipaddress.ip_network("10.0.0.0/16").subnets(new_prefix=24)
+               if n not in taken and vip not in n and vip + 7 not in n and n.network_address.packed[2] > 0)
+    d["hosts"]["backends"].append({"name": "be4", "address": f"{net.network_address + 2}/24", "port": 80})
+    d["services"] = [
+        {"name": "api", "vip": {"address": str(vip), "port": 8080},
+         "rules": [{"name": "api-all", "pool": names[1:3] or names[:1], "policy": "round_robin",
+                    "offload": "never"}]},
+        {"name": "alt", "vip": {"address": str(vip + 7), "port": 80},
+         "rules": [{"name": "alt-dl", "match": {"path_prefix": "/dl/"}, "pool": ["be4"], "offload": "always"},
+                   {"name": "alt-rest", "pool": ["be4"], "offload": "auto"}]}]
+    return Deployment.model_validate(d)
+
+
+def backend_users(cfg: Deployment) -> list[set[int]]:
+    """Per back-end, the services whose rules may send it connections (a service whose rules end
+    without a catch-all has the implicit default over every back-end) — the harness's own reading
+    of the config, against which the engine's adoptions are checked."""
+    names = [b.name for b in cfg.hosts.backends]
+    users: list[set[int]] = [set() for _ in names]
+    for i, svc in enumerate(cfg.all_services()):
+        pools = {names.index(n) for r in svc.rules for n in r.pool}
+        if not svc.rules or svc.rules[-1].match != Match():
+            pools = set(range(len(names)))
+        for b in pools:
+            users[b].add(i)
+    return users
+
+
 class FakeSwitch:
     """The controller's offload table: inserts may be refused, queued or found existing."""
 
@@ -131,14 +178,17 @@ class FakeSwitch:
 class Client:
     """A client that did its handshake with the switch (or, `forged`, one that did not)."""
 
-    def __init__(self, h: "EngineHarness", rng: random.Random, port: int, now: float):
-        self.ip = h.client_ip if rng.random() < 0.8 else h.client_ip2
+    def __init__(self, h: "EngineHarness", rng: random.Random, port: int, now: float, ip: int | None = None,
+                 svc: int = 0):
+        self.ip = ip if ip is not None else h.client_ip if rng.random() < 0.8 else h.client_ip2
         self.port = port
+        self.svc = svc
+        self.vip, self.vport = h.services[svc]
         self.c = rng.choice([rng.getrandbits(32), (M32 - rng.randrange(4000)) & M32])
         self.forged = rng.random() < 0.08
         keys = h.keys_at(now)
         b = cookie.bucket_of(now, h.cfg.switch.cookie.bucket_seconds)
-        self.s = cookie.make_cookie(keys[0], self.ip, port, h.vip, h.vport, b, rng.choice([536, 1220, 1460]),
+        self.s = cookie.make_cookie(keys[0], self.ip, port, self.vip, self.vport, b, rng.choice([536, 1220, 1460]),
                                     rng.choice([None, 0, 7, 14]), rng.random() < 0.7)
         if self.forged:
             self.s = rng.getrandbits(32)
@@ -149,7 +199,7 @@ class Client:
 
     @property
     def key(self):
-        return (self.ip, self.port, 0)    # one service: the fuzz config's VIP
+        return (self.ip, self.port, self.svc)
 
 
 class EngineHarness(Harness):
@@ -160,13 +210,16 @@ class EngineHarness(Harness):
                                              "max_held_bytes": 16384})
         cfg = cfg.model_copy(update={"frontend": fe})
         super().__init__(cfg)
-        self.vip, self.vport = int(cfg.vip.address), cfg.vip.port
+        self.configs = (cfg, services_config(cfg))       # the config as given; with several services
+        self.users = [backend_users(c) for c in self.configs]
         self.codec = FrameCodec(FMAC, CMAC, mtu=1500, checksum="software")
         self.client_ip = int(cfg.hosts.clients[0].ip)
         self.client_ip2 = self.client_ip + 75
-        self.backends = [(int(b.ip), b.port) for b in cfg.hosts.backends]
-        self.pools = Pools([self.vip, self.client_ip, self.client_ip2, *(b[0] for b in self.backends), 0],
-                           [self.vport, *(b[1] for b in self.backends), 40000, 8080, 0])
+        every = self.configs[1]
+        self.pools = Pools([*(int(v) for v, _ in every.vip_endpoints()), self.client_ip, self.client_ip2,
+                            *(int(b.ip) for b in every.hosts.backends), 0],
+                           [*(p for _, p in every.vip_endpoints()), *(b.port for b in every.hosts.backends),
+                            40000, 8080, 0])
         self._keys: dict[int, tuple] = {}
         self.events: list[tuple] = []      # this epoch's events, for a saved case
         self.epochs = 0
@@ -181,22 +234,39 @@ class EngineHarness(Harness):
             self._keys[g] = cookie.keys_at(self.cfg.switch.cookie.secret, now, self.cfg.switch.cookie.rotate_seconds)
         return self._keys[g]
 
-    def start_epoch(self, rng: random.Random, now: float | None = None) -> None:
-        self.eng = Engine(self.cfg)
+    def start_epoch(self, rng: random.Random, now: float | None = None, several: bool | None = None) -> None:
+        self.several = rng.random() < 0.5 if several is None else several
+        cfg = self.configs[self.several]
+        self.eng = Engine(cfg)
+        self.services = [(int(v), p) for v, p in cfg.vip_endpoints()]
+        self.by_vip = {ep: i for i, ep in enumerate(self.services)}
+        self.backends = [(int(b.ip), b.port) for b in cfg.hosts.backends]
+        self.backend_set = set(self.backends)
+        self.vip_addrs = {v for v, _ in self.services}
+        self.sole = [next(iter(u)) if len(u) == 1 else None for u in self.users[self.several]]
         self.sw = FakeSwitch()
         self.now = now if now is not None else 1_800_000_000.0 + rng.randrange(10 ** 6)
         self.clients: list[Client] = []
         self.next_port = 30000 + rng.randrange(20000)
-        self.seen: set[tuple[int, int]] = set()       # ip:port that sent to us or that a back-end named
+        self.seen: set[tuple[int, int, int]] = set()  # (ip, port, service) that spoke to it or was adopted for it
+        self.rst_named: set[tuple[int, int]] = set()  # ip:port a back-end's RST named
         self.justified: set[tuple[int, int]] = set()
         self.bsent: dict[tuple, int] = {}             # (key, backend, s) -> back-end bytes sent
         self.brcv: dict[tuple, int] = {}              # (key, backend) -> client bytes the back-end got
-        self.events = [("epoch", self.now)]
+        self.events = [("epoch", self.now, self.several)]
         self.n_epoch = 0
 
     def new_client(self, rng: random.Random) -> Client:
-        self.next_port = 1024 + (self.next_port + rng.choice([1, 1, 7, 1000])) % 64000
-        c = Client(self, rng, self.next_port, self.now)
+        n = len(self.services)
+        keys = {c.key for c in self.clients}
+        other = [c for c in self.clients if n > 1 and not c.forged] if rng.random() < 0.3 else []
+        if other:   # the same client ip:port towards another service (Linux clients do that)
+            o = rng.choice(other)
+            svc = rng.choice([i for i in range(n) if (o.ip, o.port, i) not in keys] or [o.svc])
+            c = Client(self, rng, o.port, self.now, o.ip, svc)
+        else:
+            self.next_port = 1024 + (self.next_port + rng.choice([1, 1, 7, 1000])) % 64000
+            c = Client(self, rng, self.next_port, self.now, svc=rng.randrange(n))
         if not c.forged:
             self.justified.add(c.key)
         if len(self.clients) >= 8:
@@ -282,7 +352,7 @@ class EngineHarness(Harness):
             flags, kind = rng.choice([SYN, SYN | ACK, 0, PSH, ACK | URG | PSH]), "c_odd"
             payload = rng.randbytes(rng.choice([0, 10]))
         seq = (cl.c + 1 + off) & M32
-        frame = tcp_frame(CMAC, FMAC, cl.ip, self.vip, cl.port, self.vport, seq, s_ack, flags,
+        frame = tcp_frame(CMAC, FMAC, cl.ip, cl.vip, cl.port, cl.vport, seq, s_ack, flags,
                           rng.choice([502, 0, 65535]), rng.choice([b"", b"", b"\x01\x01\x08\x0a" + rng.randbytes(8)]),
                           payload)
         return self._frame_input(rng, frame, kind)
@@ -358,21 +428,26 @@ class EngineHarness(Harness):
                 st["codec_refused"] += 1
                 return []
             self.segments += 1
-            if seg.dst == self.vip and seg.dport == self.vport:
-                key = (seg.src, seg.sport, 0)
-                self.seen.add(key)
+            svc = self.by_vip.get((seg.dst, seg.dport))
+            if svc is not None:
+                keys = [(seg.src, seg.sport, svc)]
+                self.seen.add(keys[0])
             else:
-                key = (seg.dst, seg.dport, 0)
-                if (seg.src, seg.sport) in set(self.backends) and (seg.payload or seg.flags & FIN):
-                    self.justified.add(key)     # adoption: a back-end's data for a connection we lost
-                    self.seen.add(key)
-                elif (seg.src, seg.sport) in set(self.backends) and seg.flags & RST:
-                    self.seen.add(key)          # an orphan RST is relayed to the client it names
-            before = self._fingerprint(key)
+                keys = [(seg.dst, seg.dport, i) for i in range(len(self.services))]
+                if (seg.src, seg.sport) in self.backend_set:
+                    sole = self.sole[self.backends.index((seg.src, seg.sport))]
+                    if sole is not None and (seg.payload or seg.flags & FIN):
+                        # adoption: a back-end's data for a connection we lost, for the only
+                        # service that uses that back-end (with several, no other may adopt it)
+                        self.justified.add(keys[sole])
+                        self.seen.add(keys[sole])
+                    if seg.flags & RST:
+                        self.rst_named.add((seg.dst, seg.dport))   # relayed to the client it names
+            before = [self._fingerprint(k) for k in keys]
             total = self._counted()
             acts = eng.segment(seg, self.now)
             v = self._check_actions(acts)
-            if not acts and self._counted() == total and self._fingerprint(key) == before:
+            if not acts and self._counted() == total and [self._fingerprint(k) for k in keys] == before:
                 if seg.payload or seg.flags & (SYN | FIN | RST):
                     v.append(Violation("uncounted", f"segment {seg!r} changed nothing and counted nothing"))
                 else:
@@ -432,19 +507,25 @@ class EngineHarness(Harness):
             if isinstance(a, Send):
                 seg = a.seg
                 if a.to == "client":
+                    key = (seg.dst, seg.dport, self.by_vip.get((seg.src, seg.sport)))
                     for cl in self.clients:
-                        if cl.key == (seg.dst, seg.dport, 0) and not cl.forged:
+                        if cl.key == key and not cl.forged:
                             end = (seg.end - cl.s - 1) & M32
                             if end < 1 << 30 and end > cl.rcv:
                                 cl.rcv = end
                 else:
                     b = self.backends.index((seg.dst, seg.dport))
-                    conn = self.eng.conns.get((seg.src, seg.sport, 0))
-                    if conn is not None:
+                    for conn in self._conns_of(seg.src, seg.sport):
+                        if conn.backend != b:
+                            continue
                         got = (seg.end - conn.c - 1) & M32
                         if got < 1 << 30:
-                            k = ((seg.src, seg.sport, 0), b)
+                            k = (conn.key, b)
                             self.brcv[k] = max(self.brcv.get(k, 0), got)
+
+    def _conns_of(self, ip: int, port: int) -> list:
+        conns = self.eng.conns
+        return [c for i in range(len(self.services)) if (c := conns.get((ip, port, i))) is not None]
 
     def _check_actions(self, acts) -> list[Violation]:
         v: list[Violation] = []
@@ -455,13 +536,17 @@ class EngineHarness(Harness):
                 if a.to == "backend":
                     if (seg.dst, seg.dport) not in backends:
                         v.append(Violation("address", f"to a back-end address the config does not name: {seg!r}"))
-                    if (seg.src, seg.sport, 0) not in self.seen:
+                    if not any((seg.src, seg.sport, i) in self.seen for i in range(len(self.services))):
                         v.append(Violation("address", f"to a back-end for a client nobody saw: {seg!r}"))
                 elif a.to == "client":
-                    if (seg.src, seg.sport) != (self.vip, self.vport):
-                        v.append(Violation("address", f"to a client not from VIP:port: {seg!r}"))
-                    if (seg.dst, seg.dport, 0) not in self.seen or seg.dst == self.vip:
-                        v.append(Violation("address", f"to a client nobody saw: {seg!r}"))
+                    svc = self.by_vip.get((seg.src, seg.sport))
+                    if svc is None:
+                        v.append(Violation("address", f"to a client not from a service's VIP:port: {seg!r}"))
+                    elif seg.dst in self.vip_addrs or not (
+                            (seg.dst, seg.dport, svc) in self.seen
+                            or seg.flags & RST and (seg.dst, seg.dport) in self.rst_named):
+                        v.append(Violation("address", f"to a client that never spoke to service {svc} "
+                                           f"(nor was adopted for it): {seg!r}"))
                 else:
                     v.append(Violation("address", f"send to {a.to!r}"))
                 v += self._check_frame(seg)
@@ -495,6 +580,7 @@ class EngineHarness(Harness):
         if len(eng.conns) > fe.max_connections:
             v.append(Violation("state", f"{len(eng.conns)} connections > max_connections"))
         active = [0] * len(self.backends)
+        on_backend: dict[tuple[int, int, int], tuple] = {}
         for key, c in eng.conns.items():
             if key not in self.justified:
                 # not one of ours: the engine must have verified a cookie for it
@@ -506,6 +592,11 @@ class EngineHarness(Harness):
                 v.append(Violation("state", f"{key}: held {c.held_bytes} / out of order {c.ooo_bytes} bytes"))
             if c.backend is not None:
                 active[c.backend] += 1
+                pair = (key[0], key[1], c.backend)
+                if pair in on_backend:
+                    v.append(Violation("state", f"{key} and {on_backend[pair]} on one back-end {c.backend}: "
+                                       "it would see one 4-tuple twice"))
+                on_backend[pair] = key
         if active != eng.active:
             v.append(Violation("state", f"back-end counts {eng.active}, connections say {active}"))
         for key, (_t, c) in eng._held.items():
@@ -518,7 +609,7 @@ class EngineHarness(Harness):
     def _cookie_ok(self, key, conn) -> bool:
         for back in range(0, 200, 10):   # the connection may be older than this instant
             t = self.now - back
-            if cookie.check_cookie(conn.s0, self.keys_at(t), key[0], key[1], self.vip, self.vport,
+            if cookie.check_cookie(conn.s0, self.keys_at(t), key[0], key[1], *self.services[key[2]],
                                    cookie.bucket_of(t, self.cfg.switch.cookie.bucket_seconds)) is not None:
                 return True
         return conn.adopted != 0
@@ -567,7 +658,7 @@ class EngineHarness(Harness):
         """Replay a saved epoch: every event before the failing one, then the failing one."""
         v: list[Violation] = []
         events = state["events"]
-        self.start_epoch(random.Random(0), events[0][1])
+        self.start_epoch(random.Random(0), events[0][1], bool(events[0][2]) if len(events[0]) > 2 else False)
         for ev in events[1:]:
             if ev[0] == "seg":
                 v = self.execute(Input("engine", bytes.fromhex(ev[1]), extra={"ev": ("seg",)}))
@@ -591,5 +682,5 @@ def _rst(h: EngineHarness, key):
         # an adopted connection's client: the one RST a back-end could also send
         b = h.backends[conn.backend] if conn.backend is not None else h.backends[0]
         return Segment(b[0], b[1], key[0], key[1], conn.srv_end, 0, RST, 0)
-    return Segment(key[0], key[1], h.vip, h.vport, (conn.nxt or 0), 0, RST, 0)
+    return Segment(key[0], key[1], *h.services[key[2]], (conn.nxt or 0), 0, RST, 0)
 
