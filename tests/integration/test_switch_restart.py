@@ -178,11 +178,11 @@ def test_adoption_applies_config_changes_and_keeps_the_rest(tmp_path):
             assert "switch_ingress" not in filters, (h.interface, filters)
 
 
-def test_adoption_drops_only_the_entries_of_a_service_that_changed_and_refuses_an_old_layout():
+def test_adoption_drops_only_the_entries_of_a_service_that_changed_and_refuses_another_layout():
     """Three services; offloaded connections of one client port on each. Adopted under a config
     where service 1 moved to another port: its entries go (they would come back from the wrong
     VIP:port), the others stay, the VIP tables follow. Then a pinned data plane of another map
-    layout (one from before services has no sw_vips) is refused with what to do."""
+    layout (a table missing) is refused with what to do."""
     import shutil
 
     from miresga.control.config import Endpoint
@@ -213,10 +213,94 @@ def test_adoption_drops_only_the_entries_of_a_service_that_changed_and_refuses_a
                     (str(s.vip.address), s.vip.port) for s in new.all_services()]
             finally:
                 dp.close(keep=True)
-            (pins / "sw_vips").unlink()
+            (pins / "sw_routes").unlink()
             with pytest.raises(AdoptError) as e:
                 SwitchDataplane(new, sw, ports_for(new, sw), adopt=True)
-            assert "no sw_vips" in str(e.value) and "miresga switch --unload" in str(e.value)
+            assert "no sw_routes" in str(e.value) and "miresga switch --unload" in str(e.value)
+        finally:
+            for h in cfg.hosts.all():
+                detach_switch(sw, h.interface)
+            shutil.rmtree(pins, ignore_errors=True)
+
+
+def age_to_pre_services(pins, cfg, key_slot: int) -> None:
+    """Make a kept data plane's pins look as the version before several VIPs left them: no
+    sw_vips, sw_vip_addrs, sw_services, and sw_config in that version's layout (key_slot, vip,
+    vport, mss, syn_window, wscale, sack, bucket_seconds, flags; 24 bytes as now)."""
+    import ipaddress
+    import socket
+    import struct
+
+    from miresga.bpf.libbpf import Map
+    for name in ("sw_vips", "sw_vip_addrs", "sw_services"):
+        (pins / name).unlink()
+    sw = cfg.switch
+    old = struct.pack("=I4sHHHBBII", key_slot, ipaddress.IPv4Address(cfg.vip.address).packed,
+                      socket.htons(cfg.vip.port), sw.mss, 65535, sw.window_scale, int(sw.sack),
+                      sw.cookie.bucket_seconds, 0)
+    m = Map.from_pin(pins / "sw_config")
+    try:
+        m.update(struct.pack("=I", 0), old)
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize("same_vip", [True, False], ids=["same-vip", "vip-changed"])
+def test_adoption_upgrades_a_data_plane_pinned_before_services(same_vip):
+    """A data plane pinned by the version before several VIPs is upgraded in place, not refused:
+    its offloaded connections (service 0) stay when the default VIP:port is the same (dropped
+    when it changed), the cookie key slot in use stays, sw_config is of the new layout with the
+    config's options, the new tables are made and pinned (a second restart adopts them plainly),
+    and traffic still flows through it."""
+    import shutil
+
+    from miresga.control.config import Endpoint
+    from miresga.switch.dataplane import (ADDED_FOR_SERVICES, MAP_NAMES, SwitchDataplane, default_pin_dir,
+                                          detach_switch, ports_for)
+    from miresga.testbed import Testbed
+    from test_switch_netns import services_config
+    with Testbed(load_config()) as tb:
+        cfg, sw = tb.cfg, tb.ns_switch
+        pins = default_pin_dir(sw)
+        try:
+            dp = SwitchDataplane(cfg, sw, ports_for(cfg, sw))
+            try:
+                for port, b in ((40000, 0), (40001, 2)):
+                    assert dp.maps.offload_insert("10.0.1.2", port, b) == 0
+            finally:
+                dp.close(keep=True)
+            age_to_pre_services(pins, cfg, key_slot=1)
+            new = services_config(cfg)        # and the upgrade brings two more services
+            if not same_vip:
+                new = new.model_copy(update={"vip": Endpoint(address=cfg.vip.address, port=81)})
+            dp = SwitchDataplane(new, sw, ports_for(new, sw), adopt=True)
+            try:
+                assert dp.adopted
+                kept = {k: e.backend for k, e in dp.maps.offload_items()}
+                if same_vip:
+                    assert kept == {(0x0A000102, 40000, 0): 0, (0x0A000102, 40001, 0): 2}
+                    assert dp.reconciled["sw_offload (service changed)"] == 0
+                else:
+                    assert kept == {} and dp.reconciled["sw_offload (service changed)"] == 2
+                c = dp.maps.get_config()
+                assert (c.key_slot, c.n_services, c.mss, c.wscale, c.sack, c.bucket_seconds) == (
+                    1, 3, new.switch.mss, new.switch.window_scale, int(new.switch.sack),
+                    new.switch.cookie.bucket_seconds)
+                assert [(str(a), p) for a, p in dp.maps.get_services()] == [
+                    (str(s.vip.address), s.vip.port) for s in new.all_services()]
+                assert all((pins / n).exists() for n in MAP_NAMES), sorted(p.name for p in pins.iterdir())
+                be = cfg.hosts.backends[2]      # the routed path through the swapped program
+                r = tb.run("c1", "curl", "-sf", "-m", "5", f"http://{be.ip}:{be.direct_port}/whoami")
+                assert r.stdout.strip() == be.name
+            finally:
+                dp.close(keep=True)
+            dp = SwitchDataplane(new, sw, ports_for(new, sw), adopt=True)   # plain adoption now
+            try:
+                assert dp.adopted and set(ADDED_FOR_SERVICES) <= set(MAP_NAMES)
+                assert dp.reconciled["sw_services"] == 0 and dp.reconciled["sw_vips"] == 0
+                assert dp.maps.get_config().key_slot == 1
+            finally:
+                dp.close(keep=True)
         finally:
             for h in cfg.hosts.all():
                 detach_switch(sw, h.interface)

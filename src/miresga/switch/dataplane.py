@@ -13,8 +13,12 @@ found pinned is *adopted*: a new program is loaded on the same maps, the configu
 reconciled with the config (what changed is written, what went is removed, offloaded connections
 stay, but those of a back-end slot or a service index whose address changed), and it replaces the
 old program on every port in one step; `close(keep=True)` leaves the data plane running for the next
-start. A data plane pinned with another map layout (missing maps, other sizes) is refused
-(AdoptError): it must be unloaded first.
+start. A data plane pinned by the version before several VIPs (no sw_vips, sw_vip_addrs,
+sw_services; its sw_config held the one VIP:port) is upgraded in place: the three tables and a
+sw_config of the new layout are made (the old program keeps reading its own until the swap, so
+neither ever reads the other's layout), service 0 is its old VIP:port, and its offloaded
+connections (their keys' service field was the padding, 0) stay. Any other map layout (missing
+maps, other sizes) is refused (AdoptError): it must be unloaded first.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ MAP_NAMES = ("sw_config", "sw_keys", "sw_vips", "sw_vip_addrs", "sw_services", "
 # Tables that are a function of the config alone: on adoption they are made equal to it.
 CONFIG_TABLES = ("sw_vips", "sw_vip_addrs", "sw_arp", "sw_backend_src", "sw_routes", "sw_guarded_ports",
                  "sw_ctl_peers")
+# The tables several VIPs added (round five): a data plane pinned before them is upgraded on adoption.
+ADDED_FOR_SERVICES = ("sw_vips", "sw_vip_addrs", "sw_services")
 SWITCH_PRIORITY = 10  # after anything at priority 1 that passes packets on (e.g. per-port counters)
 TC_HANDLE = 1         # TcAttachment's handle
 
@@ -211,7 +217,7 @@ class SwitchDataplane:
         if self.pin_dir and self.pin_dir.exists():
             if not adopt:
                 raise FileExistsError(f"{self.pin_dir}: a switch data plane is already loaded for {netns}")
-            old = PinnedMaps(self.pin_dir)   # AdoptError if its maps are not this program's
+            old = PinnedMaps(self.pin_dir, upgrade=True)   # AdoptError if its maps are not this program's
             pinned_capacity = old.map("sw_offload").max_entries
             if pinned_capacity != capacity:
                 old.close()
@@ -220,17 +226,23 @@ class SwitchDataplane:
                                  "--unload` first (offloaded connections fall back to the slow path)")
         try:
             try:
+                # upgrading, sw_config is made anew too: its layout changed (see the module doc)
                 self.obj = BpfObject(object_path("switch"), max_entries={"sw_offload": capacity},
-                                     reuse={n: old.map(n) for n in MAP_NAMES} if old else None)
+                                     reuse={n: old.map(n) for n in MAP_NAMES
+                                            if old.has(n) and not (old.pre_services and n == "sw_config")}
+                                     if old else None)
             except BpfError as e:
                 if old is None:
                     raise
                 raise AdoptError(f"cannot load the new program on the running data plane's maps ({e}): their "
                                  "layout changed; `miresga switch --unload` first") from None
             self.maps = SwitchMaps(self.obj)
+            upgrade = old is not None and old.pre_services
             if old is not None:
                 self.adopted = True
                 self._pinned = True
+                if upgrade:
+                    upgrade_pre_services(self.maps, old.map("sw_config"))
                 self.reconciled = reconcile(self.maps, cfg, self.ports, trace)
             else:
                 fill_static_tables(self.maps, cfg, self.ports, trace)
@@ -255,6 +267,12 @@ class SwitchDataplane:
                 # an earlier start attached in the other mode: that program goes (XDP would
                 # otherwise pass packets on to a second switch program in TC)
                 _detach_switch_mode(netns, ifx, "tc" if mode == "xdp" else "xdp")
+            if upgrade:   # pinned last: a start that died before this upgrades again
+                (self.pin_dir / "sw_config").unlink()
+                for name in ("sw_config", *ADDED_FOR_SERVICES):
+                    self.obj.map(name).pin(self.pin_dir / name)
+                log.info("upgraded a data plane pinned before several VIPs: service 0 = %s:%d, %d offloaded "
+                         "connections kept", *self.maps.get_services(1)[0], len(list(self.maps.offload_items())))
             log.info("switch attached: %s", ", ".join(f"{n} {m}" for n, m in self.port_modes.items()))
         except BaseException:
             self.close(keep=self.adopted)
@@ -416,17 +434,35 @@ def reconcile(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort], trace:
     return changed
 
 
-class PinnedMaps:
-    """The maps of a data plane loaded by another process (duck-types BpfObject.map)."""
+def upgrade_pre_services(maps: SwitchMaps, old_config: Map) -> None:
+    """Before `reconcile`, on the new program's fresh sw_config and sw_services: the key slot in
+    use, and service 0 = the VIP:port that the old sw_config held (then: key_slot u32, vip be32,
+    vport be16, ...). `reconcile` then keeps service 0's offloaded connections when the config's
+    default VIP:port is the same, drops them when it changed, and writes the rest of sw_config."""
+    k0 = struct.pack("=I", 0)
+    raw = old_config.lookup(k0)
+    key_slot, vip, vport = struct.unpack_from("=IIH", raw, 0)
+    maps.config.update(k0, SwConfig(key_slot=key_slot))
+    maps.services.update(k0, SwService(vip=vip, vport=vport))
 
-    def __init__(self, pin_dir: Path):
+
+class PinnedMaps:
+    """The maps of a data plane loaded by another process (duck-types BpfObject.map).
+    `upgrade`: one pinned before several VIPs is accepted (`pre_services`; its three new tables
+    are missing, for the adopting load to make)."""
+
+    def __init__(self, pin_dir: Path, upgrade: bool = False):
         if not (pin_dir / "sw_config").exists():
             raise FileNotFoundError(f"{pin_dir}: no switch data plane pinned there")
         missing = [n for n in MAP_NAMES if not (pin_dir / n).exists()]
-        if missing:  # pinned by another version (e.g. before services: no sw_vips)
+        self.pre_services = upgrade and sorted(missing) == sorted(ADDED_FOR_SERVICES)
+        if missing and not self.pre_services:  # pinned by another version
             raise AdoptError(f"the data plane pinned at {pin_dir} has another map layout (no {', '.join(missing)}): "
                              "`miresga switch --unload` first (offloaded connections fall back to the slow path)")
-        self._maps = {n: Map.from_pin(pin_dir / n) for n in MAP_NAMES}
+        self._maps = {n: Map.from_pin(pin_dir / n) for n in MAP_NAMES if n not in missing}
+
+    def has(self, name: str) -> bool:
+        return name in self._maps
 
     def map(self, name: str) -> Map:
         return self._maps[name]
