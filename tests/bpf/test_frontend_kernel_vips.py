@@ -245,3 +245,47 @@ def test_random_services_and_ports_equal(bpf, steps):
         else:
             seg = c.cl.seg(b"", flags=ACK | FIN)
         t.segment(seg, now)
+
+
+# ------------------------------------------------------------------ a reload adds a service
+
+CFG_TWO = make_cfg(RULES.replace("syn_retries: 2}", "syn_retries: 2, ack_coalesce_ms: 0}")
+                   + SERVICES[:SERVICES.index("  - name: alt")])
+
+
+@pytest.fixture(scope="module")
+def bpf_two():
+    yield from loaded(CFG_TWO)
+
+
+def test_reload_adds_a_service_to_the_running_kernel_path(bpf_two, now):
+    """The kernel path loaded for two services; a connection of service 1 runs; a reload appends
+    service 2 (`alt`, VIP:8080): both layers take it as the engine alone does (`Engine.configure`,
+    `KernelMaps.add_services` + `load_rules`, as operations.py does): its first request is routed
+    in the kernel by its own rule and answered from its VIP:port, and the running connection goes
+    on. A list that does not extend the running services is refused."""
+    t = Twin(*bpf_two, cfg=CFG_TWO, now=now)
+    a = client(t, 1, now, port=41000)
+    t.segment(a.seg(get("/x")), now)
+    ca = Conn(a, Backend(t.ref, t.ref.conns[a.key].backend, a))
+    t.segment(ca.be.synack(), now)
+    assert t.sys.verdicts == [TC_ACT_REDIRECT] * 2
+    maps = t.sys.maps
+    with pytest.raises(ValueError):
+        maps.add_services(CFG.vip_endpoints()[::-1])
+    t.ref.configure(CFG)
+    t.sys.eng.configure(CFG)
+    maps.add_services(CFG.vip_endpoints())
+    maps.load_rules(CFG, t.sys.eng.rulesets, t.sys.eng.healthy)
+    maps.set_routing(True, True)
+    b = client(t, 2, now, port=41001, c=0x33333300)
+    t.segment(b.seg(get("/api/x")), now)
+    assert t.sys.verdicts[-1] == TC_ACT_REDIRECT, "the kernel routes the new service's first request"
+    assert t.sys.eng.conns[b.key].rule.name == t.ref.conns[b.key].rule.name == "alt/alt_all"
+    cb = Conn(b, Backend(t.ref, t.ref.conns[b.key].backend, b))
+    t.segment(cb.be.synack(), now)
+    out = t.segment(_respond(cb), now)
+    assert [(s.src, s.sport) for s in out if isinstance(s, Segment)] == [t.ref.services[2]]
+    out = t.segment(_respond(ca), now)       # the connection from before the reload goes on
+    assert [(s.src, s.sport) for s in out if isinstance(s, Segment)] == [t.ref.services[1]]
+    assert t.sys.verdicts[-3:] == [TC_ACT_REDIRECT] * 3

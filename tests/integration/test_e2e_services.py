@@ -13,9 +13,13 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import socket
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
+import yaml
 
 from test_e2e import e2e_config, layout_testbed, name_of, objects, sha
 from miresga.bpf.netns import in_netns
@@ -155,3 +159,56 @@ def test_one_client_port_never_twice_on_one_backend(tb):
                 a.close()
     # without the rule, round robin would have given be1 to a third of them
     assert len(picked) == 12 and "be1" not in picked, picked
+
+
+def test_reload_adds_a_service_while_another_serves(tb, tmp_path):
+    """`miresga reload` with a service appended (`late`, on the VIP's address, port 8081, every
+    request to be3): the switch (SIGHUP) and the front-ends take it without a restart, it is served
+    by its own rule, and a download on `api` running across the reload completes byte-exact. (Last
+    in this module: the instance keeps the added service.)"""
+    objs = objects(tb)
+    pids = dict(tb.state["procs"])
+    got: dict[str, object] = {}
+
+    def download() -> None:
+        with in_netns(tb.ns("c1")):
+            c = connect(tb, "api")
+        try:
+            c.request("GET", f"/download/{name_of(8 << 20)}")
+            r = c.getresponse()
+            got["body"] = read_paced(r, 2e6)      # ~4 s: the reload happens meanwhile
+        except (OSError, http.client.HTTPException) as e:
+            got["error"] = e
+        finally:
+            c.close()
+
+    reader = threading.Thread(target=download)
+    reader.start()
+    time.sleep(1.0)
+    data = yaml.safe_load((tb.run_dir / "config.yaml").read_text())
+    vip = str(tb.cfg.vip.address)
+    data["services"].append({"name": "late", "vip": {"address": vip, "port": 8081},
+                             "rules": [{"name": "late-all", "pool": ["be3"], "offload": "never"}]})
+    f = tmp_path / "late.yaml"
+    f.write_text(yaml.safe_dump(data, sort_keys=False))
+    r = subprocess.run([sys.executable, "-m", "miresga.control.cli", "reload", "--instance", tb.instance,
+                        "--config", str(f)], capture_output=True, text=True, timeout=60)
+    assert reader.is_alive(), "the download ended before the reload: nothing was tested"
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "switch: reload applied: services" in r.stdout and "late " + vip + ":8081" in r.stdout, r.stdout
+    assert r.stdout.count(": applied") == len(tb.cfg.hosts.frontends), r.stdout
+    with in_netns(tb.ns("c1")):
+        answers = []
+        for _ in range(6):
+            c = http.client.HTTPConnection(vip, 8081, timeout=10)
+            try:
+                answers.append(get(c, "/whoami").decode().strip())
+            finally:
+                c.close()
+    assert answers == ["be3"] * 6, answers
+    reader.join(30)
+    assert "error" not in got, got.get("error")
+    assert sha(got["body"]) == objs[8 << 20]["sha256"]
+    for key, pid in pids.items():            # nothing was restarted
+        with open(f"/proc/{pid}/stat") as st:
+            assert st.read().split()[2] != "Z", f"{key} exited"

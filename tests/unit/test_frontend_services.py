@@ -191,6 +191,44 @@ def test_reload_takes_rules_not_vips():
     assert why.startswith("services:")
 
 
+def test_reload_adds_services_at_the_end_only():
+    """A service appended is a reload; removing one, or inserting one before the running ones
+    (it would move their indices), needs a restart."""
+    old = parse_config(yaml.safe_dump(_cfg_dict()))
+    d = _cfg_dict()
+    d["services"].append({"name": "new", "vip": {"address": "10.0.100.8", "port": 80},
+                          "rules": [{"name": "new-all", "pool": ["be3"]}]})
+    assert check_reload(old, parse_config(yaml.safe_dump(d))) == []
+    d["services"].insert(0, d["services"].pop())
+    (why,) = check_reload(old, parse_config(yaml.safe_dump(d)))
+    assert why.startswith("services:") and "added at the end" in why
+    d = _cfg_dict()
+    d["services"].pop()
+    assert check_reload(old, parse_config(yaml.safe_dump(d)))[0].startswith("services:")
+
+
+def test_reload_with_an_added_service_serves_it_and_keeps_the_rest(eng):
+    """After the reload the engine answers the new VIP:port by the new service's rules (a first
+    request's splice, answered from the new VIP), and keeps a running connection of another
+    service on its back-end."""
+    held = Client(eng, port=46100, svc=1)
+    b_held, _ = first_request(eng, held, "/x")
+    d = _cfg_dict()
+    d["services"].append({"name": "new", "vip": {"address": "10.0.100.8", "port": 80},
+                          "rules": [{"name": "new-all", "pool": ["be3"], "offload": "never"}]})
+    eng.configure(parse_config(yaml.safe_dump(d)))
+    assert eng.services[3] == (ip_int("10.0.100.8"), 80) and eng.by_vip[(ip_int("10.0.100.8"), 80)] == 3
+    cl = Client(eng, port=46101, svc=3)
+    assert (cl.vip, cl.vport) == (ip_int("10.0.100.8"), 80)
+    b, syn = first_request(eng, cl, "/anything")
+    assert b == 2 and eng.conns[cl.key].rule.name == "new/new-all"
+    be = Backend(eng, b, cl)
+    eng.segment(be.synack(), NOW)
+    (out,) = sends(eng.segment(be.seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), NOW), "client")
+    assert (out.src, out.sport) == (cl.vip, cl.vport)
+    assert eng.conns[held.key].backend == b_held and eng.conns[held.key].state is State.SYN_SENT
+
+
 def test_reload_reroutes_by_the_new_service_rules(eng):
     d = _cfg_dict()
     d["services"][0]["rules"][0]["pool"] = ["be1"]

@@ -377,6 +377,10 @@ class Deployment(Strict):
         """(VIP as an int, port) by service index: what the front-end matches segments against."""
         return [(int(s.vip.address), s.vip.port) for s in self.all_services()]
 
+    def services_line(self) -> str:
+        """The services as the processes log them: name VIP:port, by index."""
+        return ", ".join(f"{s.name} {s.vip.address}:{s.vip.port}" for s in self.all_services())
+
     def switch_attach(self, ifname: str) -> str:
         """The attach mode (auto, xdp, tc) of the switch program on one of its interfaces."""
         return self.switch.attach_interfaces.get(ifname, self.switch.attach)

@@ -44,9 +44,12 @@ class Target:
             self.frontends = {k.removeprefix("frontend-"): pid for k, pid in self.state.get("procs", {}).items()
                               if k.startswith("frontend-")}
             self.pids += list(self.frontends.values())
+            self.switch_pid: int | None = self.state.get("procs", {}).get("switch")
+            self.switch_log = run / "switch.log"
         elif getattr(args, "config", None):
             self.path = Path(args.config)
             self.frontends = {}
+            self.switch_pid = None
         else:
             raise SystemExit("give --instance ID (a testbed) or --config FILE (with --pid of each front-end)")
 
@@ -97,6 +100,8 @@ def apply_text(target: Target, text: str, wait_s: float = 10.0, source: str | No
             from miresga.testbed.testbed import RUN_ROOT, _write_private
             target.state["config"] = new.model_dump(mode="json")
             _write_private(RUN_ROOT / target.instance / "state.json", json.dumps(target.state, indent=1))
+    if target.switch_pid is not None and not _switch_reload(target, wait_s):
+        return 1
     if not target.pids:
         print(f"{target.path}: written; no front-end signalled (give --pid PID of each, or --instance ID)")
         return 0
@@ -122,6 +127,25 @@ def apply_text(target: Target, text: str, wait_s: float = 10.0, source: str | No
         state = "no answer" if name in pending else "refused (see its log)" if name in failed else "applied"
         print(f"front-end {name}: {state}")
     return 0 if not pending and not failed else 1
+
+
+def _switch_reload(target: Target, wait_s: float) -> bool:
+    """A testbed's switch first (it adds the services appended to the config, so that they are
+    answered once the front-ends know them): signalled, and its answer read from its log."""
+    log = target.switch_log
+    seen = log.stat().st_size if log.exists() else 0
+    os.kill(target.switch_pid, signal.SIGHUP)   # type: ignore[arg-type]
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        with open(log, "rb") as f:
+            f.seek(seen)
+            for line in f.read().decode(errors="replace").splitlines():
+                if line.startswith("miresga switch: reload"):
+                    print(f"switch: {line.removeprefix('miresga switch: ')}")
+                    return "refused" not in line
+    print("switch: no answer to SIGHUP", file=sys.stderr)
+    return False
 
 
 # ---------------------------------------------------------------------- commands

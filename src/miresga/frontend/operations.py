@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from miresga.control.config import ConfigError, Deployment, load_config
 from miresga.frontend.access_log import AccessLog, LogFile
+from miresga.frontend.packetio import capture_spec
 from miresga.frontend.pools import check_reload
 
 if TYPE_CHECKING:
@@ -73,7 +74,8 @@ class Operations:
             return why
         self.apply(new, log_to)  # type: ignore[arg-type]
         events["reload_ok"] += 1
-        log.info("reload applied: %d rules, back-ends %s", len(new.rules),
+        log.info("reload applied: services %s; %d rules, back-ends %s", new.services_line(),
+                 sum(len(s.rules) for s in new.all_services()),
                  ", ".join(f"{b.name}{' (drain)' if b.drain else ''}" for b in new.hosts.backends))
         return []
 
@@ -81,8 +83,13 @@ class Operations:
         srv = self.server
         if self.server.engine.alog is not None and self.file is not None:
             self.file.write(srv.engine.alog.lines)   # what the old settings logged goes first
+        added = len(cfg.all_services()) > len(srv.cfg.all_services())
         srv.cfg = cfg
         srv.engine.configure(cfg)
+        if added:   # new services at the end (check_reload): their VIP:ports captured, and in the kernel
+            srv.io.set_filter(*capture_spec(cfg))
+            if srv.kpath is not None:
+                srv.kpath.add_services(cfg.vip_endpoints())
         fe = cfg.frontend
         srv.health.rise, srv.health.fall = fe.health_rise, fe.health_fall
         hw = srv.health_worker

@@ -22,8 +22,12 @@ import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from miresga.frontend.segment import Segment, ip_str
+
+if TYPE_CHECKING:
+    from miresga.control.config import Deployment
 
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15
@@ -74,6 +78,13 @@ def ones_sum(data: bytes | memoryview) -> int:
 
 def ip_checksum(hdr: bytes) -> int:
     return ~csum_fold(ones_sum(hdr)) & 0xFFFF
+
+
+def capture_spec(cfg: "Deployment") -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """What a front-end captures (`compile_filter`'s arguments): every service's VIP:port, and
+    every back-end's service ip:port."""
+    return ([(str(s.vip.address), s.vip.port) for s in cfg.all_services()],
+            [(str(b.ip), b.port) for b in cfg.hosts.backends])
 
 
 def compile_filter(vips: list[tuple[str, int]], backends: list[tuple[str, int]]) -> bytes:
@@ -216,6 +227,10 @@ class PacketIO:
         self.build = self.codec.build
         self._buf = bytearray(bufsize)
         self._view = memoryview(self._buf)
+
+    def set_filter(self, vips: list[tuple[str, int]], backends: list[tuple[str, int]]) -> None:
+        """Replace the filter (a reload added a service): the kernel swaps it in one step."""
+        self._attach_filter(compile_filter(vips, backends))
 
     def _attach_filter(self, prog: bytes) -> None:
         n = len(prog) // 8

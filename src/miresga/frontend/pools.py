@@ -65,9 +65,9 @@ def check_reload(old: Deployment, new: Deployment) -> list[str]:
                 why.append(f"hosts.backends.{i} ({a.name}): {', '.join(sorted(changed))} need a restart")
     ov = [(s.name, s.vip) for s in old.all_services()]
     nv = [(s.name, s.vip) for s in new.all_services()]
-    if ov[1:] != nv[1:]:
-        why.append("services: their names, VIPs and order need a restart (their positions index the switch's "
-                   "tables); their rules reload")
+    if nv[:len(ov)][1:] != ov[1:]:
+        why.append("services: the running services' names, VIPs and order need a restart (their positions "
+                   "index the switch's tables); services may be added at the end, and every service's rules reload")
     for section in ("vip", "switch", "agent", "objects"):
         if getattr(old, section) != getattr(new, section):
             why.append(f"{section}: changes need a restart of the processes that use it")

@@ -105,7 +105,7 @@ class ServerOptions:
 
 class FrontendServer:
     def __init__(self, cfg: Deployment, opts: ServerOptions, clock: Callable[[], float] = cookie.tai_seconds):
-        from miresga.frontend.packetio import PacketIO
+        from miresga.frontend.packetio import PacketIO, capture_spec
         self.cfg, self.opts, self.clock = cfg, opts, clock
         host = next((h for h in cfg.hosts.frontends if h.name == opts.name), None)
         if host is None:
@@ -117,13 +117,11 @@ class FrontendServer:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.stop = threading.Event()
-        backends = [(str(b.ip), b.port) for b in cfg.hosts.backends]
         try:
             if opts.guard:
                 install_kernel_guard(str(host.ip), opts.iface)
             gw_mac = opts.gateway_mac or neighbours.resolve(str(host.gateway), opts.iface)  # the switch port's
-            vips = [(str(s.vip.address), s.vip.port) for s in cfg.all_services()]
-            self.io = PacketIO(opts.iface, gw_mac, filter_spec=(vips, backends),
+            self.io = PacketIO(opts.iface, gw_mac, filter_spec=capture_spec(cfg),
                                checksum=cfg.frontend.checksum)
             if cfg.frontend.kernel_path:
                 from miresga.frontend.kernel.maps import KernelPath
@@ -145,7 +143,7 @@ class FrontendServer:
             os.close(self._wake_r)
             os.close(self._wake_w)
             raise
-        self.health = HealthTracker(len(backends), cfg.frontend.health_rise, cfg.frontend.health_fall)
+        self.health = HealthTracker(len(cfg.hosts.backends), cfg.frontend.health_rise, cfg.frontend.health_fall)
         addr = opts.switch_address
         if addr is None:
             addr = f"{host.gateway}:{cfg.switch.control.port}"

@@ -63,7 +63,7 @@ def _switch(args: argparse.Namespace) -> int:
     from miresga.metrics import Endpoint
     from miresga.bpf.attach import AttachError
     from miresga.switch.dataplane import (AdoptError, PortError, SwitchDataplane, default_pin_dir, frontend_hops,
-                                          ports_for, services_line)
+                                          ports_for)
     from miresga.switch.metrics import SwitchMetrics
     from miresga.switch.server import ControlPlane, ControlServer, MapTables, internal_addresses
 
@@ -85,22 +85,26 @@ def _switch(args: argparse.Namespace) -> int:
                f"changed from config: {', '.join(f'{k} {v}' for k, v in changed.items()) or 'nothing'})")
     else:
         how = f"data plane loaded on {where}"
-    stop = threading.Event()
+    stop, wake, hup = threading.Event(), threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    # `miresga reload` signals the front-ends (they own rules, pools and back-end state); a SIGHUP
-    # here must not end the process (its default action)
-    signal.signal(signal.SIGHUP, lambda *_: print("miresga switch: SIGHUP: nothing to reload here (front-ends "
-                                                  "apply rules and pools; switch settings need a restart)", flush=True))
+        signal.signal(sig, lambda *_: (stop.set(), wake.set()))
+    # `miresga reload` signals the switch first, then the front-ends (they own rules, pools and
+    # back-end state): here a reload adds the services appended to the config.
+    signal.signal(signal.SIGHUP, lambda *_: (hup.set(), wake.set()))
     try:
         cp = ControlPlane(cfg, MapTables(dp.maps, frontend_hops(cfg, ports)), dead_after_s=args.dead_after)
         sw = cfg.switch
         with ControlServer(cp, args.listen or internal_addresses(cfg), tls=tls) as srv, \
                 Endpoint(SwitchMetrics(cp, dp.port_modes), sw.metrics_port, str(sw.metrics_address)):
-            print(f"miresga switch: {how}; services {services_line(cfg)}; control API on port {srv.port} "
+            print(f"miresga switch: {how}; services {cfg.services_line()}; control API on port {srv.port} "
                   f"({'mutual TLS' if tls else 'no TLS, token only'}), profile {cp.profile.name}; "
                   f"metrics on {sw.metrics_address}:{sw.metrics_port}", flush=True)
-            stop.wait()
+            while not stop.is_set():
+                wake.wait()
+                wake.clear()
+                if hup.is_set() and not stop.is_set():
+                    hup.clear()
+                    cfg = _reload(args.config, cfg, dp, cp)
     except OSError as e:  # a listening address taken or missing (control API, metrics)
         print(f"miresga switch: {e}", file=sys.stderr)
         return 2
@@ -110,6 +114,33 @@ def _switch(args: argparse.Namespace) -> int:
             print(f"miresga switch: stopped; data plane left running (maps at {pin_dir}): the next start "
                   "adopts it, `miresga switch --unload` removes it", flush=True)
     return 0
+
+
+def _reload(path: str, cfg, dp, cp):
+    """SIGHUP: apply the config file's services added at the end (the data plane's service tables
+    and the controller's count); everything else the switch uses needs a restart, and the
+    front-ends' rules and pools are theirs. Returns the config now running."""
+    from miresga.control.config import ConfigError, load_config
+    from miresga.frontend.pools import check_reload
+    from miresga.switch.dataplane import reconcile
+    try:
+        new = load_config(path)
+        why = check_reload(cfg, new)
+    except (ConfigError, OSError) as e:
+        why = [str(e)]
+    if why:
+        print("miresga switch: reload refused, nothing changed:\n  " + "\n  ".join(why), flush=True)
+        return cfg
+    if len(new.all_services()) == len(cfg.all_services()):
+        print("miresga switch: reload: no service added; nothing here to change (the front-ends apply rules "
+              "and pools)", flush=True)
+        return cfg
+    with cp.lock:   # the count first refuses, then allows, offloads of the new services
+        changed = reconcile(dp.maps, new, dp.ports, dp.trace)
+        cp.set_services(new)
+    print(f"miresga switch: reload applied: services {new.services_line()} "
+          f"({', '.join(f'{k} {v}' for k, v in changed.items() if v)})", flush=True)
+    return new
 
 
 def _unload(args: argparse.Namespace, cfg) -> int:

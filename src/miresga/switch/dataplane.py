@@ -151,11 +151,6 @@ def services_of(cfg: Deployment) -> list[tuple[str, int]]:
     return [(str(s.vip.address), s.vip.port) for s in cfg.all_services()]
 
 
-def services_line(cfg: Deployment) -> str:
-    """The services as `miresga switch` prints them: name VIP:port, by index."""
-    return ", ".join(f"{s.name} {s.vip.address}:{s.vip.port}" for s in cfg.all_services())
-
-
 def static_routes(cfg: Deployment, ports: list[SwitchPort]) -> list[tuple[ipaddress.IPv4Network, object]]:
     """The routing table: every host by its /32 (its own MAC), every attached network (to its one
     host; to the kernel when several share it, or none is listed there), every gateway to the
@@ -204,7 +199,7 @@ class SwitchDataplane:
                  pin_dir: Path | None | bool = True, adopt: bool = False):
         """`adopt`: a data plane pinned at `pin_dir` is taken over (see the module doc) instead of
         refused; `self.adopted` says which happened, `self.reconciled` what changed."""
-        self.cfg, self.netns, self.ports = cfg, netns, list(ports)
+        self.cfg, self.netns, self.ports, self.trace = cfg, netns, list(ports), trace
         self.attachments: list[TcAttachment | XdpAttachment] = []
         self.port_modes: dict[str, str] = {}   # interface -> "xdp" | "tc", as attached
         self.xdp_obj: BpfObject | None = None
@@ -430,7 +425,7 @@ def reconcile(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort], trace:
     c = SwConfig.from_buffer_copy(rec.recorders["sw_config"].writes[k0])
     c.key_slot = maps.get_config().key_slot
     maps.config.update(k0, c)
-    log.info("adopted the running data plane: %s", ", ".join(f"{k} {v}" for k, v in changed.items()))
+    log.info("data plane reconciled with the config: %s", ", ".join(f"{k} {v}" for k, v in changed.items()))
     return changed
 
 

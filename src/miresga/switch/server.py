@@ -140,6 +140,12 @@ class ControlPlane:
         self.identity_refused = 0
         self.peers_lock = threading.Lock()
 
+    def set_services(self, cfg) -> None:
+        """A reload added services (`miresga switch` SIGHUP; call under `lock`): offloads of
+        the new service indices are accepted from now on."""
+        self.cfg = cfg
+        self.ctl.n_services = len(cfg.all_services())
+
     def tls_caller(self, peer: str) -> None:
         """A call arrived on this TLS connection: its handshake succeeded. The set of peers is
         bounded (least recently calling first out); front-ends call every heartbeat and stay."""

@@ -47,11 +47,6 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
         (with the kernel-opened ones heard of): the kernel path's, so that both pick as one."""
         self.cfg = cfg
         self.fe = cfg.frontend
-        # By service index (the key's third part): its VIP and port.
-        self.services = cfg.vip_endpoints()
-        self.by_vip = {ep: i for i, ep in enumerate(self.services)}
-        self.vip_addrs = frozenset(ip for ip, _ in self.services)
-        self.vip, self.vport = self.services[0]   # the default service's (tests, tools)
         self.backends = [(int(b.ip), b.port) for b in cfg.hosts.backends]
         self.by_service = {ep: i for i, ep in enumerate(self.backends)}
         self.healthy = [True] * len(self.backends)
@@ -76,6 +71,12 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
         a reload that `pools.check_reload` accepted: the back-end hosts are the same). Connections
         keep their back-end; their next request is routed by the new rules."""
         self.cfg, self.fe = cfg, cfg.frontend
+        # By service index (the key's third part): its VIP and port. A reload may add services
+        # at the end (pools.check_reload): the running ones keep their index.
+        self.services = cfg.vip_endpoints()
+        self.by_vip = {ep: i for i, ep in enumerate(self.services)}
+        self.vip_addrs = frozenset(ip for ip, _ in self.services)
+        self.vip, self.vport = self.services[0]   # the default service's (tests, tools)
         self.rulesets = service_rules(cfg)     # by service index
         names = [b.name for b in cfg.hosts.backends]
         self.rule_list = [r for rs in self.rulesets for r in rs.all()]  # by global rule index (REQUEST events)

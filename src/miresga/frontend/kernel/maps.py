@@ -153,6 +153,15 @@ class KernelMaps:
         arr = ctypes.c_uint64 * backends
         return arr.from_buffer(self._counts_mm, 0), arr.from_buffer(self._counts_mm, 2 * BACKENDS_MAX * 8)
 
+    def add_services(self, services: Sequence[tuple[int, int]]) -> None:
+        """A reload added services (at the end: the running ones keep their index and VIP:port).
+        They are written by the next `load_rules`, their VIP:port last, so that the kernel never
+        finds a service without its rules."""
+        cur = [(socket.ntohl(s.vip), socket.ntohs(s.vport)) for s in self.services]
+        if [tuple(ep) for ep in services[:len(cur)]] != cur or len(services) > SERVICES_MAX:
+            raise ValueError(f"services {list(services)} do not extend the running ones {cur}")
+        self.services += [L.FeService(socket.htonl(ip), socket.htons(port)) for ip, port in services[len(cur):]]
+
     def load_rules(self, cfg: Deployment, rulesets: Sequence[RuleSet], healthy: Sequence[bool]) -> KernelRules:
         """Compile every service's rules (`Engine.rulesets`, by service index) into the maps and
         start routing (unless they do not fit, all together: then the kernel only relays, and
@@ -173,7 +182,11 @@ class KernelMaps:
             r = kr.services[i]
             sv.first_rule, sv.n_rules, sv.first_op, sv.n_ops = r.first_rule, r.n_rules, r.first_op, r.n_ops
             self._maps["fe_services"].update(u32(i), sv)
+        for i in range(self.config.n_services, len(self.services)):     # added by a reload
+            sv = self.services[i]
+            self._maps["fe_vips"].update(L.FeVipKey(sv.vip, sv.vport), u32(i))
         c = self.config
+        c.n_services = len(self.services)
         c.n_ops, c.n_rules = (len(kr.ops), len(kr.rules)) if kr.usable else (0, 0)
         c.max_header = cfg.frontend.max_header_bytes
         c.bucket_seconds = cfg.switch.cookie.bucket_seconds
