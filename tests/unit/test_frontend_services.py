@@ -181,6 +181,20 @@ def test_bad_services_name_the_key(change, key):
     assert key in str(e.value), str(e.value)
 
 
+def test_check_config_warns_of_a_single_shared_backend():
+    """A rule whose pool is one back-end that another service uses: that rule's request gets a
+    503 when its client ip:port already has the other service's connection there. Warned (the
+    key named), not refused; each service over back-ends of its own: no warning."""
+    warnings = parse_config(yaml.safe_dump(_cfg_dict())).service_warnings()
+    assert [w.split(":")[0] for w in warnings] == [
+        "rules.0.pool", "rules.1.pool", "rules.2.pool", "rules.3.pool", "rules.4.pool", "services.1.rules.0.pool"]
+    assert warnings[2].startswith("rules.2.pool: only be3, which services api, alt also use")
+    assert warnings[-1].startswith("services.1.rules.0.pool: only be1, which service default also uses")
+    assert all("503" in w for w in warnings)
+    assert make_cfg(DISJOINT).service_warnings() == []
+    assert make_cfg().service_warnings() == []          # one service: nothing to share
+
+
 def test_reload_takes_rules_not_vips():
     old = parse_config(yaml.safe_dump(_cfg_dict()))
     d = _cfg_dict()

@@ -27,6 +27,8 @@ def _check_config(args: argparse.Namespace) -> int:
     if cfg.services:
         for svc in cfg.all_services():
             print(f"  service {svc.name}: {svc.vip.address}:{svc.vip.port}, {len(svc.rules)} rules")
+    for w in cfg.service_warnings():
+        print(f"  warning: {w}")
     return 0
 
 

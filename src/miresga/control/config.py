@@ -373,6 +373,42 @@ class Deployment(Strict):
         offload API): the top-level `vip` and `rules` first, as `default`."""
         return [Service.model_construct(name="default", vip=self.vip, rules=self.rules), *self.services]
 
+    def backend_services(self) -> list[set[int]]:
+        """Per back-end (by position), the services whose rules may send it connections (a
+        service whose rules end without a catch-all has the implicit default over every back-end)."""
+        names = [b.name for b in self.hosts.backends]
+        users: list[set[int]] = [set() for _ in names]
+        for i, svc in enumerate(self.all_services()):
+            pools = {names.index(n) for r in svc.rules for n in r.pool}
+            if not svc.rules or svc.rules[-1].match != Match():
+                pools = set(range(len(names)))
+            for b in pools:
+                users[b].add(i)
+        return users
+
+    def service_warnings(self) -> list[str]:
+        """What validates but will hurt with several services: a rule whose pool is one back-end
+        that another service's rules use too. One client ip:port may hold connections to two
+        services at once (Linux reuses a source port towards other destinations), and a back-end
+        cannot take that ip:port twice: the later connection goes to another back-end of its pool,
+        and with none left it gets a 503."""
+        if not self.services:
+            return []
+        names = [b.name for b in self.hosts.backends]
+        users = self.backend_services()
+        services = self.all_services()
+        out = []
+        for i, svc in enumerate(services):
+            for j, r in enumerate(svc.rules):
+                others = users[names.index(r.pool[0])] - {i}
+                if len(set(r.pool)) == 1 and others:
+                    key = f"rules.{j}" if i == 0 else f"services.{i - 1}.rules.{j}"
+                    who = [services[k].name for k in sorted(others)]
+                    out.append(f"{key}.pool: only {r.pool[0]}, which {'service' if len(who) == 1 else 'services'} "
+                               f"{', '.join(who)} also {'uses' if len(who) == 1 else 'use'}: a request whose client "
+                               f"ip:port already has another service's connection on it gets a 503 (add a back-end)")
+        return out
+
     def vip_endpoints(self) -> list[tuple[int, int]]:
         """(VIP as an int, port) by service index: what the front-end matches segments against."""
         return [(int(s.vip.address), s.vip.port) for s in self.all_services()]

@@ -299,6 +299,8 @@ class FrontendServer:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         log.info("front-end %s up on %s (mtu %d)", opts.name, opts.iface, io.codec.mtu)
+        for w in self.cfg.service_warnings():
+            log.warning("config: %s", w)
         try:
             timeout = opts.tick_s
             while not self.stop.is_set():

@@ -37,7 +37,7 @@ import random
 import traceback
 
 from miresga import cookie
-from miresga.control.config import Deployment, Match
+from miresga.control.config import Deployment
 from miresga.frontend.engine import Engine, OffloadCheck, OffloadDelete, OffloadInsert, Send
 from miresga.frontend.packetio import FrameCodec
 from miresga.fuzz.harness import Harness, Input, Violation
@@ -120,21 +120,6 @@ def services_config(cfg: Deployment) -> Deployment:
     return Deployment.model_validate(d)
 
 
-def backend_users(cfg: Deployment) -> list[set[int]]:
-    """Per back-end, the services whose rules may send it connections (a service whose rules end
-    without a catch-all has the implicit default over every back-end) — the harness's own reading
-    of the config, against which the engine's adoptions are checked."""
-    names = [b.name for b in cfg.hosts.backends]
-    users: list[set[int]] = [set() for _ in names]
-    for i, svc in enumerate(cfg.all_services()):
-        pools = {names.index(n) for r in svc.rules for n in r.pool}
-        if not svc.rules or svc.rules[-1].match != Match():
-            pools = set(range(len(names)))
-        for b in pools:
-            users[b].add(i)
-    return users
-
-
 class FakeSwitch:
     """The controller's offload table: inserts may be refused, queued or found existing."""
 
@@ -211,7 +196,8 @@ class EngineHarness(Harness):
         cfg = cfg.model_copy(update={"frontend": fe})
         super().__init__(cfg)
         self.configs = (cfg, services_config(cfg))       # the config as given; with several services
-        self.users = [backend_users(c) for c in self.configs]
+        # per back-end, the services whose rules use it: the config's reading, not the engine's
+        self.users = [c.backend_services() for c in self.configs]
         self.codec = FrameCodec(FMAC, CMAC, mtu=1500, checksum="software")
         self.client_ip = int(cfg.hosts.clients[0].ip)
         self.client_ip2 = self.client_ip + 75

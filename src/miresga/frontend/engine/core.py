@@ -83,9 +83,7 @@ class Engine(Offloading, KernelSide, Wire, Arrival, ClientStream, Routing, Backe
         self.fin_ends_watch = all(rs.fin_ends_watch for rs in self.rulesets)
         # Per back-end: the one service whose rules can give it connections (None: several, or
         # none). A back-end's segment of a connection nobody holds is adopted only for that one.
-        serving = [{rs.service for rs in self.rulesets for r in rs.all() if b in r.pool}
-                   for b in range(len(cfg.hosts.backends))]
-        self.sole_service = [next(iter(s)) if len(s) == 1 else None for s in serving]
+        self.sole_service = [next(iter(s)) if len(s) == 1 else None for s in cfg.backend_services()]
         self.selectors = {r.index: Selector(r, names, [b.weight for b in cfg.hosts.backends], self.positions)
                           for r in self.rule_list}
         self.pools = Pools(cfg.hosts.backends)
