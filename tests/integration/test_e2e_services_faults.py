@@ -1,4 +1,5 @@
-"""A front-end dies while one client ip:port downloads from three services on the slow path (its
+"""A front-end dies while one client ip:port downloads from three services on the slow path, on
+both testbed layouts (its
 own testbed: the test breaks it on purpose).
 
 A back-end's segment does not say which VIP its client reached. When the front-end holding a
@@ -53,9 +54,9 @@ def faults_config(path=None):
     return cfg.model_copy(update={"rules": [web], "services": [api, shared]})
 
 
-@pytest.fixture(scope="module")
-def tb():
-    with layout_testbed("classic", faults_config) as t:
+@pytest.fixture(scope="module", params=["classic", "realistic"])
+def tb(request):
+    with layout_testbed(request.param, faults_config) as t:
         yield t
 
 
