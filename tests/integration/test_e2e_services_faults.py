@@ -1,6 +1,5 @@
 """A front-end dies while one client ip:port downloads from three services on the slow path, on
-both testbed layouts (its
-own testbed: the test breaks it on purpose).
+both testbed layouts (its own testbed: the test breaks it on purpose).
 
 A back-end's segment does not say which VIP its client reached. When the front-end holding a
 connection dies, the one that takes its bucket adopts the connection from the back-end's next
