@@ -163,9 +163,9 @@ def test_one_client_port_never_twice_on_one_backend(tb):
 
 def test_reload_adds_a_service_while_another_serves(tb, tmp_path):
     """`miresga reload` with a service appended (`late`, on the VIP's address, port 8081, every
-    request to be3): the switch (SIGHUP) and the front-ends take it without a restart, it is served
-    by its own rule, and a download on `api` running across the reload completes byte-exact. (Last
-    in this module: the instance keeps the added service.)"""
+    request to be3, offloaded at once): the switch (SIGHUP) and the front-ends take it without a
+    restart, it is served by its own rule and offloaded, and a download on `api` running across
+    the reload completes byte-exact. (Last in this module: the instance keeps the added service.)"""
     objs = objects(tb)
     pids = dict(tb.state["procs"])
     got: dict[str, object] = {}
@@ -188,7 +188,7 @@ def test_reload_adds_a_service_while_another_serves(tb, tmp_path):
     data = yaml.safe_load((tb.run_dir / "config.yaml").read_text())
     vip = str(tb.cfg.vip.address)
     data["services"].append({"name": "late", "vip": {"address": vip, "port": 8081},
-                             "rules": [{"name": "late-all", "pool": ["be3"], "offload": "never"}]})
+                             "rules": [{"name": "late-all", "pool": ["be3"], "offload": "always"}]})
     f = tmp_path / "late.yaml"
     f.write_text(yaml.safe_dump(data, sort_keys=False))
     r = subprocess.run([sys.executable, "-m", "miresga.control.cli", "reload", "--instance", tb.instance,
@@ -206,6 +206,19 @@ def test_reload_adds_a_service_while_another_serves(tb, tmp_path):
             finally:
                 c.close()
     assert answers == ["be3"] * 6, answers
+    # and offloaded (`always`): the switch accepts the new service's entries and rewrites its
+    # back-end's frames to come from VIP:8081 (the client would drop them otherwise)
+    fast0 = tb.switch_stats()["counters"]["to_client"]
+    with in_netns(tb.ns("c1")):
+        c = http.client.HTTPConnection(vip, 8081, timeout=30)
+        try:
+            c.request("GET", f"/download/{name_of(8 << 20)}")
+            body = read_paced(c.getresponse(), 8e6)
+        finally:
+            c.close()
+    assert sha(body) == objs[8 << 20]["sha256"]
+    fast = tb.switch_stats()["counters"]["to_client"] - fast0
+    assert fast > 20, f"the new service's download hardly took the fast path ({fast} frames)"
     reader.join(30)
     assert "error" not in got, got.get("error")
     assert sha(got["body"]) == objs[8 << 20]["sha256"]

@@ -221,3 +221,20 @@ def test_service_field_round_trips_and_defaults_to_the_default_service(served):
     with pytest.raises(grpc.RpcError) as e:
         c.write([(ip, 5003, 2, 0)], [])
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "service 2 unknown (have 2)" in e.value.details()
+
+
+def test_services_added_by_a_reload_are_accepted(served):
+    """`miresga switch` SIGHUP with a service appended (ControlPlane.set_services): offloads for
+    the new index, refused before, are accepted after, and the metrics' view follows."""
+    from miresga.control.config import Endpoint, Service
+    cfg = _services_cfg()
+    cp, tables, c, srv = served(cfg)
+    with pytest.raises(grpc.RpcError) as e:
+        c.write([(0x0A000102, 6000, 2, 0)], [])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    late = Service(name="late", vip=Endpoint(address=cfg.vip.address, port=8081))
+    new = cfg.model_copy(update={"services": [*cfg.services, late]})
+    with cp.lock:
+        cp.set_services(new)
+    assert c.write([(0x0A000102, 6000, 2, 0)], []) == ["ok"]
+    assert (0x0A000102, 6000, 2) in tables.offload and cp.cfg is new

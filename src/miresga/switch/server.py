@@ -144,7 +144,7 @@ class ControlPlane:
         """A reload added services (`miresga switch` SIGHUP; call under `lock`): offloads of
         the new service indices are accepted from now on."""
         self.cfg = cfg
-        self.ctl.n_services = len(cfg.all_services())
+        self.ctl.table.n_services = len(cfg.all_services())
 
     def tls_caller(self, peer: str) -> None:
         """A call arrived on this TLS connection: its handshake succeeded. The set of peers is
