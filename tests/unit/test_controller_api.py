@@ -202,7 +202,7 @@ def _services_cfg(**switch):
 def test_service_field_round_trips_and_defaults_to_the_default_service(served):
     """One client ip:port with an entry per service (two back-ends); Read, Idle and Write's
     deletes carry the service; a caller that never sets the field (an older client) means
-    service 0; a service the config does not have is refused."""
+    service 0; a service the config does not have is answered `unknown_service` on its own."""
     from miresga._proto import control_pb2 as pb
     cp, tables, c, srv = served(_services_cfg(idle_timeout_s=0.2))
     ip = 0x0A000102
@@ -218,20 +218,19 @@ def test_service_field_round_trips_and_defaults_to_the_default_service(served):
                                       deletes=[pb.FlowKey(client_ip=ip, client_port=5000)]), metadata=md)
     assert list(r.statuses) == [pb.WRITE_OK, pb.WRITE_OK]
     assert set(tables.offload) == {(ip, 5000, 1), (ip, 5002, 0)}
+    assert c.write([(ip, 5003, 2, 0), (ip, 5004, 1, 0)], []) == ["unknown_service", "ok"]
     with pytest.raises(grpc.RpcError) as e:
-        c.write([(ip, 5003, 2, 0)], [])
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "service 2 unknown (have 2)" in e.value.details()
+        c.write([(ip, 5003, 16, 0)], [])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "service 16 out of range" in e.value.details()
 
 
 def test_services_added_by_a_reload_are_accepted(served):
     """`miresga switch` SIGHUP with a service appended (ControlPlane.set_services): offloads for
-    the new index, refused before, are accepted after, and the metrics' view follows."""
+    the new index, answered `unknown_service` before, are accepted after."""
     from miresga.control.config import Endpoint, Service
     cfg = _services_cfg()
     cp, tables, c, srv = served(cfg)
-    with pytest.raises(grpc.RpcError) as e:
-        c.write([(0x0A000102, 6000, 2, 0)], [])
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert c.write([(0x0A000102, 6000, 2, 0)], []) == ["unknown_service"]
     late = Service(name="late", vip=Endpoint(address=cfg.vip.address, port=8081))
     new = cfg.model_copy(update={"services": [*cfg.services, late]})
     with cp.lock:

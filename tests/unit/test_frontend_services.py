@@ -83,6 +83,17 @@ def test_offload_insert_carries_the_service(eng):
     assert eng.stats.offload["stale_result"] == 0
 
 
+def test_an_insert_for_a_service_the_switch_lacks_stays_on_the_slow_path(eng):
+    """A switch whose config is older than ours (the front-ends reloaded with a new service
+    first) answers `unknown_service`: that connection stays on the slow path, counted."""
+    cl = Client(eng, port=40101, svc=2)
+    b, _ = first_request(eng, cl, "/dl/f", backend=0)
+    (ins,) = inserts(eng.segment(Backend(eng, b, cl).synack(), NOW))
+    assert eng.offload_result(cl.ip, cl.port, ins.gen, "unknown_service", NOW, svc=2) == []
+    assert eng.conns[cl.key].offload.value == "none"
+    assert eng.stats.offload["refused_unknown_service"] == 1
+
+
 def test_the_same_request_routes_by_each_services_rules(eng):
     """/api/ is service 0's api rule (be2 only); on `api` (port 8080) every request goes to be2 or
     be3; on `alt` to be1 or be3 — three clients, the same request, three rule sets."""

@@ -73,7 +73,8 @@ def test_switch_metrics_follow_the_control_plane():
     assert by("miresga_switch_offload_applied_total", "op") == {"insert": 2, "delete": 1}
     writes = {(dict(k)["op"], dict(k)["status"]): v for k, v in m["miresga_switch_offload_writes_total"].items()}
     assert writes == {("insert", "ok"): 2, ("insert", "exists"): 1, ("insert", "table_full"): 0,
-                      ("insert", "queued"): 0, ("delete", "ok"): 1, ("delete", "not_found"): 1,
+                      ("insert", "queued"): 0, ("insert", "unknown_service"): 0,
+                      ("delete", "ok"): 1, ("delete", "not_found"): 1,
                       ("delete", "queued"): 0}
     decisions = by("miresga_switch_packets_total", "decision")
     drops = by("miresga_switch_drops_total", "reason")

@@ -29,7 +29,8 @@ def _flow_key(key) -> pb.FlowKey:
 
 
 _STATUS = {pb.WRITE_OK: "ok", pb.WRITE_EXISTS: "exists", pb.WRITE_NOT_FOUND: "not_found",
-           pb.WRITE_TABLE_FULL: "table_full", pb.WRITE_QUEUED: "queued"}
+           pb.WRITE_TABLE_FULL: "table_full", pb.WRITE_QUEUED: "queued",
+           pb.WRITE_UNKNOWN_SERVICE: "unknown_service"}
 _STATE = {pb.ENTRY_ABSENT: "absent", pb.ENTRY_QUEUED: "queued", pb.ENTRY_INSTALLED: "installed"}
 
 

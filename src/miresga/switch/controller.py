@@ -15,6 +15,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
+from miresga.control.config import MAX_SERVICES
 from miresga.switch.profiles import Profile
 
 Key = tuple[int, int, int]  # client ip (int, host order), client port, service index (0: the default service)
@@ -28,10 +29,11 @@ class Status(str, enum.Enum):
     NOT_FOUND = "not_found"
     TABLE_FULL = "table_full"
     QUEUED = "queued"
+    UNKNOWN_SERVICE = "unknown_service"
 
 
 # What each kind of write can answer (metrics export every pair, zeros included).
-WRITE_STATUSES = {"insert": (Status.OK, Status.EXISTS, Status.TABLE_FULL, Status.QUEUED),
+WRITE_STATUSES = {"insert": (Status.OK, Status.EXISTS, Status.TABLE_FULL, Status.QUEUED, Status.UNKNOWN_SERVICE),
                   "delete": (Status.OK, Status.NOT_FOUND, Status.QUEUED)}
 
 
@@ -76,13 +78,16 @@ class Member:
     last_seen: float = 0.0
 
 
-def _check_key(i: int, ip: int, port: int, svc: int, n_services: int) -> Key:
+def _check_key(i: int, ip: int, port: int, svc: int) -> Key:
+    """A malformed entry refuses the whole call. A service index within the limit that this
+    switch does not serve is not malformed: the caller's config may be newer than ours (a
+    service added, the front-ends reloaded first); each such entry is answered on its own."""
     if not (0 <= ip <= 0xFFFFFFFF):
         raise ApiError("INVALID_ARGUMENT", f"entry {i}: client ip {ip} is not an IPv4 address")
     if not (1 <= port <= 65535):
         raise ApiError("INVALID_ARGUMENT", f"entry {i}: client port {port} out of range 1..65535")
-    if not (0 <= svc < n_services):
-        raise ApiError("INVALID_ARGUMENT", f"entry {i}: service {svc} unknown (have {n_services})")
+    if not (0 <= svc < MAX_SERVICES):
+        raise ApiError("INVALID_ARGUMENT", f"entry {i}: service {svc} out of range 0..{MAX_SERVICES - 1}")
     return (ip, port, svc)
 
 
@@ -107,20 +112,21 @@ class OffloadTable:
     # --- API ------------------------------------------------------------------------------
     def write(self, inserts: list[tuple[int, int, int, int]], deletes: list[Key], now: float) -> list[Status]:
         """`inserts`: (client ip, client port, svc, backend); `deletes`: keys. The whole batch is
-        refused (ApiError) if one entry is bad."""
+        refused (ApiError) if one entry is malformed; an insert for a service this switch does not
+        serve is answered `unknown_service` (a delete of one, `not_found`) on its own."""
         if len(inserts) + len(deletes) > MAX_BATCH:
             raise ApiError("INVALID_ARGUMENT", f"batch of {len(inserts) + len(deletes)} entries, limit {MAX_BATCH}")
         checked_i = []
         for i, (ip, port, svc, backend) in enumerate(inserts):
-            key = _check_key(i, ip, port, svc, self.n_services)
+            key = _check_key(i, ip, port, svc)
             if not (0 <= backend < self.n_backends):
                 raise ApiError("INVALID_ARGUMENT",
                                f"insert {i}: backend index {backend} unknown (have {self.n_backends})")
             checked_i.append((key, backend))
-        checked_d = [_check_key(len(inserts) + i, ip, port, svc, self.n_services)
-                     for i, (ip, port, svc) in enumerate(deletes)]
-        ins = [self._insert(k, b) for k, b in checked_i]
-        dels = [self._delete(k) for k in checked_d]
+        checked_d = [_check_key(len(inserts) + i, ip, port, svc) for i, (ip, port, svc) in enumerate(deletes)]
+        n = self.n_services
+        ins = [self._insert(k, b) if k[2] < n else Status.UNKNOWN_SERVICE for k, b in checked_i]
+        dels = [self._delete(k) if k[2] < n else Status.NOT_FOUND for k in checked_d]
         for kind, sts in (("insert", ins), ("delete", dels)):
             for s in sts:
                 self.stats[s.value] += 1

@@ -30,7 +30,8 @@ from miresga.switch.profiles import profile_from_config
 log = logging.getLogger("miresga.switch")
 
 STATUS_PB = {Status.OK: pb.WRITE_OK, Status.EXISTS: pb.WRITE_EXISTS, Status.NOT_FOUND: pb.WRITE_NOT_FOUND,
-             Status.TABLE_FULL: pb.WRITE_TABLE_FULL, Status.QUEUED: pb.WRITE_QUEUED}
+             Status.TABLE_FULL: pb.WRITE_TABLE_FULL, Status.QUEUED: pb.WRITE_QUEUED,
+             Status.UNKNOWN_SERVICE: pb.WRITE_UNKNOWN_SERVICE}
 STATE_PB = {EntryState.ABSENT: pb.ENTRY_ABSENT, EntryState.QUEUED: pb.ENTRY_QUEUED,
             EntryState.INSTALLED: pb.ENTRY_INSTALLED}
 TLS_PEERS_MAX = 4096  # connections remembered as having called (refused.tls = handshakes - those)
