@@ -181,10 +181,7 @@ class ResponseWatcher:
     __slots__ = ("_p", "_cl", "done", "_seen", "limit", "status", "body_seen")
 
     def __init__(self, limit: int = 16384):
-        # Made on the first feed: with the kernel path most watched responses never come up
-        # (their segment carries the FIN), and making the parser was a sixth of the front-end's
-        # work per short connection.
-        self._p: httptools.HttpResponseParser | None = None
+        self._p = httptools.HttpResponseParser(self)
         self._cl: int | None = None
         self.done = False
         self._seen = 0
@@ -211,8 +208,6 @@ class ResponseWatcher:
         if self.done:
             return self._cl
         self._seen += len(data)
-        if self._p is None:
-            self._p = httptools.HttpResponseParser(self)
         try:
             self._p.feed_data(data)
         except httptools.HttpParserError:
