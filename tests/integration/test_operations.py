@@ -247,8 +247,11 @@ def test_access_log_line_by_line(lb, logdir):
             assert rec["backend"] in ("be1", "be2", "be3")
             if rec["status"] is None:   # only a response the switch carried before we could read it
                 at = exchanges.index((req, (status, size)))
-                assert rec["fast_path"] and rec["ttfb_ms"] is None and at >= 2, (
-                    rec, at, {f.name: lb.frontend_metrics(f.name).get("kernel_path") for f in lb.cfg.hosts.frontends})
+                if not (rec["fast_path"] and rec["ttfb_ms"] is None and at >= 2):
+                    pytest.fail("no status in " + json.dumps({  # whole (an assert's message is cut short)
+                        "record": rec, "exchange": at, "kernel_path": {
+                            f.name: lb.frontend_metrics(f.name).get("kernel_path") for f in lb.cfg.hosts.frontends},
+                        "events": {f.name: lb.frontend_metrics(f.name).get("events") for f in lb.cfg.hosts.frontends}}))
             else:
                 assert rec["status"] == status and rec["ttfb_ms"] is not None, (rec, status)
             if line0[1] == "/obj/10m":

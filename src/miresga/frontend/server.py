@@ -200,11 +200,13 @@ class FrontendServer:
                 worker.submit(a)
 
     def _take(self, key):
-        """Remove a connection's kernel entry; with none left (the kernel ended the connection
-        itself), first hear the kernel's account of it."""
+        """Remove a connection's kernel entry, then hear what the kernel reported before (while
+        the engine still counts the connection as the kernel's): a response copy still in the
+        ring would otherwise reach a connection already taken back, be dropped as stale, and its
+        header never be read (no `auto` offload, a log line without status). With no entry left,
+        the kernel ended the connection itself, and its account is in those records too."""
         entry = self.kpath.take(key)  # type: ignore[union-attr]
-        if entry is None:
-            self._kernel_events(self.clock())
+        self._kernel_events(self.clock())
         return entry
 
     def kernel_rules(self) -> None:
