@@ -400,8 +400,8 @@ class Deployment(Strict):
         out = []
         for i, svc in enumerate(services):
             for j, r in enumerate(svc.rules):
-                others = users[names.index(r.pool[0])] - {i}
-                if len(set(r.pool)) == 1 and others:
+                others = users[names.index(r.pool[0])] - {i} if len(set(r.pool)) == 1 else set()
+                if others:
                     key = f"rules.{j}" if i == 0 else f"services.{i - 1}.rules.{j}"
                     who = [services[k].name for k in sorted(others)]
                     out.append(f"{key}.pool: only {r.pool[0]}, which {'service' if len(who) == 1 else 'services'} "
@@ -412,6 +412,11 @@ class Deployment(Strict):
     def vip_endpoints(self) -> list[tuple[int, int]]:
         """(VIP as an int, port) by service index: what the front-end matches segments against."""
         return [(int(s.vip.address), s.vip.port) for s in self.all_services()]
+
+    def service_addresses(self) -> list[tuple[str, int]]:
+        """(VIP as text, port) by service index: what the switch's tables and the front-end's
+        capture filter are written from."""
+        return [(str(s.vip.address), s.vip.port) for s in self.all_services()]
 
     def services_line(self) -> str:
         """The services as the processes log them: name VIP:port, by index."""

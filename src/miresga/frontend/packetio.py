@@ -83,8 +83,7 @@ def ip_checksum(hdr: bytes) -> int:
 def capture_spec(cfg: "Deployment") -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """What a front-end captures (`compile_filter`'s arguments): every service's VIP:port, and
     every back-end's service ip:port."""
-    return ([(str(s.vip.address), s.vip.port) for s in cfg.all_services()],
-            [(str(b.ip), b.port) for b in cfg.hosts.backends])
+    return cfg.service_addresses(), [(str(b.ip), b.port) for b in cfg.hosts.backends]
 
 
 def compile_filter(vips: list[tuple[str, int]], backends: list[tuple[str, int]]) -> bytes:

@@ -123,7 +123,7 @@ def fill_static_tables(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort
     if missing:
         raise ValueError(f"no switch port for hosts {missing}")
     key, _ = cookie.keys_at(sw.cookie.secret, cookie.tai_seconds(), sw.cookie.rotate_seconds)
-    maps.set_config(services=services_of(cfg), key=(key.k0, key.k1), mss=sw.mss,
+    maps.set_config(services=cfg.service_addresses(), key=(key.k0, key.k1), mss=sw.mss,
                     wscale=sw.window_scale, sack=sw.sack, bucket_seconds=sw.cookie.bucket_seconds,
                     flags=SW_F_TRACE if trace else 0)
     # No VIP is ever ARPed for: they lie outside every attached network (the config checks), so
@@ -144,11 +144,6 @@ def fill_static_tables(maps: SwitchMaps, cfg: Deployment, ports: list[SwitchPort
     for b, name in enumerate(home_assignment(names)):
         p = by_host[name]
         maps.set_bucket(b, hop(p.ifindex, p.port_mac, p.host_mac))
-
-
-def services_of(cfg: Deployment) -> list[tuple[str, int]]:
-    """(VIP, port) of every service, by service index."""
-    return [(str(s.vip.address), s.vip.port) for s in cfg.all_services()]
 
 
 def static_routes(cfg: Deployment, ports: list[SwitchPort]) -> list[tuple[ipaddress.IPv4Network, object]]:
