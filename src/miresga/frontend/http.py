@@ -56,6 +56,74 @@ class RequestHead:
         return self.headers.get(name.lower())
 
 
+class _RequestCallbacks:
+    """httptools' protocol object for `RequestStream`: what the parser reports, kept apart from
+    the parser itself. The parser holds this object (its bound callbacks); this object sees the
+    parser only during a feed (`p`). A parser and a protocol that held each other would be a
+    reference cycle per request, freed only by the cyclic collector: at thousands of requests
+    a second its gen-0 runs, each freeing tens of thousands of objects, stopped the front-end's
+    loop for 100-500 ms (a punted request then waited for the client's retransmission)."""
+
+    __slots__ = ("max_header_bytes", "p", "events", "url", "headers", "size", "hdr_bytes", "in_header", "closed")
+    # size: bytes of the header as parsed (request line and fields); a header that arrives whole
+    # in one chunk is measured by it, one that trickles in by hdr_bytes (RequestStream.feed)
+
+    def __init__(self, max_header_bytes: int):
+        self.max_header_bytes = max_header_bytes
+        self.p: httptools.HttpRequestParser | None = None
+        self.events: list[tuple] = []
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.size = 0
+        self.hdr_bytes = 0
+        self.in_header = False
+        self.closed = False         # a request said the connection ends after it
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = {}
+        self.size = 0
+        self.hdr_bytes = 0
+        self.in_header = True
+        self.events.append(("begin",))
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= 128:
+            raise HttpError(431, "too many header fields")
+        self.size += len(name) + len(value) + 4
+        if self.size > self.max_header_bytes:
+            raise HttpError(431, "request header too large")
+        k = name.decode("latin-1").lower()
+        v = value.decode("latin-1")
+        self.headers[k] = f"{self.headers[k]}, {v}" if k in self.headers else v
+
+    def on_headers_complete(self) -> None:
+        self.in_header = False
+        self.closed = not self.p.should_keep_alive()  # type: ignore[union-attr]
+        if self.size + 16 > self.max_header_bytes:   # + method, version, separators
+            raise HttpError(431, "request header too large")
+        try:
+            u = httptools.parse_url(self.url) if self.url != b"*" else None
+        except httptools.HttpParserInvalidURLError:
+            raise HttpError(400, "bad request target") from None
+        path = (u.path or b"/").decode("latin-1") if u else "*"
+        query = (u.query or b"").decode("latin-1") if u else ""
+        host = self.headers.get("host")
+        if u is not None and u.host:
+            host = u.host.decode("latin-1")
+        if host is not None:
+            host = _strip_port(host).lower()
+        self.events.append(("head", RequestHead(self.p.get_method().decode("latin-1"), path, query,  # type: ignore
+                                                host, self.headers)))
+
+    def on_message_complete(self) -> None:
+        self.events.append(("end",))
+
+
 class RequestStream:
     """Feed the client's byte stream in order; get events per chunk.
 
@@ -66,106 +134,65 @@ class RequestStream:
     malformed request.
     """
 
-    __slots__ = ("max_header_bytes", "_p", "_events", "_url", "_headers", "_hdr_bytes", "in_header",
-                 "tunnel", "_size", "_replay", "closed")
-    # _size: bytes of the header as parsed (request line and fields); a header that arrives whole
-    # in one chunk is measured by it, one that trickles in by _hdr_bytes
+    __slots__ = ("_p", "_cb", "tunnel", "_replay")
 
     def __init__(self, max_header_bytes: int):
-        self.max_header_bytes = max_header_bytes
         self._p: httptools.HttpRequestParser | None = None   # made on the first feed: most
         # connections' requests are the kernel path's, and never need one
-        self._events: list[tuple] = []
-        self._url = b""
-        self._headers: dict[str, str] = {}
-        self._hdr_bytes = 0
-        self._size = 0
-        self.in_header = False
+        self._cb = _RequestCallbacks(max_header_bytes)
         self.tunnel = False
         self._replay: bytes | None = None
-        self.closed = False         # a request said the connection ends after it
+
+    @property
+    def in_header(self) -> bool:
+        return self._cb.in_header
+
+    @property
+    def closed(self) -> bool:
+        """A request said the connection ends after it."""
+        return self._cb.closed
 
     def after_request(self, http10: bool, close: bool, keep: bool) -> None:
         """A whole request passed without this parser (the kernel path routed it): take the state
         it would have left — after a `Connection: close` (or an HTTP/1.0 request without
         keep-alive) more data is an error — the next time it is fed."""
-        self.closed = close
+        self._cb.closed = close
         version = b"1.0" if http10 else b"1.1"
         conn = b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n" if keep else b""
         self._replay = b"GET / HTTP/" + version + b"\r\n" + conn + b"\r\n"
 
-    # httptools callbacks
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = {}
-        self._hdr_bytes = 0
-        self._size = 0
-        self.in_header = True
-        self._events.append(("begin",))
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._size += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self._headers) >= 128:
-            raise HttpError(431, "too many header fields")
-        self._size += len(name) + len(value) + 4
-        if self._size > self.max_header_bytes:
-            raise HttpError(431, "request header too large")
-        k = name.decode("latin-1").lower()
-        v = value.decode("latin-1")
-        self._headers[k] = f"{self._headers[k]}, {v}" if k in self._headers else v
-
-    def on_headers_complete(self) -> None:
-        self.in_header = False
-        self.closed = not self._p.should_keep_alive()
-        if self._size + 16 > self.max_header_bytes:   # + method, version, separators
-            raise HttpError(431, "request header too large")
-        try:
-            u = httptools.parse_url(self._url) if self._url != b"*" else None
-        except httptools.HttpParserInvalidURLError:
-            raise HttpError(400, "bad request target") from None
-        path = (u.path or b"/").decode("latin-1") if u else "*"
-        query = (u.query or b"").decode("latin-1") if u else ""
-        host = self._headers.get("host")
-        if u is not None and u.host:
-            host = u.host.decode("latin-1")
-        if host is not None:
-            host = _strip_port(host).lower()
-        self._events.append(("head", RequestHead(self._p.get_method().decode("latin-1"), path, query,
-                                                 host, self._headers)))
-
-    def on_message_complete(self) -> None:
-        self._events.append(("end",))
-
     def feed(self, data: bytes) -> list[tuple]:
+        cb = self._cb
         if self._p is None:
-            self._p = httptools.HttpRequestParser(self)
-        if self._replay is not None:
-            replay, self._replay = self._replay, None
-            self._p.feed_data(replay)
-        self._events = []
-        if self.tunnel:
-            return []
+            self._p = httptools.HttpRequestParser(cb)
+        cb.p = self._p
         try:
-            self._p.feed_data(data)
-        except HttpError:
-            raise
-        except httptools.HttpParserUpgrade:
-            self.tunnel = True
-            self._events.append(("upgrade",))
-        except httptools.HttpParserError as e:
-            if isinstance(e.__context__, HttpError):
-                raise e.__context__ from None
-            raise HttpError(400, f"malformed request: {e}") from None
-        if self.in_header:
+            if self._replay is not None:
+                replay, self._replay = self._replay, None
+                self._p.feed_data(replay)
+            cb.events = []
+            if self.tunnel:
+                return []
+            try:
+                self._p.feed_data(data)
+            except HttpError:
+                raise
+            except httptools.HttpParserUpgrade:
+                self.tunnel = True
+                cb.events.append(("upgrade",))
+            except httptools.HttpParserError as e:
+                if isinstance(e.__context__, HttpError):
+                    raise e.__context__ from None
+                raise HttpError(400, f"malformed request: {e}") from None
+        finally:
+            cb.p = None
+        if cb.in_header:
             # Bytes of the header seen so far: whole chunks since the request began (an upper bound
             # that is exact to within one chunk, which is all a limit needs).
-            self._hdr_bytes += len(data)
-            if self._hdr_bytes > self.max_header_bytes:
+            cb.hdr_bytes += len(data)
+            if cb.hdr_bytes > cb.max_header_bytes:
                 raise HttpError(431, "request header too large")
-        return self._events
+        return cb.events
 
 
 def _strip_port(host: str) -> str:
@@ -174,18 +201,16 @@ def _strip_port(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-class ResponseWatcher:
-    """Reads the start of a back-end's response until its header is complete, to learn
-    Content-Length (the `auto` offload policy). Bounded: gives up after `limit` bytes."""
+class _ResponseCallbacks:
+    """httptools' protocol object for `ResponseWatcher`, apart from the parser (see
+    `_RequestCallbacks`: no reference cycle per response)."""
 
-    __slots__ = ("_p", "_cl", "done", "_seen", "limit", "status", "body_seen")
+    __slots__ = ("p", "cl", "done", "status", "body_seen")
 
-    def __init__(self, limit: int = 16384):
-        self._p = httptools.HttpResponseParser(self)
-        self._cl: int | None = None
+    def __init__(self) -> None:
+        self.p: httptools.HttpResponseParser | None = None
+        self.cl: int | None = None
         self.done = False
-        self._seen = 0
-        self.limit = limit
         self.status: int | None = None
         self.body_seen = 0      # body bytes in what was fed (those after the header)
 
@@ -195,27 +220,57 @@ class ResponseWatcher:
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() == b"content-length":
             try:
-                self._cl = int(value)
+                self.cl = int(value)
             except ValueError:
-                self._cl = None
+                self.cl = None
 
     def on_headers_complete(self) -> None:
         self.done = True
-        self.status = self._p.get_status_code()
+        self.status = self.p.get_status_code()  # type: ignore[union-attr]
+
+
+class ResponseWatcher:
+    """Reads the start of a back-end's response until its header is complete, to learn
+    Content-Length (the `auto` offload policy) and the status (the access log). Bounded: gives
+    up after `limit` bytes."""
+
+    __slots__ = ("_p", "_cb", "_seen", "limit")
+
+    def __init__(self, limit: int = 16384):
+        self._cb = _ResponseCallbacks()
+        self._p = httptools.HttpResponseParser(self._cb)
+        self._seen = 0
+        self.limit = limit
+
+    @property
+    def done(self) -> bool:
+        return self._cb.done
+
+    @property
+    def status(self) -> int | None:
+        return self._cb.status
+
+    @property
+    def body_seen(self) -> int:
+        return self._cb.body_seen
 
     def feed(self, data: bytes) -> int | None:
         """Content-Length once the header is complete (None while incomplete or if absent)."""
-        if self.done:
-            return self._cl
+        cb = self._cb
+        if cb.done:
+            return cb.cl
         self._seen += len(data)
+        cb.p = self._p
         try:
             self._p.feed_data(data)
         except httptools.HttpParserError:
-            self.done = True
+            cb.done = True
             return None
-        if not self.done and self._seen > self.limit:
-            self.done = True
-        return self._cl if self.done else None
+        finally:
+            cb.p = None
+        if not cb.done and self._seen > self.limit:
+            cb.done = True
+        return cb.cl if cb.done else None
 
 
 REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large",
