@@ -124,6 +124,12 @@ def test_reloads_under_load_lose_nothing_and_drain(lb, tmp_path):
     finally:
         outs = [wrk_ok(p) for p in loads]
     assert all("requests in" in o for o in outs)
+    for f in lb.cfg.hosts.frontends:
+        # what requests allocated was freed by reference counting: a cycle per request (once ~15
+        # objects each) would show here, and its collections as loop stalls (wrk timeouts)
+        m = lb.frontend_metrics(f.name)
+        served = sum(m["requests"].values())
+        assert served > 10000 and m["gc_collected_objects"][""] < served / 100, (f.name, served, m["gc_collected_objects"])
     time.sleep(1.2)
     assert fe_metric(lb, "backend_requests", "be3") == be3_at_drain   # no request went there since
     assert fe_metric(lb, "local_responses", "503") == 0

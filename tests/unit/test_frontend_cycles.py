@@ -97,3 +97,24 @@ def test_engine_connections_leave_no_cycles():
         assert not eng.conns and len(eng.alog.lines) == 120, (len(eng.conns), len(eng.alog.lines))
 
     assert cyclic_garbage(work) == Counter()
+
+
+def test_loop_stats_count_what_the_collector_frees():
+    """The front-end's `gc_collected_objects` metric: a collection that frees cycles is counted,
+    with its generation and pause."""
+    from miresga.frontend.metrics import LoopStats
+    st = LoopStats()
+    gc.collect()
+    gc.callbacks.append(st.gc_callback)
+    try:
+        for _ in range(10):
+            a: list = []
+            a.append(a)
+        del a
+        gc.collect()
+    finally:
+        gc.callbacks.remove(st.gc_callback)
+    assert st.collections[2] == 1 and st.collected >= 10 and st.pause_s > 0
+    st.turn(0.002)
+    st.turn(0.001)
+    assert st.turn_max == 0.002

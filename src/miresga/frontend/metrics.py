@@ -5,6 +5,7 @@ while it changes)."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from miresga.metrics import Endpoint, family, scrape_samples
@@ -12,11 +13,41 @@ from miresga.metrics import Endpoint, family, scrape_samples
 P = "miresga_frontend_"
 
 
+class LoopStats:
+    """Whether the main loop keeps up: its longest turn (work between two waits) since the last
+    publish, and the cyclic garbage collector's runs, pauses and the objects it freed. The engine
+    frees what a connection allocated by reference counting; objects the collector has to free
+    mean a reference cycle per request or connection somewhere, whose collections stop the loop
+    (a cycle per request once cost 100-540 ms pauses every ~0.4 s: docs/frontend.md)."""
+
+    def __init__(self) -> None:
+        self.turn_max = 0.0
+        self.collections = [0, 0, 0]
+        self.collected = 0
+        self.pause_s = 0.0
+        self._started: float | None = None
+
+    def turn(self, seconds: float) -> None:
+        if seconds > self.turn_max:
+            self.turn_max = seconds
+
+    def gc_callback(self, phase: str, info: dict) -> None:
+        """For gc.callbacks (runs in whichever thread triggered the collection)."""
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.pause_s += time.perf_counter() - self._started
+            self._started = None
+            self.collections[info["generation"]] += 1
+            self.collected += info["collected"]
+
+
 class MetricsPublisher:
     def __init__(self, engine, io_stats, worker_stats: dict, health, backend_names: list[str]):
         self.engine, self.io_stats, self.worker_stats, self.health = engine, io_stats, worker_stats, health
         self.names = backend_names
         self.kernel_stats = None   # callable -> {counter: n} of the kernel path, when it runs
+        self.loop = LoopStats()
         self._snap: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._endpoint: Endpoint | None = None
@@ -42,7 +73,12 @@ class MetricsPublisher:
             "active": {self.names[i]: n for i, n in enumerate(e.active)},
             "drained": {self.names[i]: int(d) for i, d in enumerate(e.pools.drain)},
             "kernel": dict(self.kernel_stats()) if self.kernel_stats is not None else {},
+            "loop_turn_max": self.loop.turn_max,
+            "gc_collections": {str(g): n for g, n in enumerate(self.loop.collections)},
+            "gc_collected": self.loop.collected,
+            "gc_pause": self.loop.pause_s,
         }
+        self.loop.turn_max = 0.0
         k = snap["kernel"]
         k["connections"] = e.kernel_held()
         # Bytes the kernel path relayed took the slow path too (through this front-end).
@@ -82,6 +118,12 @@ class MetricsPublisher:
                   s["drained"])
         yield fam("c", "kernel_path", "front-end kernel path: segments and bytes relayed, passed up, events "
                   "(connections: held by the kernel now)", "counter", s["kernel"])
+        yield family("g", P + "loop_turn_max_seconds", "longest main-loop turn in the last second",
+                     values=s["loop_turn_max"])
+        yield fam("c", "gc_collections", "cyclic garbage collector runs", "generation", s["gc_collections"])
+        yield family("c", P + "gc_collected_objects", "objects the cyclic collector freed (near 0 when "
+                     "nothing makes reference cycles)", values=s["gc_collected"])
+        yield family("c", P + "gc_pause_seconds", "time spent in the cyclic collector", values=s["gc_pause"])
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         self._endpoint = Endpoint(self, port, addr)

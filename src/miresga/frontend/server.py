@@ -300,6 +300,8 @@ class FrontendServer:
         # of the engine's time in benchmarks/frontend_microbench.py). Startup objects are frozen out of it.
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        loop = self.metrics.loop
+        gc.callbacks.append(loop.gc_callback)
         log.info("front-end %s up on %s (mtu %d)", opts.name, opts.iface, io.codec.mtu)
         for w in self.cfg.service_warnings():
             log.warning("config: %s", w)
@@ -312,6 +314,7 @@ class FrontendServer:
                             os.read(self._wake_r, 4096)
                         except BlockingIOError:
                             pass
+                turn_start = time.perf_counter()
                 now = clock()
                 for _ in range(16):   # bounded, so timers and results are never starved
                     # the kernel's events first: a request it took comes before what follows it
@@ -339,11 +342,13 @@ class FrontendServer:
                     gone = self.kpath.sweep(lambda k: k in eng.conns, self.cfg.frontend.idle_timeout_s)
                     if gone:
                         eng.stats.events["kernel_swept"] += gone
+                loop.turn(time.perf_counter() - turn_start)
                 if now >= next_pub:
                     next_pub = now + 1.0
                     io.poll_kernel_stats()
                     self.metrics.publish()
         finally:
+            gc.callbacks.remove(loop.gc_callback)
             self.close()
 
     def close(self) -> None:
