@@ -298,6 +298,9 @@ class FrontendServer:
         # Every segment allocates a few objects and tens of thousands of connections stay alive:
         # with the default thresholds the cyclic collector rescans them all the time (a quarter
         # of the engine's time in benchmarks/frontend_microbench.py). Startup objects are frozen out of it.
+        # The price of a high gen-0 threshold is a big collection when one comes, so nothing per
+        # request may make reference cycles (http.py; tests/unit/test_frontend_cycles.py); the
+        # gc_* metrics show it if something does.
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         loop = self.metrics.loop
