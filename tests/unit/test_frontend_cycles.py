@@ -118,3 +118,31 @@ def test_loop_stats_count_what_the_collector_frees():
     st.turn(0.002)
     st.turn(0.001)
     assert st.turn_max == 0.002
+
+
+def test_kernel_routed_connections_leave_no_cycles():
+    """The same for connections the kernel path opened and relayed (the engine hears them as
+    ring records: a request copied up for the access log, a response's first bytes for its
+    watcher, both FINs), taken from the records through the close linger."""
+    from miresga.frontend.kernel.handover import REQ_FIRST, REQ_KEEP, EvKind, KernelEvent
+    from miresga.frontend.segment import seq_add
+    eng = Engine(make_cfg(), kernel=True)
+    eng.alog = AccessLog([b.name for b in eng.cfg.hosts.backends], "json", 1.0)
+
+    def work():
+        for port in range(42000, 42040):
+            cl = Client(eng, port=port)
+            srv = seq_add(cl.s, 1)
+            req = get("/x")
+            eng.kernel_event(KernelEvent(EvKind.REQUEST, cl.key, cli_ack=srv, seq=seq_add(cl.c, 1),
+                                         payload_len=len(req), data=req, rule=len(eng.rule_list) - 1,
+                                         backend=0, req_flags=REQ_FIRST | REQ_KEEP), NOW)
+            eng.kernel_event(KernelEvent(EvKind.COPY, cl.key, seq=srv, payload_len=len(RESP), data=RESP), NOW)
+            end_c, end_s = seq_add(cl.c, 2 + len(req)), seq_add(srv, 1 + len(RESP))
+            eng.kernel_event(KernelEvent(EvKind.CLOSING, cl.key, cli_ack=end_s, srv_end=end_s, cli_nxt=end_c,
+                                         to_client_bytes=len(RESP)), NOW)
+        eng.tick(NOW + 120)
+        assert not eng.conns and len(eng.alog.lines) == 40, (len(eng.conns), eng.stats.events)
+        assert '"status":200' in eng.alog.lines[0], eng.alog.lines[0]
+
+    assert cyclic_garbage(work) == Counter()
