@@ -102,5 +102,20 @@ def deletes(actions) -> list[OffloadDelete]:
     return [a for a in actions if isinstance(a, OffloadDelete)]
 
 
+def syn_to(actions) -> int:
+    """The address of the one splice SYN among `actions`."""
+    (syn,) = [s for s in sends(actions, "backend") if s.flags & SYN]
+    return syn.dst
+
+
+def open_on(eng: Engine, cl: Client, path: str, now: float = NOW) -> tuple[int, Backend]:
+    """`cl` asks for `path`; the picked back-end answers the splice SYN: (its index, it)."""
+    dst = syn_to(eng.segment(cl.seg(get(path)), now))
+    b = [ip for ip, _ in eng.backends].index(dst)
+    be = Backend(eng, b, cl)
+    eng.segment(be.synack(), now)
+    return b, be
+
+
 __all__ = ["ACK", "FIN", "PSH", "RST", "SYN", "NOW", "Client", "Backend", "make_cfg", "get", "sends",
-           "inserts", "deletes", "seq_add"]
+           "inserts", "deletes", "seq_add", "syn_to", "open_on"]

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from frontend_helpers import ACK, FIN, NOW, Backend, Client, get, make_cfg, sends
+from frontend_helpers import ACK, FIN, NOW, Client, get, make_cfg, open_on
 from miresga.frontend.access_log import AccessLog
 from miresga.frontend.engine import Engine
 from miresga.frontend.http import HttpError, RequestStream, ResponseWatcher
@@ -82,9 +82,7 @@ def test_engine_connections_leave_no_cycles():
     def work():
         for port in range(41000, 41040):
             cl = Client(eng, port=port)
-            (syn,) = [s for s in sends(eng.segment(cl.seg(get("/x")), NOW), "backend")]
-            be = Backend(eng, [ip for ip, _ in eng.backends].index(syn.dst), cl)
-            eng.segment(be.synack(), NOW)
+            _, be = open_on(eng, cl, "/x")
             for path in ("/y", "/z"):
                 eng.segment(be.seg(RESP), NOW)
                 cl.acked += len(RESP)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from frontend_helpers import ACK, FIN, NOW, PSH, RST, Backend, Client, get, make_cfg, sends
+from frontend_helpers import ACK, FIN, NOW, PSH, RST, Backend, Client, get, make_cfg, open_on, sends, syn_to
 from miresga.frontend.access_log import AccessLog
 from miresga.frontend.engine import Engine
 from miresga.frontend.pools import check_reload
@@ -25,11 +25,6 @@ frontend: {max_header_bytes: 1024, syn_retries: 1}
 def with_backends(extra: str) -> str:
     """POOL3 plus per-back-end settings, written into the default config's hosts.backends."""
     return POOL3 + extra
-
-
-def syn_to(actions) -> int:
-    (syn,) = [s for s in sends(actions, "backend") if s.flags & 0x02]
-    return syn.dst
 
 
 def test_refused_syn_redispatched_to_another_backend():
@@ -89,14 +84,6 @@ def test_redispatch_off_and_single_pool_answer_503():
         (r,) = sends(eng.segment(rst, NOW), "client")
         assert r.payload.startswith(b"HTTP/1.1 503 ")
     assert eng.stats.events["redispatch"] == 0
-
-
-def open_on(eng, cl, path, now=NOW):
-    dst = syn_to(eng.segment(cl.seg(get(path)), now))
-    b = [ip for ip, _ in eng.backends].index(dst)
-    be = Backend(eng, b, cl)
-    eng.segment(be.synack(), now)
-    return b, be
 
 
 def drained(cfg, name):
